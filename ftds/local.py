@@ -1,0 +1,244 @@
+"""The embedded cluster: every role as a plain local process on 127.0.0.1, no root needed.
+
+``ftds local up`` writes a cluster file and a fresh key into a run directory and starts a small
+supervisor in the background. The supervisor plays systemd's part: it starts the GFD, the RM, and
+each replica with its LFD, and restarts the management daemons when they exit (replicas are
+brought back by the RM, as on a real cluster). ``ftds local down`` stops all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DEFAULT_DIR = "run/local"
+
+
+def ports_free(host: str, ports: list[int]) -> bool:
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def plan_ports(replicas: int, base: int) -> dict[str, int]:
+    ports = {}
+    for k in range(1, replicas + 1):
+        ports[f"S{k}.port"] = base + k
+        ports[f"S{k}.control_port"] = base + 100 + k
+    ports["gfd"] = base + 200
+    ports["rm"] = base + 201
+    return ports
+
+
+def pick_base(replicas: int, start: int = 7000) -> int:
+    for base in range(start, 60000, 300):
+        if ports_free("127.0.0.1", list(plan_ports(replicas, base).values())):
+            return base
+    raise RuntimeError("no free port range on 127.0.0.1")
+
+
+def write_cluster(run_dir: Path, replicas: int = 3, mode: str = "passive",
+                  base: int | None = None, replication: str = "sync",
+                  tunables: dict[str, float] | None = None,
+                  trace: dict[str, object] | None = None) -> Path:
+    """A cluster file and key for a local cluster in ``run_dir``; returns the file's path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs").mkdir(exist_ok=True)
+    (run_dir / "pids").mkdir(exist_ok=True)
+    key_file = run_dir / "cluster.key"
+    if not key_file.exists():
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+    base = pick_base(replicas) if base is None else base
+    ports = plan_ports(replicas, base)
+    data = {
+        "name": "local",
+        "mode": mode,
+        "replication": replication,
+        "key_file": str(key_file.resolve()),
+        "run_dir": str(run_dir.resolve()),
+        "replicas": [
+            {"id": f"S{k}", "host": "127.0.0.1", "port": ports[f"S{k}.port"],
+             "control_port": ports[f"S{k}.control_port"]}
+            for k in range(1, replicas + 1)
+        ],
+        "gfd": {"host": "127.0.0.1", "port": ports["gfd"]},
+        "rm": {"host": "127.0.0.1", "port": ports["rm"], "state_dir": str(run_dir.resolve())},
+        "launcher": {"kind": "local"},
+        "tunables": tunables or {},
+        "trace": trace or {},
+    }
+    path = run_dir / "cluster.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def ftds_command() -> list[str]:
+    return [sys.executable, "-m", "ftds"]
+
+
+def spawn(run_dir: Path, name: str, args: list[str], env: dict[str, str] | None = None) -> int:
+    """Start ``ftds <args>`` detached, logging to logs/<name>.log; returns its pid."""
+    log_path = run_dir / "logs" / f"{name}.log"
+    with open(log_path, "ab", buffering=0) as log_file:
+        proc = subprocess.Popen(
+            [*ftds_command(), *args], stdin=subprocess.DEVNULL, stdout=log_file,
+            stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        )
+    (run_dir / "pids" / f"{name}.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def read_pid(run_dir: Path, name: str) -> int | None:
+    try:
+        pid = int((run_dir / "pids" / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """True for a running process (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@dataclass
+class Program:
+    name: str
+    args: list[str]
+    restart: bool  # like systemd Restart=always
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    log_path: Path = field(default_factory=Path)
+
+
+class Supervisor:
+    """Keeps the management daemons up, as systemd does on a real host."""
+
+    def __init__(self, run_dir: Path, with_managers: bool = True) -> None:
+        self.run_dir = run_dir
+        config = str(run_dir / "cluster.yml")
+        data = yaml.safe_load((run_dir / "cluster.yml").read_text())
+        ids = [r["id"] for r in data["replicas"]]
+        self.programs: list[Program] = []
+        if with_managers:
+            self.programs.append(Program("RM", ["rm", "--config", config], True))
+            self.programs.append(Program("GFD", ["gfd", "--config", config], True))
+        for rid in ids:
+            # The first start of a replica is the boot; afterwards the RM relaunches it.
+            self.programs.append(Program(rid, ["replica", "--config", config, "--id", rid],
+                                         False))
+            if with_managers:
+                self.programs.append(Program(f"LFD{rid[1:]}",
+                                             ["lfd", "--config", config, "--id", rid], True))
+        self.stopping = False
+
+    def _start(self, prog: Program) -> None:
+        prog.log_path = self.run_dir / "logs" / f"{prog.name}.log"
+        with open(prog.log_path, "ab", buffering=0) as log_file:
+            prog.proc = subprocess.Popen(
+                [*ftds_command(), *prog.args], stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, cwd=self.run_dir,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        (self.run_dir / "pids" / f"{prog.name}.pid").write_text(f"{prog.proc.pid}\n")
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        (self.run_dir / "pids" / "supervisor.pid").write_text(f"{os.getpid()}\n")
+        for prog in self.programs:
+            self._start(prog)
+        while not self.stopping:
+            time.sleep(0.05)
+            now = time.monotonic()
+            for prog in self.programs:
+                if prog.proc is None or prog.proc.poll() is None:
+                    continue
+                if not prog.restart:
+                    prog.proc = None  # reaped; the RM relaunches replicas
+                    continue
+                if not prog.next_start:
+                    prog.next_start = now + 0.1  # RestartSec=100ms
+                elif now >= prog.next_start:
+                    prog.next_start = 0.0
+                    prog.restarts += 1
+                    self._start(prog)
+        self._stop_all()
+        return 0
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _stop_all(self) -> None:
+        procs = [p.proc for p in self.programs if p.proc is not None and p.proc.poll() is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        deadline = time.monotonic() + 5
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def stop_cluster(run_dir: Path, timeout: float = 10.0) -> list[str]:
+    """Stop the supervisor and every process with a pid file in ``run_dir``; returns names."""
+    pids_dir = run_dir / "pids"
+    stopped = []
+    if not pids_dir.is_dir():
+        return stopped
+    sup = read_pid(run_dir, "supervisor")
+    if sup is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sup, signal.SIGTERM)
+        _wait_gone([sup], timeout)
+        stopped.append("supervisor")
+    leftovers = {}
+    for pid_file in pids_dir.glob("*.pid"):
+        pid = read_pid(run_dir, pid_file.stem)
+        if pid is not None:
+            leftovers[pid_file.stem] = pid
+    for pid in leftovers.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    _wait_gone(list(leftovers.values()), timeout)
+    for pid in leftovers.values():
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    stopped.extend(leftovers)
+    for pid_file in pids_dir.glob("*.pid"):
+        pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)

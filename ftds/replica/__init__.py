@@ -1,0 +1,1 @@
+"""The replica daemon: state machine, ordering, checkpoints and catch-up."""

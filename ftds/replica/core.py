@@ -1,0 +1,901 @@
+"""One replica: the state machine, its role in the current view, ordering and catch-up.
+
+Everything that touches the state machine runs in one asyncio task (``_applier``), in the order
+events arrived, so application is deterministic and a checkpoint is taken at a quiet point for
+free. Protocol callbacks only validate messages and append them to the inbox.
+
+Roles (same code in both modes):
+- the **orderer** of an epoch (the primary in passive mode, the sequencer in active mode) gives
+  each client request a sequence number, applies it and streams it to every subscribed member;
+  a request is *committed* once every ready member has acknowledged it, and only committed
+  requests are answered;
+- a **member** subscribes to the orderer, applies the stream in order and acknowledges; in active
+  mode it also answers clients once the orderer reports the entry committed; in passive mode it
+  records client requests so it can order them itself if promoted;
+- a **newborn** (``i_am_ready = 0``) records requests, receives a checkpoint, installs it,
+  replays what arrived beyond it and is made ready by the Replication Manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ClusterConfig
+from ..log import msg_id
+from ..statemachine import StateMachine, validate_checkpoint, validate_op
+from ..view import View
+from ..wire import Conn, Message, WireError, broadcast, require
+from .replog import ReplicationLog
+from .upstream import Upstream
+
+log = logging.getLogger("ftds.replica")
+
+MAX_CLIENT_ID = 64
+
+
+@dataclass
+class Subscriber:
+    """A member streaming from this orderer."""
+
+    id: str
+    conn: Conn
+    seq: int  # what it had when it subscribed
+    trusted: bool  # in the ready set: its log is a prefix of ours
+    synced: bool = False  # caught-up payload sent
+
+
+@dataclass
+class PendingReply:
+    seq: int
+    conn: Conn
+    item: dict[str, Any]
+    label: str = ""
+
+
+@dataclass
+class Recorded:
+    request_num: int
+    op: dict[str, Any]
+    conn: Conn
+
+
+@dataclass
+class Stats:
+    ordered: int = 0
+    replies: int = 0
+    duplicates_answered: int = 0
+    checkpoints_sent: int = 0
+    checkpoints_received: int = 0
+    divergences: int = 0
+    rejected_frames: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class Replica:
+    def __init__(self, config: ClusterConfig, replica_id: str, key: bytes) -> None:
+        self.config = config
+        self.spec = config.replica(replica_id)
+        self.id = replica_id
+        self.key = key
+        self.sm = StateMachine()
+        self.log = ReplicationLog()
+        self.view: View | None = None
+        self.trusted = False  # in the ready set of the view (i_am_ready)
+        self.caught_up = False  # holds a state from the current orderer's stream
+        self.recovering = False  # orderer collecting the epoch's history (view change)
+        self.stats = Stats()
+        # orderer side
+        self.subs: dict[str, Subscriber] = {}
+        self.acked: dict[str, int] = {}
+        self.commit = 0
+        self.waiting: collections.deque[PendingReply] = collections.deque()
+        self.lease_until = 0.0
+        self._lease_sent: dict[int, float] = {}
+        self._lease_n = 0
+        self._fetch_from: str | None = None
+        self._recovery_deadline = 0.0
+        self._prev_checkpoint_seq = 0
+        self._checkpoint_seq = 0
+        self._entries_out: list[dict[str, Any]] = []
+        self._commit_sent = 0
+        self._commit_scheduled = False
+        # member side
+        self.upstream: Upstream | None = None
+        self.member_commit = 0  # commit index reported by the orderer
+        self.member_waiting: collections.deque[PendingReply] = collections.deque()
+        # clients
+        self.client_conns: dict[str, Conn] = {}
+        self.client_links: set[Conn] = set()
+        self.recorded: dict[str, Recorded] = {}
+        # control
+        self.rm_conns: set[Conn] = set()
+        self.watchers: set[Conn] = set()
+        self._reply_out: dict[Conn, list[dict[str, Any]]] = {}
+        self._inbox: list[tuple[Callable[[Conn, Message], None], Conn, Message]] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_report = 0.0
+
+    # ===================================================================== properties ====
+    @property
+    def tunables(self):
+        return self.config.tunables
+
+    @property
+    def epoch(self) -> int:
+        return self.view.epoch if self.view else 0
+
+    @property
+    def is_orderer(self) -> bool:
+        return self.view is not None and self.view.primary == self.id
+
+    @property
+    def serving(self) -> bool:
+        return self.is_orderer and not self.recovering
+
+    @property
+    def ready(self) -> bool:
+        """The course's i_am_ready."""
+        return self.serving or (self.trusted and self.caught_up and not self.is_orderer)
+
+    @property
+    def active(self) -> bool:
+        return self.config.mode == "active"
+
+    @property
+    def role_name(self) -> str:
+        if self.is_orderer:
+            return "sequencer" if self.active else "primary"
+        return "replica" if self.active else "backup"
+
+    @property
+    def sync_set(self) -> list[str]:
+        if self.view is None:
+            return []
+        return [m for m in self.view.members if m != self.id]
+
+    def lease_ok(self) -> bool:
+        return time.monotonic() < self.lease_until
+
+    # ====================================================================== lifecycle ====
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._applier(), name="applier"),
+            asyncio.create_task(self._ticker(), name="ticker"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.upstream:
+            self.upstream.close()
+        for conn in list(self.client_links):
+            conn.close()
+
+    def submit(self, handler: Callable[[Conn, Message], None], conn: Conn, msg: Message) -> None:
+        """Queue an event for the applier task (keeps arrival order)."""
+        self._inbox.append((handler, conn, msg))
+        self._wake.set()
+
+    async def _applier(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._inbox:
+                batch, self._inbox = self._inbox, []
+                for handler, conn, msg in batch:
+                    if conn.is_closing() and handler is not self._on_view:
+                        continue
+                    try:
+                        handler(conn, msg)
+                    except WireError as exc:
+                        self.stats.rejected_frames += 1
+                        conn.reject(exc.code, exc.detail)
+            self._ship()
+
+    async def _ticker(self) -> None:
+        """Checkpoints, lease renewal, recovery deadlines and reports, on their own clocks."""
+        next_checkpoint = time.monotonic() + self.tunables.checkpoint_interval
+        next_lease = 0.0
+        while True:
+            await asyncio.sleep(min(0.02, self.tunables.heartbeat_interval / 2))
+            now = time.monotonic()
+            if self.serving and now >= next_checkpoint:
+                next_checkpoint = now + self.tunables.checkpoint_interval
+                if self.sm.seq > self._checkpoint_seq:
+                    self.submit(self._send_checkpoint, _NO_CONN, {})
+            if self.is_orderer and now >= next_lease:
+                next_lease = now + self.tunables.lease / 4
+                self._request_lease()
+            if self.recovering and self._recovery_deadline and now > self._recovery_deadline:
+                self._recovery_deadline = now + self.tunables.view_change_timeout
+                missing = [m for m in self.sync_set if m not in self.subs]
+                if missing:
+                    log.warning("%s: view change waits for %s; asking the RM to drop them",
+                                self.id, ", ".join(missing))
+                    self._to_rm("lagging", {"members": missing, "reason": "no subscription"})
+            if now - self._last_report >= max(self.tunables.heartbeat_interval, 0.05):
+                self.report()
+            if self.serving and not self.sync_set:
+                self._advance_commit()  # lease-bound commit when alone
+
+    # ======================================================================== clients ====
+    def on_client_hello(self, conn: Conn, msg: Message) -> None:
+        client = require(msg, "client", str)
+        conn.peer_id = client[:MAX_CLIENT_ID]
+        self.client_links.add(conn)
+        conn.send("welcome", {"replica": self.id, "mode": self.config.mode,
+                              "view": self.view.to_wire() if self.view else None,
+                              "ready": self.ready, "watermark": self.sm.watermark(client)})
+
+    def on_client_requests(self, conn: Conn, msg: Message) -> None:
+        reqs = require(msg, "reqs", list)
+        parsed = []
+        for item in reqs:
+            if not isinstance(item, dict):
+                raise WireError("malformed", "req: each request must be an object")
+            client = item.get("c")
+            request_num = item.get("r")
+            if not isinstance(client, str) or not 0 < len(client) <= MAX_CLIENT_ID:
+                raise WireError("malformed", "req: client id 'c' must be a short string")
+            if isinstance(request_num, bool) or not isinstance(request_num, int) \
+                    or request_num < 1:
+                raise WireError("malformed", "req: request_num 'r' must be a positive integer")
+            parsed.append((client, request_num, item.get("op"), item.get("a", 1)))
+        self.submit(self._handle_requests, conn, {"reqs": parsed})
+
+    def _handle_requests(self, conn: Conn, msg: Message) -> None:
+        trace = self.config.trace.requests
+        for client, request_num, op, attempt in msg["reqs"]:
+            self.client_conns[client] = conn
+            if trace:
+                log.info("Received %s", msg_id(client, self.id, request_num, "request"),
+                         extra={"kind": "received"})
+            if self.serving:
+                self._order(conn, client, request_num, op)
+            else:
+                self._record(conn, client, request_num, op, attempt)
+
+    def _record(self, conn: Conn, client: str, request_num: int, op: Any, attempt: int) -> None:
+        watermark = self.sm.watermark(client)
+        if request_num > watermark:
+            if validate_op(op) is not None:
+                return  # the orderer answers the error; nothing worth keeping
+            self.recorded[client] = Recorded(request_num, op, conn)
+            if not self.ready and self.config.trace.requests:
+                log.info("Recorded %s (i_am_ready = 0, high_watermark_request_num = %d)",
+                         msg_id(client, self.id, request_num, "request"), request_num,
+                         extra={"kind": "state"})
+        elif request_num == watermark and attempt > 1 and self.active and self.ready:
+            cached = self.sm.cached(client, request_num)
+            if cached is not None:
+                result, seq = cached
+                self._reply_when_committed(self.member_waiting, self.member_commit,
+                                           conn, client, request_num, seq, result)
+
+    def _order(self, conn: Conn, client: str, request_num: int, op: Any) -> None:
+        watermark = self.sm.watermark(client)
+        if request_num < watermark:
+            # A restarted client reusing its id: tell it where its numbering stands.
+            self._queue_reply(conn, {"c": client, "r": request_num, "s": 0,
+                                     "watermark": watermark,
+                                     "res": {"ok": False, "stale": True,
+                                             "error": f"stale request_num (last {watermark})"}})
+            return
+        if request_num == watermark:
+            cached = self.sm.cached(client, request_num)
+            if cached is not None:
+                result, seq = cached
+                self.stats.duplicates_answered += 1
+                self._reply_when_committed(self.waiting, self.commit, conn, client,
+                                           request_num, seq, result)
+            return
+        problem = validate_op(op)
+        if problem is not None:
+            self._queue_reply(conn, {"c": client, "r": request_num, "s": 0,
+                                     "res": {"ok": False, "error": problem}})
+            return
+        self.recorded.pop(client, None)
+        entry = {"s": self.sm.seq + 1, "e": self.epoch, "c": client, "r": request_num, "op": op}
+        result = self._apply(entry, announce=True)
+        self._entries_out.append(entry)
+        self.stats.ordered += 1
+        self.waiting.append(PendingReply(entry["s"], conn, {
+            "c": client, "r": request_num, "s": entry["s"], "res": result}))
+
+    def _apply(self, entry: dict[str, Any], *, announce: bool) -> dict[str, Any]:
+        """Apply one entry to the state machine and the log, with the course's lines."""
+        trace = announce and self.config.trace.requests
+        client, request_num = entry["c"], entry["r"]
+        if trace:
+            key = entry["op"].get("key", "")
+            label = msg_id(client, self.id, request_num, "request")
+            log.info("my_state_%s = %s before processing %s", self.id, self.sm.describe(key),
+                     label, extra={"kind": "state"})
+        result, _executed = self.sm.apply(entry)
+        self.log.append(entry)
+        if trace:
+            log.info("my_state_%s = %s after processing %s", self.id, self.sm.describe(key),
+                     label, extra={"kind": "state"})
+        recorded = self.recorded.get(client)
+        if recorded is not None and recorded.request_num <= request_num:
+            del self.recorded[client]
+        return result
+
+    def _reply_when_committed(self, queue: collections.deque[PendingReply], commit: int,
+                              conn: Conn, client: str, request_num: int, seq: int,
+                              result: dict[str, Any]) -> None:
+        item = {"c": client, "r": request_num, "s": seq, "res": result}
+        if seq <= commit:
+            self._queue_reply(conn, item)
+        else:
+            # Answered in seq order once committed; an already-waiting original keeps its place.
+            queue.append(PendingReply(seq, conn, item))
+            if len(queue) > 1 and queue[-2].seq > seq:
+                ordered = sorted(queue, key=lambda p: p.seq)
+                queue.clear()
+                queue.extend(ordered)
+
+    def _queue_reply(self, conn: Conn, item: dict[str, Any]) -> None:
+        if conn.is_closing():
+            return
+        item["from"] = self.id
+        if self.config.trace.requests:
+            log.info("Sending %s", msg_id(item["c"], self.id, item["r"], "reply"),
+                     extra={"kind": "reply"})
+        out = self._reply_out.get(conn)
+        if out is None:
+            self._reply_out[conn] = [item]
+        else:
+            out.append(item)
+        self.stats.replies += 1
+
+    def _flush_replies(self) -> None:
+        if not self._reply_out:
+            return
+        out, self._reply_out = self._reply_out, {}
+        for conn, items in out.items():
+            conn.send("reply", {"reps": items})
+
+    def _release(self, queue: collections.deque[PendingReply], commit: int) -> None:
+        while queue and queue[0].seq <= commit:
+            pending = queue.popleft()
+            self._queue_reply(pending.conn, pending.item)
+
+    def on_client_closed(self, conn: Conn) -> None:
+        self.client_links.discard(conn)
+        for client in [c for c, k in self.client_conns.items() if k is conn]:
+            del self.client_conns[client]
+
+    def push_view_to_clients(self) -> None:
+        if self.view is None:
+            return
+        body = {"view": self.view.to_wire(), "ready": self.ready}
+        for conn in list(self.client_links):
+            conn.send("view", body)
+
+    # ==================================================================== orderer side ====
+    def _ship(self) -> None:
+        """After a batch of events: stream new entries, advance the commit, send replies."""
+        if self._entries_out:
+            entries, self._entries_out = self._entries_out, []
+            self._broadcast("entries", {"entries": entries, "commit": self.commit})
+            self._commit_sent = self.commit
+        self._advance_commit()
+        self._flush_replies()
+
+    def _broadcast(self, kind: str, fields: dict[str, Any]) -> list[str]:
+        receivers = [s for s in self.subs.values() if s.synced]
+        if receivers:
+            broadcast((s.conn for s in receivers), kind, fields, self.id, self.epoch, self.key)
+        return [s.id for s in receivers]
+
+    def _advance_commit(self) -> None:
+        if not self.serving:
+            return
+        new = self.sm.seq
+        sync = self.sync_set
+        if self.config.replication == "async" and not self.active:
+            if not self.lease_ok():
+                return
+        elif sync:
+            for member in sync:
+                acked = self.acked.get(member, -1)
+                if acked < new:
+                    new = acked
+        elif not self.lease_ok():
+            return  # alone: only a live lease proves nobody else was promoted
+        if new > self.commit:
+            self.commit = new
+            self._release(self.waiting, new)
+            if self.active and not self._commit_scheduled:
+                # Members answer clients only for committed entries: tell them once per turn.
+                self._commit_scheduled = True
+                asyncio.get_running_loop().call_soon(self._broadcast_commit)
+            self._flush_replies()
+
+    def _broadcast_commit(self) -> None:
+        self._commit_scheduled = False
+        if self.serving and self.commit > self._commit_sent:
+            self._commit_sent = self.commit
+            self._broadcast("commit", {"commit": self.commit})
+
+    def on_member_hello(self, conn: Conn, msg: Message) -> None:
+        member = require(msg, "id", str)
+        seq = require(msg, "seq", int)
+        last_epoch = require(msg, "last_epoch", int)
+        trusted = bool(msg.get("trusted"))
+        if member not in self.config.replica_ids or member == self.id:
+            raise WireError("unknown_peer", f"{member!r} is not a replica of this cluster")
+        conn.peer_id = member
+        conn.role = "member"
+        self.submit(self._handle_subscribe, conn,
+                    {"id": member, "seq": seq, "last_epoch": last_epoch, "trusted": trusted,
+                     "epoch": msg["e"]})
+
+    def _handle_subscribe(self, conn: Conn, msg: Message) -> None:
+        member = msg["id"]
+        if not self.is_orderer or msg["epoch"] != self.epoch:
+            # Not (or no longer) the orderer of its epoch: tell it the view we know and part.
+            if self.view is not None:
+                conn.send("view", {"view": self.view.to_wire()})
+            conn.close()
+            return
+        old = self.subs.get(member)
+        if old is not None and old.conn is not conn:
+            old.conn.close()
+        trusted = msg["trusted"] and member in self.sync_set
+        sub = Subscriber(member, conn, msg["seq"], trusted)
+        self.subs[member] = sub
+        self.watch_member_close(conn)
+        log.info("%s: %s subscribed (seq %d, %s)", self.id, member, sub.seq,
+                 "ready member" if trusted else "newborn: sending a checkpoint")
+        if self.recovering:
+            self._continue_recovery()
+            return
+        self._sync_subscriber(sub, msg["last_epoch"])
+
+    def _sync_subscriber(self, sub: Subscriber, last_epoch: int) -> None:
+        """Send a subscriber what it lacks: log entries when we can, else a checkpoint."""
+        payload: dict[str, Any] = {"commit": self.commit, "view": self.view.to_wire()}
+        entries = None
+        if sub.trusted and sub.seq <= self.sm.seq:
+            at = self.log.entry(sub.seq)
+            consistent = sub.seq == 0 or (at is not None and at["e"] == last_epoch) or (
+                sub.seq == self.log.base and sub.seq == self._prev_checkpoint_seq)
+            if consistent:
+                entries = self.log.entries_after(sub.seq)
+        if entries is None:
+            payload["checkpoint"] = self._snapshot()
+            entries = []
+            self._log_checkpoint(payload["checkpoint"], [sub.id], "catch-up")
+        payload["entries"] = entries
+        sub.conn.send("catchup", payload)
+        sub.synced = True
+        if sub.id in self.sync_set:
+            self.acked[sub.id] = max(self.acked.get(sub.id, 0), sub.seq)
+
+    def watch_member_close(self, conn: Conn) -> None:
+        previous = conn.on_close
+
+        def closed(c: Conn) -> None:
+            if previous:
+                previous(c)
+            sub = self.subs.get(c.peer_id or "")
+            if sub is not None and sub.conn is c:
+                del self.subs[sub.id]
+                log.warning("%s: lost the stream to %s", self.id, sub.id)
+        conn.on_close = closed
+
+    def on_member_ack(self, conn: Conn, msg: Message) -> None:
+        seq = require(msg, "seq", int)
+        member = conn.peer_id or ""
+        sub = self.subs.get(member)
+        if sub is None or sub.conn is not conn or require(msg, "e", int) != self.epoch:
+            return
+        if seq > self.acked.get(member, -1):
+            self.acked[member] = seq
+            if member in self.sync_set and self.serving:
+                self._advance_commit()
+
+    def _continue_recovery(self) -> None:
+        """View change: gather every ready member, adopt the longest history, then serve."""
+        if not self.recovering or self._fetch_from is not None:
+            return
+        missing = [m for m in self.sync_set if m not in self.subs]
+        if missing:
+            return
+        ahead = max((s for s in self.subs.values() if s.trusted),
+                    key=lambda s: s.seq, default=None)
+        if ahead is not None and ahead.seq > self.sm.seq:
+            self._fetch_from = ahead.id
+            log.info("%s: view change: fetching entries %d..%d from %s", self.id,
+                     self.sm.seq + 1, ahead.seq, ahead.id, extra={"kind": "decision"})
+            ahead.conn.send("fetch", {"from": self.sm.seq})
+            return
+        self.recovering = False
+        self._recovery_deadline = 0.0
+        self.commit = self.sm.seq  # every ready member will hold all of it before new entries
+        for sub in list(self.subs.values()):
+            last = self.log.entry(sub.seq)
+            self._sync_subscriber(sub, last["e"] if last else 0)
+        label = "sequencer" if self.active else "primary"
+        log.info("%s: I am the %s of epoch %d (seq %d, ready: %s)", self.id, label, self.epoch,
+                 self.sm.seq, ", ".join(self.view.members), extra={"kind": "membership"})
+        # Requests recorded while another replica ordered: order them now, answer directly.
+        for client, rec in sorted(self.recorded.items()):
+            self._order(rec.conn, client, rec.request_num, rec.op)
+        self.recorded.clear()
+        self.push_view_to_clients()
+        self.report(force=True)
+
+    def on_fetched(self, conn: Conn, msg: Message) -> None:
+        self.submit(self._handle_fetched, conn, msg)
+
+    def _handle_fetched(self, conn: Conn, msg: Message) -> None:
+        if not self.recovering or conn.peer_id != self._fetch_from:
+            return
+        self._install_payload(msg)
+        self._fetch_from = None
+        self._continue_recovery()
+
+    def _snapshot(self) -> dict[str, Any]:
+        return self.sm.snapshot(self.epoch)
+
+    def _send_checkpoint(self, _conn: Conn, _msg: Message) -> None:
+        if not self.serving:
+            return
+        self._ship()  # entries before the checkpoint, in stream order
+        cp = self._snapshot()
+        receivers = self._broadcast("checkpoint", {"checkpoint": cp})
+        if receivers:
+            self.stats.checkpoints_sent += 1
+            self._log_checkpoint(cp, receivers, "periodic")
+        self._truncate_at(cp["seq"])
+
+    def _log_checkpoint(self, cp: dict[str, Any], receivers: list[str], why: str) -> None:
+        log.info("[CHECKPOINT %d] %s -> %s (%s: seq %d, %d keys, digest %s)",
+                 cp["checkpoint_count"], self.id, ", ".join(receivers), why, cp["seq"],
+                 len(cp["my_state"]), cp["digest"][:12], extra={"kind": "checkpoint"})
+
+    def _truncate_at(self, seq: int) -> None:
+        self.log.truncate(self._prev_checkpoint_seq)
+        self._prev_checkpoint_seq = self._checkpoint_seq
+        self._checkpoint_seq = seq
+
+    # ===================================================================== member side ====
+    def on_upstream_message(self, conn: Conn, msg: Message) -> None:
+        kind = msg["t"]
+        if kind in ("entries", "catchup", "checkpoint", "commit", "fetch", "view"):
+            if msg["e"] < self.epoch:
+                return  # a deposed orderer's stream: fenced off
+            self.submit(self._handle_upstream, conn, msg)
+        elif kind == "error":
+            log.warning("%s: orderer refused the subscription: %s", self.id, msg.get("message"))
+        else:
+            raise WireError("unknown_type", f"unexpected {kind!r} from the orderer")
+
+    def _handle_upstream(self, conn: Conn, msg: Message) -> None:
+        if self.upstream is None or self.upstream.conn is not conn:
+            return
+        kind = msg["t"]
+        if kind == "view":
+            self._on_view(conn, {"view": msg["view"]})
+            return
+        if msg["e"] != self.epoch:
+            return
+        if kind == "catchup":
+            self._install_payload(msg)
+            self.caught_up = True
+            self.member_commit = max(self.member_commit, require(msg, "commit", int))
+            log.info("%s: caught up with %s at seq %d (i_am_ready = %d)", self.id,
+                     self.view.primary if self.view else "?", self.sm.seq, int(self.ready),
+                     extra={"kind": "state"})
+            self.report(force=True)
+        elif kind == "entries":
+            if not self.caught_up:
+                return
+            for entry in require(msg, "entries", list):
+                self._member_apply(conn, entry)
+            self._member_commit(require(msg, "commit", int))
+        elif kind == "commit":
+            self._member_commit(require(msg, "commit", int))
+            return
+        elif kind == "checkpoint":
+            self._install_checkpoint_from_stream(require(msg, "checkpoint", dict))
+        elif kind == "fetch":
+            since = require(msg, "from", int)
+            entries = self.log.entries_after(since)
+            if entries is None:
+                conn.send("fetched", {"checkpoint": self.sm.snapshot(self.epoch), "entries": []})
+            else:
+                conn.send("fetched", {"entries": entries})
+            return
+        conn.send("ack", {"seq": self.sm.seq})
+
+    def _member_apply(self, conn: Conn, entry: Any) -> None:
+        if not isinstance(entry, dict) or not isinstance(entry.get("s"), int):
+            raise WireError("malformed", "entries: bad entry")
+        seq = entry["s"]
+        if seq <= self.sm.seq:
+            return
+        if seq != self.sm.seq + 1:
+            log.error("%s: gap in the stream (got %d after %d); resubscribing", self.id, seq,
+                      self.sm.seq)
+            self.caught_up = False
+            conn.close()
+            return
+        if validate_op(entry.get("op")) is not None or not isinstance(entry.get("c"), str) \
+                or not isinstance(entry.get("r"), int) or not isinstance(entry.get("e"), int):
+            raise WireError("malformed", f"entries: entry {seq} is malformed")
+        replies = self.active and self.ready
+        result = self._apply(entry, announce=replies)
+        if replies:
+            client_conn = self.client_conns.get(entry["c"])
+            if client_conn is not None:
+                self._reply_when_committed(self.member_waiting, self.member_commit, client_conn,
+                                           entry["c"], entry["r"], seq, result)
+
+    def _member_commit(self, commit: int) -> None:
+        if commit > self.member_commit:
+            self.member_commit = commit
+            self._release(self.member_waiting, commit)
+
+    def _install_payload(self, msg: Message) -> None:
+        """Install a catch-up/fetch payload: optional checkpoint, then entries beyond it."""
+        cp = msg.get("checkpoint")
+        if cp is not None:
+            problem = validate_checkpoint(cp)
+            if problem:
+                raise WireError("malformed", problem)
+            self.sm.install(cp)
+            self.log.reset(cp["seq"])
+            self._prev_checkpoint_seq = self._checkpoint_seq = cp["seq"]
+            self.member_waiting.clear()
+            log.info("[CHECKPOINT %d] %s installed (seq %d, %d keys, digest %s)",
+                     cp["checkpoint_count"], self.id, cp["seq"], len(cp["my_state"]),
+                     cp["digest"][:12], extra={"kind": "checkpoint"})
+        entries = msg.get("entries") or []
+        replayed = 0
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("s"), int) \
+                    and entry["s"] == self.sm.seq + 1:
+                self._apply(entry, announce=False)
+                replayed += 1
+        if replayed:
+            log.info("%s: replayed %d entries beyond the checkpoint (now seq %d)", self.id,
+                     replayed, self.sm.seq, extra={"kind": "state"})
+
+    def _install_checkpoint_from_stream(self, cp: dict[str, Any]) -> None:
+        problem = validate_checkpoint(cp)
+        if problem:
+            raise WireError("malformed", problem)
+        self.stats.checkpoints_received += 1
+        if cp["seq"] == self.sm.seq and cp["digest"] == self.sm.digest():
+            self.sm.checkpoint_count = cp["checkpoint_count"]
+            verdict = "matches my state"
+        else:
+            if cp["seq"] == self.sm.seq:
+                self.stats.divergences += 1
+                log.error("%s: DIVERGENCE at seq %d: my digest %s, primary's %s; installing "
+                          "the checkpoint", self.id, cp["seq"], self.sm.digest()[:12],
+                          cp["digest"][:12])
+            self.sm.install(cp)
+            self.log.reset(cp["seq"])
+            verdict = "installed"
+        log.info("[CHECKPOINT %d] %s -> %s received (seq %d, %s)", cp["checkpoint_count"],
+                 self.view.primary if self.view else "?", self.id, cp["seq"], verdict,
+                 extra={"kind": "checkpoint"})
+        self._truncate_at(cp["seq"])
+
+    # ==================================================================== views & RM ====
+    def on_view(self, conn: Conn, msg: Message) -> None:
+        view = View.from_wire(msg.get("view"))
+        for member in view.members:
+            if member not in self.config.replica_ids:
+                raise WireError("malformed", f"view names unknown replica {member!r}")
+        self.submit(self._on_view, conn, {"view": view})
+
+    def _on_view(self, conn: Conn, msg: Message) -> None:
+        view = msg["view"]
+        if not isinstance(view, View):
+            view = View.from_wire(view)
+        authority = conn.role in ("rm", "admin")
+        if self.view is not None and view.key <= self.view.key:
+            if authority:
+                if view.key == self.view.key:
+                    self._grant_view_lease(view)
+                conn.send("view_ack", self.status())
+            return
+        old = self.view
+        was_ready = self.ready
+        self.view = view
+        new_epoch = old is None or view.epoch != old.epoch
+        in_view = self.id in view.members
+        log.info("%s: view %s", self.id, view.describe(), extra={"kind": "membership"})
+        if new_epoch:
+            self._leave_epoch()
+        if authority:
+            self._grant_view_lease(view)
+        if view.primary == self.id:
+            if new_epoch:
+                self._become_orderer()
+            else:
+                self._sync_set_changed(old)
+        else:
+            if not in_view:
+                if self.trusted:
+                    log.warning("%s: removed from the ready set; will catch up again", self.id)
+                # Whatever it holds may miss entries now: it takes a checkpoint again.
+                self.caught_up = False
+            self.trusted = in_view
+            if new_epoch or self.upstream is None or not self.caught_up \
+                    or self.upstream.target != view.primary:
+                self._subscribe()
+        if self.ready != was_ready:
+            log.info("%s: i_am_ready = %d", self.id, int(self.ready), extra={"kind": "state"})
+        if conn.role in ("rm", "admin"):
+            conn.send("view_ack", self.status())
+        self.push_view_to_clients()
+        self.report(force=True)
+
+    def _leave_epoch(self) -> None:
+        """Forget the previous epoch's orderer state (its pending replies die with it)."""
+        for sub in list(self.subs.values()):
+            sub.conn.close()
+        self.subs.clear()
+        self.acked.clear()
+        self.waiting.clear()
+        self.member_waiting.clear()
+        self._entries_out.clear()
+        self._fetch_from = None
+        self.recovering = False
+        self.lease_until = 0.0
+        self._lease_sent.clear()
+
+    def _grant_view_lease(self, view: View) -> None:
+        """A view from the RM (or an operator) carries the primary's first lease."""
+        if view.lease and view.primary == self.id:
+            self.lease_until = max(self.lease_until, time.monotonic() + view.lease)
+
+    def _become_orderer(self) -> None:
+        if not (self.trusted and self.caught_up) and self.sm.seq:
+            log.warning("%s: promoted without a confirmed state; the view change will bring "
+                        "the ready members' history", self.id)
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        self.trusted = True
+        self.caught_up = True
+        self.recovering = True
+        self._recovery_deadline = time.monotonic() + self.tunables.view_change_timeout
+        self.commit = 0
+        log.info("%s: view change to epoch %d: collecting from %s", self.id, self.epoch,
+                 ", ".join(self.sync_set) or "nobody", extra={"kind": "decision"})
+        self._continue_recovery()
+
+    def _sync_set_changed(self, old: View | None) -> None:
+        before = set(old.members) if old else set()
+        for member in self.sync_set:
+            if member not in before:
+                sub = self.subs.get(member)
+                if sub is not None:
+                    sub.trusted = True
+                    # Its acks count from now on; it holds at least what it acked.
+                    self.acked.setdefault(member, sub.seq)
+        for member in before - set(self.view.members if self.view else ()):
+            self.acked.pop(member, None)
+            sub = self.subs.get(member)
+            if sub is not None:
+                sub.trusted = False
+        if self.recovering:
+            self._continue_recovery()
+        else:
+            self._advance_commit()
+
+    def _subscribe(self) -> None:
+        if self.view is None:
+            return
+        if self.upstream is not None:
+            self.upstream.close()
+        if not (self.trusted and self.caught_up):
+            self.caught_up = False  # an untrusted subscriber always starts from a checkpoint
+        target = self.config.replica(self.view.primary)
+        self.upstream = Upstream(self, target)
+        self.upstream.start()
+
+    def subscription_fields(self) -> dict[str, Any]:
+        last = self.log.entry(self.sm.seq)
+        last_epoch = last["e"] if last else self.sm.last_epoch
+        trusted = self.trusted and self.caught_up
+        return {"role": "member", "id": self.id, "seq": self.sm.seq if trusted else 0,
+                "last_epoch": last_epoch, "trusted": trusted}
+
+    def upstream_lost(self) -> None:
+        """The stream to the orderer broke; a trusted member keeps its state and resumes."""
+        self.member_waiting.clear()
+
+    def on_lease(self, conn: Conn, msg: Message) -> None:
+        n = require(msg, "n", int)
+        duration = require(msg, "duration", (int, float))
+        sent = self._lease_sent.pop(n, None)
+        if sent is None or msg["e"] != self.epoch or not self.is_orderer:
+            return
+        self.lease_until = max(self.lease_until, sent + float(duration))
+        for old in [k for k in self._lease_sent if k < n]:
+            del self._lease_sent[old]
+        if self.serving and not self.sync_set:
+            self.submit(lambda _c, _m: self._advance_commit(), conn, msg)
+
+    def _request_lease(self) -> None:
+        if not self.rm_conns:
+            return
+        self._lease_n += 1
+        self._lease_sent[self._lease_n] = time.monotonic()
+        for conn in self.rm_conns:
+            conn.send("lease_req", {"n": self._lease_n})
+
+    def _to_rm(self, kind: str, fields: dict[str, Any]) -> None:
+        for conn in self.rm_conns:
+            conn.send(kind, fields)
+
+    def report(self, force: bool = False) -> None:
+        self._last_report = time.monotonic()
+        if self.rm_conns:
+            self._to_rm("report", self.status(light=True))
+
+    def status(self, light: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "pid": os.getpid(),
+            "mode": self.config.mode,
+            "role": self.role_name,
+            "i_am_ready": int(self.ready),
+            "caught_up": self.caught_up,
+            "recovering": self.recovering,
+            "epoch": self.epoch,
+            "view": self.view.to_wire() if self.view else None,
+            "seq": self.sm.seq,
+            "commit": self.commit if self.is_orderer else self.member_commit,
+            "checkpoint_count": self.sm.checkpoint_count,
+            "last_epoch": self.sm.last_epoch,
+            "recorded": len(self.recorded),
+            "clients": len(self.sm.clients),
+            "lease_left": round(max(0.0, self.lease_until - time.monotonic()), 3),
+            "subscribers": {s.id: self.acked.get(s.id, s.seq) for s in self.subs.values()},
+            "upstream": self.upstream.target if self.upstream else None,
+            "stats": {
+                "ordered": self.stats.ordered, "executed": self.sm.executed,
+                "replies": self.stats.replies,
+                "duplicates_answered": self.stats.duplicates_answered,
+                "checkpoints_sent": self.stats.checkpoints_sent,
+                "checkpoints_received": self.stats.checkpoints_received,
+                "divergences": self.stats.divergences,
+                "rejected_frames": self.stats.rejected_frames,
+            },
+        }
+        if not light:
+            data["digest"] = self.sm.digest()
+            data["keys"] = len(self.sm.kv)
+        return data
+
+
+class _NoConn:
+    """Stands in for a connection for internally generated inbox events."""
+
+    role = "internal"
+    peer_id = None
+
+    def is_closing(self) -> bool:
+        return False
+
+
+_NO_CONN: Any = _NoConn()

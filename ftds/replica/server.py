@@ -1,0 +1,178 @@
+"""The replica daemon: its two listening ports and who may say what on each.
+
+- the **client port** takes client hellos and requests, nothing else;
+- the **control port** takes the LFD (heartbeats), the RM and operators (views, leases, status)
+  and the other replicas (the ordered stream). Heartbeats never share the client port.
+
+Anything malformed, unauthenticated or of an unknown type closes that one connection with an
+error message; the state and every other connection are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from ..config import ConfigError, describe_changes, load_config
+from ..wire import Conn, Message, WireError, require
+from .core import _NO_CONN, Replica
+
+log = logging.getLogger("ftds.replica")
+
+CONTROL_ROLES = ("lfd", "rm", "admin", "member")
+
+
+class ReplicaDaemon:
+    def __init__(self, config_path: str, replica_id: str) -> None:
+        self.config_path = config_path
+        config = load_config(config_path)
+        self.replica = Replica(config, replica_id, config.read_key())
+        self.name = replica_id
+        self._servers: list[asyncio.base_events.Server] = []
+        self._conns: set[Conn] = set()
+        self._hb_count = 0
+
+    @property
+    def config(self):
+        return self.replica.config
+
+    def status_line(self) -> str:
+        r = self.replica
+        return f"{r.role_name}, epoch {r.epoch}, seq {r.sm.seq}, i_am_ready={int(r.ready)}"
+
+    # ====================================================================== lifecycle ====
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        spec = self.replica.spec
+        self.replica.start()
+        self._servers = [
+            await loop.create_server(self._client_conn, spec.host, spec.port,
+                                     reuse_address=True),
+            await loop.create_server(self._control_conn, spec.host, spec.control_port,
+                                     reuse_address=True),
+        ]
+        log.info("%s: serving clients on %s:%d, control on %s:%d (%s mode, pid %d); "
+                 "i_am_ready = 0 until a view makes it ready", spec.id, spec.host, spec.port,
+                 spec.host, spec.control_port, self.config.mode, os.getpid())
+
+    async def stop(self) -> None:
+        # Stop answering clients first, then the control side (the LFD sees us go last).
+        for server in self._servers:
+            server.close()
+        for conn in list(self.replica.client_links):
+            conn.close()
+        await self.replica.stop()
+        for conn in list(self._conns):
+            conn.close()
+        for server in self._servers:
+            await server.wait_closed()
+
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("%s: reload refused, keeping the running configuration: %s", self.name, exc)
+            return
+        old = self.config
+        changes = describe_changes(old, new)
+        fixed = [c for c in changes if c.split(":")[0] in ("mode", "replication", "key_file")]
+        if fixed:
+            log.error("%s: reload refused: %s need a restart; keeping the running configuration",
+                      self.name, ", ".join(fixed))
+            return
+        if new.replica(self.name) != old.replica(self.name):
+            log.error("%s: reload refused: my own address changed (needs a restart)", self.name)
+            return
+        self.replica.config = new
+        log.info("%s: configuration reloaded: %s", self.name,
+                 "; ".join(changes) if changes else "no change")
+
+    # ==================================================================== connections ====
+    def _new_conn(self, on_message: Any, label: str) -> Conn:
+        r = self.replica
+        conn = Conn(r.key, self.config.tunables.max_frame, r.id, lambda: r.epoch, on_message,
+                    self._closed, label)
+        self._conns.add(conn)
+        return conn
+
+    def _closed(self, conn: Conn) -> None:
+        self._conns.discard(conn)
+        if conn.role == "client":
+            self.replica.on_client_closed(conn)
+        elif conn.role == "rm":
+            self.replica.rm_conns.discard(conn)
+        elif conn.role == "lfd":
+            log.warning("%s: %s disconnected", self.name, conn.peer_id)
+
+    def _client_conn(self) -> Conn:
+        return self._new_conn(self._on_client_message, "client")
+
+    def _control_conn(self) -> Conn:
+        return self._new_conn(self._on_control_message, "control")
+
+    def _on_client_message(self, conn: Conn, msg: Message) -> None:
+        kind = msg["t"]
+        if conn.role is None:
+            if kind != "hello":
+                raise WireError("protocol", f"expected hello first, got {kind!r}")
+            conn.role = "client"
+            self.replica.on_client_hello(conn, msg)
+            conn.label = f"client {conn.peer_id}"
+        elif kind == "req":
+            self.replica.on_client_requests(conn, msg)
+        else:
+            raise WireError("unknown_type", f"{kind!r} is not a client message")
+
+    def _on_control_message(self, conn: Conn, msg: Message) -> None:
+        kind = msg["t"]
+        r = self.replica
+        role = conn.role
+        if role is None:
+            if kind != "hello":
+                raise WireError("protocol", f"expected hello first, got {kind!r}")
+            self._control_hello(conn, msg)
+        elif role == "lfd" and kind == "hb":
+            self._heartbeat(conn, msg)
+        elif role in ("rm", "admin") and kind == "view":
+            r.on_view(conn, msg)
+        elif role in ("rm", "admin") and kind == "status_req":
+            conn.send("status", r.status())
+        elif role == "rm" and kind == "lease":
+            r.on_lease(conn, msg)
+        elif role == "admin" and kind == "checkpoint_now":
+            r.submit(r._send_checkpoint, _NO_CONN, {})
+            conn.send("ok", {})
+        elif role == "member" and kind == "ack":
+            r.on_member_ack(conn, msg)
+        elif role == "member" and kind == "fetched":
+            r.on_fetched(conn, msg)
+        else:
+            raise WireError("unknown_type", f"{kind!r} is not accepted from a {role} connection")
+
+    def _control_hello(self, conn: Conn, msg: Message) -> None:
+        r = self.replica
+        role = require(msg, "role", str)
+        if role not in CONTROL_ROLES:
+            raise WireError("protocol", f"unknown role {role!r}")
+        conn.role = role
+        if role == "member":
+            r.on_member_hello(conn, msg)
+            return
+        conn.peer_id = str(msg.get("id") or msg.get("from") or role)[:64]
+        conn.label = f"{role} {conn.peer_id}"
+        if role == "lfd":
+            log.info("%s: registered with %s", r.id, conn.peer_id, extra={"kind": "membership"})
+        elif role == "rm":
+            r.rm_conns.add(conn)
+        conn.send("welcome", r.status())
+
+    def _heartbeat(self, conn: Conn, msg: Message) -> None:
+        r = self.replica
+        n = require(msg, "n", int)
+        if r.config.trace.heartbeats:
+            log.info("[%d] %s receives heartbeat from %s", n, r.id, conn.peer_id,
+                     extra={"kind": "heartbeat"})
+        conn.send("hb_ack", {"n": n, "i_am_ready": int(r.ready), "seq": r.sm.seq,
+                             "role": r.role_name, "pid": os.getpid()})

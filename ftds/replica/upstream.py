@@ -1,0 +1,77 @@
+"""A member's subscription to the orderer of its view: connect, say where it stands, resume.
+
+The stream itself is handled by the replica; this only keeps the connection alive, retrying with
+a short capped backoff so a member follows a new orderer within a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..config import ReplicaSpec
+from ..wire import Conn, connect
+
+if TYPE_CHECKING:
+    from .core import Replica
+
+log = logging.getLogger("ftds.replica")
+
+BACKOFF_FIRST = 0.02
+BACKOFF_MAX = 1.0
+
+
+class Upstream:
+    def __init__(self, replica: Replica, target: ReplicaSpec) -> None:
+        self.replica = replica
+        self.target = target.id
+        self._spec = target
+        self.conn: Conn | None = None
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"upstream-{self.target}")
+
+    def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    async def _run(self) -> None:
+        replica = self.replica
+        backoff = BACKOFF_FIRST
+        warned = False
+        while not self._closed:
+            tun = replica.config.tunables
+            try:
+                conn = await connect(
+                    self._spec.host, self._spec.control_port, replica.key, tun.max_frame,
+                    replica.id, timeout=tun.connect_timeout, epoch_fn=lambda: replica.epoch,
+                    on_message=replica.on_upstream_message,
+                    label=f"{replica.id}->{self.target} stream",
+                )
+            except (OSError, TimeoutError) as exc:
+                if not warned:
+                    log.warning("%s: cannot reach %s (%s); retrying", replica.id, self.target,
+                                exc.__class__.__name__)
+                    warned = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            if self._closed:
+                conn.close()
+                return
+            warned = False
+            backoff = BACKOFF_FIRST
+            self.conn = conn
+            conn.send("hello", replica.subscription_fields())
+            await conn.closed
+            if self.conn is conn:
+                self.conn = None
+            replica.upstream_lost()
+            await asyncio.sleep(backoff)

@@ -1,0 +1,73 @@
+"""The run loop every daemon shares: uvloop, signals, systemd notify and watchdog, clean exit.
+
+A daemon is an object with ``async start()``, ``async stop()`` and ``reload()``. SIGTERM/SIGINT
+stop it gracefully, SIGHUP reloads its configuration; READY=1 goes to systemd once ``start``
+returned, and WATCHDOG=1 is sent from the loop itself so a stuck loop gets the unit restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Protocol
+
+from .sdnotify import Notifier, watchdog_interval
+
+log = logging.getLogger("ftds.runloop")
+
+
+class Daemon(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def reload(self) -> None: ...
+    def status_line(self) -> str: ...
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
+
+
+async def serve(daemon: Daemon) -> int:
+    loop = asyncio.get_running_loop()
+    notifier = Notifier()
+    stop = asyncio.Event()
+
+    def on_reload() -> None:
+        notifier.reloading()
+        try:
+            daemon.reload()
+        except Exception:  # a reload must never take the daemon down
+            log.exception("%s: reload failed; keeping the running configuration", daemon.name)
+        notifier.ready(daemon.status_line())
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    await daemon.start()
+    notifier.ready(daemon.status_line())
+    tasks = []
+    interval = watchdog_interval()
+    if interval:
+        tasks.append(asyncio.create_task(_watchdog(notifier, interval)))
+    await stop.wait()
+    log.info("%s: stopping", daemon.name)
+    notifier.stopping()
+    for task in tasks:
+        task.cancel()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(daemon.stop(), 10)
+    return 0
+
+
+def run(daemon: Daemon) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stdlib loop still works
+        return asyncio.run(serve(daemon))
+    return uvloop.run(serve(daemon))

@@ -1,0 +1,167 @@
+"""The replicated state machine: a key-value store with exactly-once client requests.
+
+Applied deterministically, one ordered entry after another. Per client it keeps the highest
+applied ``request_num`` (the high watermark) and the reply it produced, so a retried request is
+answered from the cache and never executed twice. ``digest()`` hashes the canonical state so
+divergence between replicas is visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+OPS = ("get", "put", "incr", "delete", "cas")
+MAX_KEY_LEN = 256
+
+Result = dict[str, Any]
+Entry = dict[str, Any]  # {"s": seq, "e": epoch, "c": client, "r": request_num, "op": {...}}
+
+
+def validate_op(op: Any) -> str | None:
+    """None if ``op`` is a well-formed operation, else what is wrong with it."""
+    if not isinstance(op, dict):
+        return "op must be an object"
+    name = op.get("op")
+    if name not in OPS:
+        return f"unknown op {name!r} (known: {', '.join(OPS)})"
+    key = op.get("key")
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LEN:
+        return f"key must be a string of 1-{MAX_KEY_LEN} characters"
+    if name in ("put", "cas") and "value" not in op:
+        return f"{name} needs a value"
+    if name == "cas" and "expect" not in op:
+        return "cas needs expect"
+    if name == "incr":
+        delta = op.get("delta", 1)
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            return "incr delta must be an integer"
+    return None
+
+
+def execute(kv: dict[str, Any], op: dict[str, Any]) -> Result:
+    """Run one validated operation against ``kv``; deterministic and never raises."""
+    name = op["op"]
+    key = op["key"]
+    if name == "get":
+        return {"ok": True, "value": kv.get(key)}
+    if name == "put":
+        kv[key] = op["value"]
+        return {"ok": True}
+    if name == "incr":
+        current = kv.get(key, 0)
+        if isinstance(current, bool) or not isinstance(current, int):
+            return {"ok": False, "error": f"value of {key!r} is not an integer"}
+        current += op.get("delta", 1)
+        kv[key] = current
+        return {"ok": True, "value": current}
+    if name == "delete":
+        existed = key in kv
+        kv.pop(key, None)
+        return {"ok": True, "value": existed}
+    # cas
+    current = kv.get(key)
+    if current == op["expect"] and type(current) is type(op["expect"]):
+        kv[key] = op["value"]
+        return {"ok": True, "value": op["value"], "swapped": True}
+    return {"ok": True, "value": current, "swapped": False}
+
+
+class StateMachine:
+    def __init__(self) -> None:
+        self.kv: dict[str, Any] = {}
+        # client id -> [high watermark request_num, cached result, seq of that request]
+        self.clients: dict[str, list[Any]] = {}
+        self.seq = 0  # last applied sequence number
+        self.last_epoch = 0  # epoch of the last applied entry
+        self.checkpoint_count = 0
+        self.executed = 0  # entries executed by this replica since it started
+
+    # -- applying --------------------------------------------------------------------------
+    def watermark(self, client: str) -> int:
+        record = self.clients.get(client)
+        return record[0] if record else 0
+
+    def cached(self, client: str, request_num: int) -> tuple[Result, int] | None:
+        """The reply (and its seq) of ``request_num`` if it is the client's last applied one."""
+        record = self.clients.get(client)
+        if record and record[0] == request_num:
+            return record[1], record[2]
+        return None
+
+    def apply(self, entry: Entry) -> tuple[Result, bool]:
+        """Apply the next entry. Returns (result, executed); a duplicate is not executed."""
+        seq = entry["s"]
+        if seq != self.seq + 1:
+            raise ValueError(f"entry {seq} applied out of order after {self.seq}")
+        self.seq = seq
+        self.last_epoch = entry["e"]
+        client = entry["c"]
+        request_num = entry["r"]
+        record = self.clients.get(client)
+        if record is not None and request_num <= record[0]:
+            # Ordered twice (cannot happen from a correct orderer): never execute again.
+            return (record[1] if request_num == record[0] else
+                    {"ok": False, "error": "stale request"}), False
+        result = execute(self.kv, entry["op"])
+        self.clients[client] = [request_num, result, seq]
+        self.executed += 1
+        return result, True
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def digest(self) -> str:
+        return state_digest(self.kv, self.clients)
+
+    def snapshot(self, epoch: int) -> dict[str, Any]:
+        """A checkpoint of everything a newcomer needs (the course's my_state and more)."""
+        self.checkpoint_count += 1
+        return {
+            "checkpoint_count": self.checkpoint_count,
+            "seq": self.seq,
+            "epoch": epoch,
+            "last_epoch": self.last_epoch,
+            "my_state": self.kv,
+            "clients": self.clients,
+            "digest": self.digest(),
+        }
+
+    def install(self, checkpoint: dict[str, Any]) -> None:
+        """Replace the state by a checkpoint (already verified against its digest)."""
+        self.kv = dict(checkpoint["my_state"])
+        self.clients = {c: list(rec) for c, rec in checkpoint["clients"].items()}
+        self.seq = checkpoint["seq"]
+        self.last_epoch = checkpoint["last_epoch"]
+        self.checkpoint_count = checkpoint["checkpoint_count"]
+
+    def describe(self, key: str) -> str:
+        """The part of my_state a request touches, for the course's before/after lines."""
+        return orjson.dumps({key: self.kv.get(key)}).decode()
+
+
+def state_digest(kv: dict[str, Any], clients: dict[str, list[Any]]) -> str:
+    """SHA-256 of the canonical state: the store and each client's watermark and reply."""
+    canonical = orjson.dumps(
+        {"kv": kv, "clients": {c: rec[:2] for c, rec in clients.items()}},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def validate_checkpoint(cp: Any) -> str | None:
+    """None if a received checkpoint has the right shape and digest, else what is wrong."""
+    if not isinstance(cp, dict):
+        return "checkpoint must be an object"
+    for name, kind in (("checkpoint_count", int), ("seq", int), ("epoch", int),
+                       ("last_epoch", int), ("my_state", dict), ("clients", dict),
+                       ("digest", str)):
+        if not isinstance(cp.get(name), kind):
+            return f"checkpoint field {name!r} missing or wrong type"
+    for client, rec in cp["clients"].items():
+        if not (isinstance(rec, list) and len(rec) == 3 and isinstance(rec[0], int)
+                and isinstance(rec[2], int)):
+            return f"checkpoint client record of {client!r} is malformed"
+    if state_digest(cp["my_state"], cp["clients"]) != cp["digest"]:
+        return "checkpoint digest does not match its state"
+    return None

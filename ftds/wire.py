@@ -1,0 +1,321 @@
+"""The wire: length-framed, HMAC-authenticated JSON messages over TCP.
+
+Frame layout::
+
+    +----------------+----------------------+---------------------------+
+    | length: u32 BE | HMAC-SHA256 (32 B)   | UTF-8 JSON object (body)  |
+    +----------------+----------------------+---------------------------+
+
+``length`` counts the MAC and the body. The MAC covers the body bytes exactly as sent, so no
+canonical re-encoding is needed, and a frame is authenticated before its JSON is parsed. Every
+body carries ``v`` (protocol version), ``t`` (type), ``from`` (sender id) and ``e`` (the sender's
+epoch). Nothing on the wire is ever evaluated or unpickled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+PROTOCOL_VERSION = 1
+MAC_LEN = 32
+HEADER = struct.Struct(">I")
+# A peer that stops reading while we keep writing is cut off past this many buffered bytes.
+MAX_WRITE_BUFFER = 64 * 1024 * 1024
+
+log = logging.getLogger("ftds.wire")
+
+Message = dict[str, Any]
+
+
+class WireError(Exception):
+    """A frame that cannot be accepted. ``code`` is what the peer is told."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def encode_body(msg: Message) -> bytes:
+    return orjson.dumps(msg)
+
+
+def frame(body: bytes, key: bytes) -> bytes:
+    mac = hmac.digest(key, body, "sha256")
+    return HEADER.pack(len(body) + MAC_LEN) + mac + body
+
+
+def encode(msg: Message, key: bytes) -> bytes:
+    return frame(orjson.dumps(msg), key)
+
+
+def decode_body(body: bytes | memoryview) -> Message:
+    try:
+        msg = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise WireError("malformed", f"body is not JSON ({exc})") from None
+    if not isinstance(msg, dict):
+        raise WireError("malformed", "body is not a JSON object")
+    version = msg.get("v")
+    if version != PROTOCOL_VERSION:
+        raise WireError("version", f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    kind = msg.get("t")
+    if not isinstance(kind, str):
+        raise WireError("malformed", "message has no type field 't'")
+    epoch = msg.get("e", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise WireError("malformed", "epoch 'e' must be a non-negative integer")
+    return msg
+
+
+class FrameDecoder:
+    """Turns a TCP byte stream into authenticated messages, however the reads were split."""
+
+    def __init__(self, key: bytes, max_frame: int) -> None:
+        self._key = key
+        self._max_frame = max_frame
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Message]:
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data  # the common case: parse straight from what was read
+        out: list[Message] = []
+        pos = 0
+        end = len(buf)
+        unpack_from = HEADER.unpack_from
+        key = self._key
+        while end - pos >= 4:
+            (length,) = unpack_from(buf, pos)
+            if length > self._max_frame:
+                raise WireError(
+                    "oversize", f"frame of {length} bytes exceeds max_frame {self._max_frame}"
+                )
+            if length < MAC_LEN + 2:
+                raise WireError("malformed", f"frame of {length} bytes is too short")
+            if end - pos - 4 < length:
+                break
+            body_start = pos + 4 + MAC_LEN
+            stop = pos + 4 + length
+            body = bytes(buf[body_start:stop])
+            if not hmac.compare_digest(hmac.digest(key, body, "sha256"),
+                                       bytes(buf[pos + 4:body_start])):
+                raise WireError("auth", "HMAC does not match the cluster key")
+            out.append(decode_body(body))
+            pos = stop
+        if buf is self._buf:
+            del self._buf[:pos]
+        elif pos < end:
+            self._buf = bytearray(buf[pos:])
+        return out
+
+
+def envelope(kind: str, sender: str, epoch: int, fields: Message | None = None) -> Message:
+    msg: Message = {"v": PROTOCOL_VERSION, "t": kind, "from": sender, "e": epoch}
+    if fields:
+        msg.update(fields)
+    return msg
+
+
+class Conn(asyncio.Protocol):
+    """One framed connection. Outgoing frames written in one loop iteration go out in one write.
+
+    Incoming messages go to ``on_message(conn, msg)`` when given, else to a queue read with
+    ``recv()``. A frame that cannot be accepted is logged, answered with an ``error`` message
+    where possible, and the connection is closed; nothing of it reaches the handler.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        max_frame: int,
+        sender: str,
+        epoch_fn: Callable[[], int] = lambda: 0,
+        on_message: Callable[[Conn, Message], None] | None = None,
+        on_close: Callable[[Conn], None] | None = None,
+        label: str = "peer",
+    ) -> None:
+        self.key = key
+        self.sender = sender
+        self.epoch_fn = epoch_fn
+        self.on_message = on_message
+        self.on_close = on_close
+        self.label = label
+        self.peer_id: str | None = None
+        self.role: str | None = None
+        self.attrs: dict[str, Any] = {}
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+        self._decoder = FrameDecoder(key, max_frame)
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._queue: asyncio.Queue[Message | None] | None = (
+            None if on_message is not None else asyncio.Queue()
+        )
+        self._loop = asyncio.get_running_loop()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        if peer and self.label == "peer":
+            self.label = f"{peer[0]}:{peer[1]}"
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._decoder.feed(data)
+        except WireError as exc:
+            self.reject(exc.code, exc.detail)
+            return
+        for msg in messages:
+            if self.is_closing():
+                return
+            if self.on_message is not None:
+                try:
+                    self.on_message(self, msg)
+                except WireError as exc:
+                    self.reject(exc.code, exc.detail)
+                    return
+            else:
+                assert self._queue is not None
+                self._queue.put_nowait(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._out.clear()
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.on_close is not None:
+            callback, self.on_close = self.on_close, None
+            callback(self)
+
+    # -- sending ---------------------------------------------------------------------------
+    def is_closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def send(self, kind: str, fields: Message | None = None) -> None:
+        self.send_raw(encode_body(envelope(kind, self.sender, self.epoch_fn(), fields)))
+
+    def send_raw(self, body: bytes) -> None:
+        self.send_frame(frame(body, self.key))
+
+    def send_frame(self, data: bytes) -> None:
+        """Queue an already framed (and authenticated) message."""
+        if self.is_closing():
+            return
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out or self.transport is None or self.transport.is_closing():
+            self._out.clear()
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self.transport.write(data)
+        if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.error("%s: peer is not reading (%d bytes queued); closing", self.label,
+                      self.transport.get_write_buffer_size())
+            self.transport.abort()
+
+    def flush_now(self) -> None:
+        self._flush()
+
+    def reject(self, code: str, detail: str) -> None:
+        """Refuse what the peer sent: log, tell the peer why, close. State is untouched."""
+        log.error("%s: %s: %s; closing the connection", self.label, code, detail)
+        if self.transport is not None and not self.transport.is_closing():
+            self._out.clear()
+            self.send("error", {"code": code, "message": detail})
+            self._flush()
+            self.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._flush()
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- queue mode ------------------------------------------------------------------------
+    async def recv(self, timeout: float | None = None) -> Message | None:
+        """Next message, or None when the connection closed (queue mode only)."""
+        assert self._queue is not None, "recv() needs a Conn without on_message"
+        if timeout is None:
+            return await self._queue.get()
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    async def request(self, kind: str, fields: Message | None = None,
+                      timeout: float = 5.0, expect: Iterable[str] = ()) -> Message:
+        """Send one message and wait for the next one (simple request/response tools)."""
+        self.send(kind, fields)
+        msg = await self.recv(timeout)
+        if msg is None:
+            raise ConnectionError(f"{self.label}: connection closed")
+        if msg.get("t") == "error":
+            raise ConnectionError(f"{self.label}: {msg.get('code')}: {msg.get('message')}")
+        wanted = set(expect)
+        if wanted and msg["t"] not in wanted:
+            raise ConnectionError(f"{self.label}: expected {sorted(wanted)}, got {msg['t']!r}")
+        return msg
+
+
+def broadcast(conns: Iterable[Conn], kind: str, fields: Message, sender: str, epoch: int,
+              key: bytes) -> int:
+    """Send one message to many connections, encoding and authenticating it once."""
+    data = frame(encode_body(envelope(kind, sender, epoch, fields)), key)
+    count = 0
+    for conn in conns:
+        conn.send_frame(data)
+        count += 1
+    return count
+
+
+async def connect(
+    host: str,
+    port: int,
+    key: bytes,
+    max_frame: int,
+    sender: str,
+    *,
+    timeout: float,
+    epoch_fn: Callable[[], int] = lambda: 0,
+    on_message: Callable[[Conn, Message], None] | None = None,
+    on_close: Callable[[Conn], None] | None = None,
+    label: str | None = None,
+) -> Conn:
+    loop = asyncio.get_running_loop()
+
+    def factory() -> Conn:
+        return Conn(key, max_frame, sender, epoch_fn, on_message, on_close,
+                    label or f"{host}:{port}")
+
+    _, conn = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
+    return conn
+
+
+def require(msg: Message, name: str, kind: type | tuple[type, ...]) -> Any:
+    """A field of a received message, or a WireError naming it (closes that connection)."""
+    value = msg.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise WireError("malformed", f"{msg.get('t')}: field {name!r} missing or wrong type")
+    return value
