@@ -29,7 +29,12 @@ from typing import Any
 
 from ..config import ClusterConfig
 from ..log import msg_id
-from ..statemachine import StateMachine, validate_checkpoint, validate_op
+from ..statemachine import (
+    SKIP_REPLY_CACHE,
+    StateMachine,
+    validate_checkpoint,
+    validate_op,
+)
 from ..view import View
 from ..wire import Conn, Message, WireError, broadcast, require
 from .replog import ReplicationLog
@@ -290,7 +295,7 @@ class Replica:
                                      "res": {"ok": False, "stale": True,
                                              "error": f"stale request_num (last {watermark})"}})
             return
-        if request_num == watermark:
+        if request_num == watermark and not SKIP_REPLY_CACHE:
             cached = self.sm.cached(client, request_num)
             if cached is not None:
                 result, seq = cached
@@ -869,6 +874,7 @@ class Replica:
             "last_epoch": self.sm.last_epoch,
             "recorded": len(self.recorded),
             "clients": len(self.sm.clients),
+            "client_links": len(self.client_links),
             "lease_left": round(max(0.0, self.lease_until - time.monotonic()), 3),
             "subscribers": {s.id: self.acked.get(s.id, s.seq) for s in self.subs.values()},
             "upstream": self.upstream.target if self.upstream else None,

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any
 
+from .. import faults
 from ..config import ConfigError, describe_changes, load_config
 from ..wire import Conn, Message, WireError, require
 from .core import _NO_CONN, Replica
@@ -53,6 +54,9 @@ class ReplicaDaemon:
             await loop.create_server(self._control_conn, spec.host, spec.control_port,
                                      reuse_address=True),
         ]
+        if faults.ACTIVE:
+            log.critical("%s: PLANTED BUGS ON (FTDS_FAULT=%s): this replica is broken on "
+                         "purpose, for testing the tests", spec.id, ",".join(sorted(faults.ACTIVE)))
         log.info("%s: serving clients on %s:%d, control on %s:%d (%s mode, pid %d); "
                  "i_am_ready = 0 until a view makes it ready", spec.id, spec.host, spec.port,
                  spec.host, spec.control_port, self.config.mode, os.getpid())

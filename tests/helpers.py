@@ -1,0 +1,155 @@
+"""Shared helpers for the loopback integration tests: real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ftds import ctl, local
+from ftds.config import ClusterConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+class LocalCluster:
+    """Replicas as separate processes; views by ``ftds ctl`` (the RM's part, by hand)."""
+
+    def __init__(self, run_dir: Path, replicas: int = 3, mode: str = "passive",
+                 tunables: dict[str, float] | None = None, trace: bool = False,
+                 env: dict[str, dict[str, str]] | None = None) -> None:
+        self.dir = run_dir
+        self.path = local.write_cluster(run_dir, replicas, mode, tunables=tunables,
+                                        trace={"requests": trace})
+        self.config: ClusterConfig = load_config(self.path)
+        self.key = self.config.read_key()
+        self.env = env or {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- processes -------------------------------------------------------------------------
+    def start(self, rid: str) -> None:
+        log = open(self.dir / "logs" / f"{rid}.log", "ab")  # noqa: SIM115
+        self.procs[rid] = subprocess.Popen(
+            [sys.executable, "-m", "ftds", "replica", "--config", str(self.path), "--id", rid],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env.get(rid, {})})
+        log.close()
+        self.wait(lambda: self.status_of(rid) is not None, 15, f"{rid} to listen")
+
+    def kill(self, rid: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(rid)
+        proc.send_signal(sig)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for rid in list(self.procs):
+            with contextlib.suppress(Exception):
+                self.kill(rid, signal.SIGTERM)
+
+    # -- state -----------------------------------------------------------------------------
+    def statuses(self) -> dict[str, dict[str, Any] | None]:
+        return run(ctl.statuses(self.config, self.key, timeout=1.0))
+
+    def status_of(self, rid: str) -> dict[str, Any] | None:
+        spec = self.config.replica(rid)
+        return run(ctl._ask(self.config, self.key, spec, "status_req", None, 1.0))
+
+    def wait(self, predicate: Any, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; status: {self.statuses()}")
+            time.sleep(0.05)
+
+    def bootstrap(self, members: list[str] | None = None) -> None:
+        from ftds.view import View
+
+        ids = members or self.config.replica_ids
+        run(ctl.send_view(self.config, self.key, View(1, 0, ids[0], tuple(ids))))
+        self.wait(lambda: all((self.status_of(r) or {}).get("i_am_ready") for r in ids), 10,
+                  "bootstrap")
+
+    def converged(self, ids: list[str]) -> dict[str, dict[str, Any]] | None:
+        """Statuses when every replica in ``ids`` is ready at the same seq, else None."""
+        status = {r: self.status_of(r) for r in ids}
+        if not all(s and s["i_am_ready"] for s in status.values()):
+            return None
+        if len({s["seq"] for s in status.values()}) != 1:  # type: ignore[index]
+            return None
+        return status  # type: ignore[return-value]
+
+    def wait_converged(self, ids: list[str], timeout: float = 15) -> dict[str, dict[str, Any]]:
+        return self.wait(lambda: self.converged(ids), timeout, f"{ids} to converge")
+
+    # -- clients ---------------------------------------------------------------------------
+    def workload(self, name: str, history: Path, *, clients: int = 2, rate: float = 100,
+                 duration: float = 3.0, keys: int = 3, mix: str = "incr") -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ftds", "workload", "--config", str(self.path), "--id", name,
+             "--clients", str(clients), "--rate", str(rate), "--duration", str(duration),
+             "--keys", str(keys), "--mix", mix, "--history", str(history), "--json", "-q"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"workload failed ({proc.returncode}): {err.decode()[-2000:]}"
+    return json.loads(out)
+
+
+def read_history(*paths: Path) -> list[dict[str, Any]]:
+    events = []
+    for path in paths:
+        with open(path, "rb") as fh:
+            events.extend(json.loads(line) for line in fh)
+    return events
+
+
+def acked_increments(events: list[dict[str, Any]]) -> Counter[str]:
+    """Per key, how many incr operations were acknowledged."""
+    counts: Counter[str] = Counter()
+    for e in events:
+        if e["type"] == "ok" and e["op"]["op"] == "incr":
+            counts[e["op"]["key"]] += e["op"].get("delta", 1)
+    return counts
+
+
+def unknown_increments(events: list[dict[str, Any]]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for e in events:
+        if e["type"] == "info" and e["op"]["op"] == "incr":
+            counts[e["op"]["key"]] += e["op"].get("delta", 1)
+    return counts
+
+
+async def read_keys(config: ClusterConfig, key: bytes, keys: list[str],
+                    name: str = "checker") -> dict[str, Any]:
+    from ftds.client import Client
+
+    client = Client(config, key, name, trace=False)
+    await client.start()
+    try:
+        await client.wait_connected(10, count=1)
+        await asyncio.sleep(0.1)
+        values = {}
+        for k in keys:
+            reply = await asyncio.wait_for(client.call({"op": "get", "key": k}), 20)
+            values[k] = reply["res"]["value"]
+        return values
+    finally:
+        await client.close()

@@ -1,0 +1,107 @@
+import copy
+
+import pytest
+import yaml
+
+from ftds.config import ConfigError, describe_changes, load_config, parse_config
+
+GOOD = {
+    "mode": "passive",
+    "key_file": "/etc/ftds/cluster.key",
+    "replicas": [
+        {"id": "S1", "host": "10.0.0.1", "port": 7001, "control_port": 7101},
+        {"id": "S2", "host": "10.0.0.2", "port": 7001, "control_port": 7101},
+        {"id": "S3", "host": "10.0.0.3", "port": 7001, "control_port": 7101},
+    ],
+    "gfd": {"host": "10.0.0.4", "port": 7200},
+    "rm": {"host": "10.0.0.4", "port": 7201},
+    "tunables": {"heartbeat_interval": 0.1, "heartbeat_misses": 3},
+}
+
+
+def with_change(path, value):
+    data = copy.deepcopy(GOOD)
+    target = data
+    for part in path[:-1]:
+        target = target[part]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return data
+
+
+def test_good_config_parses():
+    config = parse_config(GOOD)
+    assert config.replica_ids == ["S1", "S2", "S3"]
+    assert config.tunables.heartbeat_misses == 3
+    assert config.replica("S2").host == "10.0.0.2"
+    assert config.launcher == "ssh"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("replicas", 1, "port"), 70000, "cluster.yml: replicas[1].port: must be 1-65535"),
+        (("replicas", 1, "port"), "7001", "cluster.yml: replicas[1].port: must be 1-65535"),
+        (("replicas", 0, "control_port"), 0, "replicas[0].control_port: must be 1-65535"),
+        (("replicas", 2, "id"), "S1", "replicas[2].id: duplicate replica id S1"),
+        (("replicas", 2, "id"), "server3", "replicas[2].id: must look like S1, S2"),
+        (("replicas", 1, "host"), "bad host!", "replicas[1].host: not an IP address"),
+        (("replicas", 1, "colour"), "red", "replicas[1].colour: unknown field"),
+        (("replicas", 1, "port"), KeyError, "replicas[1].port: is required"),
+        (("replicas",), [], "replicas: must be a non-empty list"),
+        (("mode",), "semi-active", "mode: must be one of passive, active"),
+        (("replication",), "maybe", "replication: must be one of sync, async"),
+        (("gfd", "port"), -1, "gfd.port: must be 1-65535"),
+        (("rm",), KeyError, "rm: is required"),
+        (("key_file",), KeyError, "key_file: is required"),
+        (("tunables", "heartbeat_interval"), 0, "tunables.heartbeat_interval: must be between"),
+        (("tunables", "heartbeat_misses"), 1.5, "tunables.heartbeat_misses: must be an integer"),
+        (("tunables", "lease"), 0.05, "tunables.lease: must be longer than heartbeat_interval"),
+        (("tunables", "hearbeat_interval"), 1, "tunables.hearbeat_interval: unknown field"),
+        (("launcher",), {"kind": "telnet"}, "launcher.kind: must be one of local, ssh, none"),
+        (("launcher",), {"ssh": {"command": "reboot"}}, "launcher.ssh.command: must contain {id}"),
+        (("trace",), {"requests": "yes"}, "trace.requests: must be true or false"),
+    ],
+)
+def test_each_bad_field_is_named(path, value, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_change(path, value))
+    assert message in str(err.value)
+    assert str(err.value).startswith("cluster.yml: ")
+
+
+def test_same_address_twice_is_refused():
+    data = with_change(("replicas", 1, "host"), "10.0.0.1")
+    data["replicas"][1]["port"] = 7101
+    with pytest.raises(ConfigError, match=r"replicas\[1\].port: 10.0.0.1:7101 already used"):
+        parse_config(data)
+
+
+def test_errors_name_the_file(tmp_path):
+    path = tmp_path / "lab.yml"
+    path.write_text(yaml.safe_dump(with_change(("replicas", 1, "port"), 0)))
+    with pytest.raises(ConfigError, match=r"^lab.yml: replicas\[1\].port: must be 1-65535$"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "cluster.yml"
+    path.write_text("replicas: [\n  {id: S1\n")
+    with pytest.raises(ConfigError, match=r"cluster.yml: not valid YAML at line"):
+        load_config(path)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config("/nonexistent/cluster.yml")
+
+
+def test_describe_changes_lists_tunables_and_replicas():
+    old = parse_config(GOOD)
+    new_data = with_change(("tunables", "heartbeat_interval"), 0.25)
+    new_data["replicas"] = new_data["replicas"][:2]
+    changes = describe_changes(old, parse_config(new_data))
+    assert "tunables.heartbeat_interval: 0.1 -> 0.25" in changes
+    assert "replicas: S1,S2,S3 -> S1,S2" in changes
