@@ -1,0 +1,1 @@
+"""Benchmarks: ftds against PySyncObj on loopback, and recovery timings."""
