@@ -87,8 +87,10 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 def cmd_workload(args: argparse.Namespace) -> int:
+    from .runloop import tune_gc
     from .workload import run_workload
 
+    tune_gc()
     config = _config(args)
     setup_logging(config.trace.color, logging.WARNING if args.quiet else logging.INFO)
     summary = _run(run_workload(
@@ -233,6 +235,12 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import core_bench
+
+    return core_bench.main(args.rest)
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     import secrets
 
@@ -325,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--heartbeat-interval", type=float)
             q.add_argument("--quiet", action="store_true", help="no per-request log lines")
     p.set_defaults(func=cmd_local)
+
+    p = sub.add_parser("bench", help="benchmarks (core: throughput/latency against PySyncObj)")
+    p.add_argument("which", choices=["core"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("keygen", help="write a new cluster key file")
     p.add_argument("file")

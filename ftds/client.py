@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import ClusterConfig, ReplicaSpec
 from .log import msg_id
-from .wire import Conn, Message, connect
+from .wire import Conn, Message, broadcast, connect
 
 log = logging.getLogger("ftds.client")
 
@@ -48,8 +48,6 @@ class ReplicaLink:
         self.spec = spec
         self.conn: Conn | None = None
         self.ready = False
-        self._batch: list[dict[str, Any]] = []
-        self._flush_scheduled = False
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -64,21 +62,17 @@ class ReplicaLink:
         if self.conn:
             self.conn.close()
 
-    def send(self, item: dict[str, Any]) -> bool:
+    @property
+    def usable(self) -> bool:
         conn = self.conn
-        if conn is None or conn.is_closing() or not self.connected.is_set():
-            return False
-        self._batch.append(item)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        return True
+        return conn is not None and not conn.is_closing() and self.connected.is_set()
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._batch = self._batch, []
-        if batch and self.conn is not None:
-            self.conn.send("req", {"reqs": batch})
+    def send(self, item: dict[str, Any]) -> bool:
+        """Send one request to this replica only (e.g. when it just came back)."""
+        if not self.usable:
+            return False
+        self.conn.send("req", {"reqs": [item]})  # type: ignore[union-attr]
+        return True
 
     async def _run(self) -> None:
         c = self.client
@@ -140,6 +134,8 @@ class Client:
         self.members: list[str] = []
         self.on_view_change: Callable[[int, str | None], None] | None = None
         self._sessions: dict[str, Session] = {}
+        self._batch: list[dict[str, Any]] = []
+        self._flush_scheduled = False
         self._retry_task: asyncio.Task[None] | None = None
         self.stats = {"sent": 0, "replies": 0, "duplicates": 0, "retries": 0}
         # Highest request_num the replicas hold for our name (a restarted client resumes past it).
@@ -184,18 +180,27 @@ class Client:
         return await self.session().call(op)
 
     # -- sending ---------------------------------------------------------------------------
-    def _transmit(self, out: Outstanding) -> int:
-        item = {"c": out.client, "r": out.request_num, "op": out.op, "a": out.attempt}
-        sent = 0
-        for rid, link in self.links.items():
-            if link.send(item):
-                sent += 1
-                if self.trace:
+    def _transmit(self, out: Outstanding) -> None:
+        """Queue a request for every replica; all requests of one turn leave in one frame."""
+        self._batch.append({"c": out.client, "r": out.request_num, "op": out.op,
+                            "a": out.attempt})
+        out.sent_at = time.monotonic()
+        if self.trace:
+            for rid, link in self.links.items():
+                if link.usable:
                     log.info("Sent %s", msg_id(out.client, rid, out.request_num, "request"),
                              extra={"kind": "sent"})
-        self.stats["sent"] += sent
-        out.sent_at = time.monotonic()
-        return sent
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._batch = self._batch, []
+        conns = [link.conn for link in self.links.values() if link.usable]
+        if batch and conns:
+            broadcast(conns, "req", {"reqs": batch}, self.name, 0, self.key)  # type: ignore[arg-type]
+            self.stats["sent"] += len(batch) * len(conns)
 
     def submit(self, client_id: str, request_num: int, op: dict[str, Any],
                first: bool = False) -> Outstanding:

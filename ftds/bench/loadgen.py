@@ -13,6 +13,7 @@ import json
 import struct
 import time
 
+from ..runloop import tune_gc
 from ..workload import percentile
 
 REQ = struct.Struct(">Q")
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=5.0)
     args = parser.parse_args()
+    tune_gc()  # the same client process settings for every system measured
     window = Window(args.warmup, args.duration)
     runner = run_ftds if args.system == "ftds" else run_pysyncobj
     try:

@@ -53,7 +53,7 @@ class FrontEnd(asyncio.Protocol):
             self.counter.inc(callback=self._callback(rid))
         self.buf = self.buf[usable:]
 
-    def _callback(self, rid: int):  # noqa: ANN202
+    def _callback(self, rid: int):
         def done(result: object, error: object) -> None:
             value = result if isinstance(result, int) else -1
             with self.lock:

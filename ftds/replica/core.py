@@ -56,7 +56,7 @@ class Subscriber:
     synced: bool = False  # caught-up payload sent
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingReply:
     seq: int
     conn: Conn
@@ -64,7 +64,7 @@ class PendingReply:
     label: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Recorded:
     request_num: int
     op: dict[str, Any]
@@ -119,6 +119,8 @@ class Replica:
         self.client_conns: dict[str, Conn] = {}
         self.client_links: set[Conn] = set()
         self.recorded: dict[str, Recorded] = {}
+        self.recorded_batches: collections.deque[tuple[float, Conn, list[Any]]] = \
+            collections.deque()
         # control
         self.rm_conns: set[Conn] = set()
         self.watchers: set[Conn] = set()
@@ -227,6 +229,8 @@ class Replica:
                     log.warning("%s: view change waits for %s; asking the RM to drop them",
                                 self.id, ", ".join(missing))
                     self._to_rm("lagging", {"members": missing, "reason": "no subscription"})
+            if self.recorded_batches:
+                self._prune_recorded_batches()
             if now - self._last_report >= max(self.tunables.heartbeat_interval, 0.05):
                 self.report()
             if self.serving and not self.sync_set:
@@ -255,7 +259,36 @@ class Replica:
                     or request_num < 1:
                 raise WireError("malformed", "req: request_num 'r' must be a positive integer")
             parsed.append((client, request_num, item.get("op"), item.get("a", 1)))
+        if self.passive_backup and not self.config.trace.requests:
+            # A ready passive backup only keeps requests in case it is promoted: keep the
+            # batch as it came and look inside only then (checkpoints prune what is old).
+            self.recorded_batches.append((time.monotonic(), conn, parsed))
+            return
         self.submit(self._handle_requests, conn, {"reqs": parsed})
+
+    @property
+    def passive_backup(self) -> bool:
+        return not self.active and self.ready and not self.is_orderer
+
+    def _expand_recorded_batches(self) -> None:
+        """Turn the batches a passive backup kept into recorded requests (on promotion)."""
+        batches, self.recorded_batches = self.recorded_batches, collections.deque()
+        for _at, conn, parsed in batches:
+            if conn.is_closing():
+                continue
+            for client, request_num, op, _attempt in parsed:
+                if request_num > self.sm.watermark(client) and validate_op(op) is None:
+                    known = self.recorded.get(client)
+                    if known is None or known.request_num < request_num:
+                        self.recorded[client] = Recorded(request_num, op, conn)
+                        self.client_conns[client] = conn
+
+    def _prune_recorded_batches(self) -> None:
+        keep = max(2 * self.tunables.checkpoint_interval, 2.0)
+        horizon = time.monotonic() - keep
+        batches = self.recorded_batches
+        while batches and batches[0][0] < horizon:
+            batches.popleft()
 
     def _handle_requests(self, conn: Conn, msg: Message) -> None:
         trace = self.config.trace.requests
@@ -536,6 +569,7 @@ class Replica:
         log.info("%s: I am the %s of epoch %d (seq %d, ready: %s)", self.id, label, self.epoch,
                  self.sm.seq, ", ".join(self.view.members), extra={"kind": "membership"})
         # Requests recorded while another replica ordered: order them now, answer directly.
+        self._expand_recorded_batches()
         for client, rec in sorted(self.recorded.items()):
             self._order(rec.conn, client, rec.request_num, rec.op)
         self.recorded.clear()

@@ -21,7 +21,7 @@ class ReplicationLog:
         return self.base + len(self.entries)
 
     def append(self, entry: Entry) -> None:
-        if entry["s"] != self.last_seq + 1:
+        if entry["s"] != self.base + len(self.entries) + 1:
             raise ValueError(f"log gap: entry {entry['s']} after {self.last_seq}")
         self.entries.append(entry)
 
