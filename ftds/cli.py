@@ -40,6 +40,63 @@ def cmd_replica(args: argparse.Namespace) -> int:
     return run(ReplicaDaemon(args.config, args.id))
 
 
+def cmd_lfd(args: argparse.Namespace) -> int:
+    from .lfd import LocalFaultDetector
+    from .runloop import run
+
+    setup_logging(_config(args).trace.color)
+    return run(LocalFaultDetector(args.config, args.id))
+
+
+def cmd_gfd(args: argparse.Namespace) -> int:
+    from .gfd import GlobalFaultDetector
+    from .runloop import run
+
+    setup_logging(_config(args).trace.color)
+    return run(GlobalFaultDetector(args.config))
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from .rm.manager import ReplicationManager
+    from .runloop import run
+
+    setup_logging(_config(args).trace.color)
+    return run(ReplicationManager(args.config))
+
+
+# ============================================================================ status ====
+def cmd_status(args: argparse.Namespace) -> int:
+    from .rmclient import rm_request
+    from .status import status_text
+
+    config = _config(args)
+    try:
+        status = _run(rm_request(config, config.read_key(), "status_req", timeout=args.timeout))
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        print(f"ftds status: the RM at {config.rm.host}:{config.rm.port} does not answer "
+              f"({exc.__class__.__name__}: {exc})", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if args.json else status_text(status))
+    healthy = status["primary"] and status["replicas"][status["primary"]]["ready"]
+    return 0 if healthy else 3
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from .rmclient import rm_request
+    from .status import incidents_text
+
+    config = _config(args)
+    try:
+        reply = _run(rm_request(config, config.read_key(), "incidents_req",
+                                timeout=args.timeout))
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        print(f"ftds incidents: the RM does not answer ({exc})", file=sys.stderr)
+        return 1
+    incidents = reply["incidents"][-args.last:] if args.last else reply["incidents"]
+    print(json.dumps(incidents, indent=2) if args.json else incidents_text(incidents))
+    return 0
+
+
 # =========================================================================== client ====
 def _parse_value(text: str) -> Any:
     try:
@@ -136,6 +193,12 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             view = View(args.epoch, args.version, args.primary,
                         tuple(args.members.split(",")), args.lease)
             await ctl.send_view(config, key, view)
+        elif args.ctl == "reset-budget":
+            from .rmclient import rm_request
+
+            await rm_request(config, key, "reset_budget", {"replica": args.replica})
+            print(f"restart budget of {args.replica} reset")
+            return 0
         elif args.ctl == "checkpoint":
             ok = await ctl.checkpoint_now(config, key)
             print("checkpoint requested" if ok else "no primary answered")
@@ -215,12 +278,12 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
         if args.no_managers:
             await ctl.bootstrap(config, key, lease=3600.0)
 
-        async def primary_ready() -> dict[str, Any] | None:
+        async def all_ready() -> dict[str, Any] | None:
             status = await ctl.statuses(config, key, timeout=0.5)
             ready = [s for s in status.values() if s and s["i_am_ready"]]
             return status if len(ready) == len(status) else None
 
-        return await ctl.wait_for(primary_ready, 20)
+        return await ctl.wait_for(all_ready, 20)
 
     started = time.monotonic()
     try:
@@ -230,8 +293,15 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
         return 1
     print(f"local {args.mode} cluster up in {time.monotonic() - started:.1f}s "
           f"(config {path})")
-    print(replica_table(status))
-    print(f"\n  ftds client --config {path} put x 1\n  ftds local down --dir {run_dir}")
+    if args.no_managers:
+        print(replica_table(status))
+    else:
+        from .rmclient import rm_request
+        from .status import status_text
+
+        print(status_text(_run(rm_request(config, key, "status_req"))))
+    print(f"\n  ftds status --config {path}\n  ftds client --config {path} put x 1"
+          f"\n  ftds local down --dir {run_dir}")
     return 0
 
 
@@ -271,6 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("replica", help="run a replica (S1, S2, ...)"))
     p.add_argument("--id", required=True)
     p.set_defaults(func=cmd_replica)
+
+    for name, func, text in (("lfd", cmd_lfd, "run the Local Fault Detector of a replica"),):
+        p = with_config(sub.add_parser(name, help=text))
+        p.add_argument("--id", required=True, help="the replica it watches (S1, ...)")
+        p.set_defaults(func=func)
+    p = with_config(sub.add_parser("gfd", help="run the Global Fault Detector"))
+    p.set_defaults(func=cmd_gfd)
+    p = with_config(sub.add_parser("rm", help="run the Replication Manager"))
+    p.set_defaults(func=cmd_rm)
+
+    p = with_config(sub.add_parser("status", help="the cluster as the RM sees it"))
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(func=cmd_status)
+    p = with_config(sub.add_parser("incidents", help="faults and their recovery timings"))
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--last", type=int, default=0, help="only the last N")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(func=cmd_incidents)
 
     p = with_config(sub.add_parser("client", help="send one request"))
     p.add_argument("--id", default="C1", help="client id (default C1)")
@@ -317,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--version", type=int, default=0)
             q.add_argument("--primary", required=True)
             q.add_argument("--members", required=True)
+    q = ctl_sub.add_parser("reset-budget", help="let the RM relaunch a replica again after it "
+                           "hit its restart budget")
+    q.add_argument("replica")
     p.set_defaults(func=cmd_ctl)
 
     p = sub.add_parser("local", help="a whole cluster as local processes")

@@ -74,6 +74,7 @@ class Tunables:
     restart_window: float = 300.0
     relaunch_backoff: float = 0.2
     relaunch_backoff_max: float = 5.0
+    relaunch_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ TUNABLE_LIMITS: dict[str, tuple[float, float]] = {
     "restart_window": (1, 86400),
     "relaunch_backoff": (0.01, 600),
     "relaunch_backoff_max": (0.01, 3600),
+    "relaunch_timeout": (0.1, 3600),
 }
 
 

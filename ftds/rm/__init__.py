@@ -1,0 +1,1 @@
+"""The Replication Manager: views, leases, relaunches and incidents."""

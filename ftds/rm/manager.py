@@ -1,0 +1,561 @@
+"""The Replication Manager: decides views (primary / sequencer, epoch, ready set) and relaunches.
+
+Inputs: the GFD's membership (who is up, and how each loss was seen) and every replica's
+reports on its control port. Outputs: views, leases, relaunches, incidents. All decisions are
+taken in ``decide()``, run after every event and on a short tick, from state it can rebuild after
+a restart (its epoch counter excepted, kept on disk so an epoch is never issued twice).
+
+Safety rules, in the order they are applied:
+- a replica becomes electable only once the primary has confirmed a view that counts it, so a
+  promoted replica always holds everything the old primary acknowledged;
+- a replica leaves the electable set before the primary is told to stop waiting for it;
+- a primary that may still be running (a hang, a partition, a lost LFD) is replaced only after
+  its lease ran out: it stops acknowledging first. A crash its LFD confirmed needs no wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ClusterConfig, ConfigError, ReplicaSpec, describe_changes, load_config
+from ..log import members_line
+from ..view import View
+from ..wire import Conn, Message, WireError, connect, require
+from .incidents import IncidentLog
+from .launcher import make_launcher
+from .relaunch import Relauncher
+
+log = logging.getLogger("ftds.rm")
+
+LEASE_MARGIN = 0.1  # bound on message delay and clock-rate drift added to every lease wait
+
+
+@dataclass
+class ReplicaInfo:
+    spec: ReplicaSpec
+    conn: Conn | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    report_at: float = 0.0
+    present: bool = False
+    loss: dict[str, Any] = field(default_factory=dict)  # the GFD's last delete for it
+    link_task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class Failover:
+    old_primary: str
+    epoch: int
+    not_before: float  # monotonic
+    reason: str
+
+
+class ReplicationManager:
+    name = "RM"
+
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.config: ClusterConfig = load_config(config_path)
+        self.key = self.config.read_key()
+        self.state_dir = Path(self.config.rm_state_dir)
+        self.replicas: dict[str, ReplicaInfo] = {
+            s.id: ReplicaInfo(s) for s in self.config.replicas}
+        self.view: View | None = None
+        self.confirmed: set[str] = set()  # members the primary has confirmed it counts
+        self.epoch_floor = self._load_epoch()
+        self.gfd_conn: Conn | None = None
+        self.gfd: dict[str, Any] = {"view": 0, "members": [], "stable": False, "lfds": {}}
+        self.started = time.monotonic()
+        # Until a lease grant is seen, assume the primary may hold one from before our start.
+        self.last_lease_grant = time.monotonic()
+        self.failover: Failover | None = None
+        self.decisions: dict[str, str] = {}
+        self.last_decision = "starting"
+        self.incidents = IncidentLog(str(self.state_dir))
+        self.relauncher = Relauncher(self.config, make_launcher(self.config),
+                                     self._relaunch_issued)
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._gfd_waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self._deciding = False
+
+    # ====================================================================== lifecycle ====
+    def status_line(self) -> str:
+        if self.view is None:
+            return "no view yet"
+        return f"epoch {self.view.epoch}, primary {self.view.primary}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        rm = self.config.rm
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._server = await loop.create_server(self._new_conn, rm.host, rm.port,
+                                                reuse_address=True)
+        log.info("RM: listening on %s:%d (%s mode, launcher %s, last epoch %d)", rm.host,
+                 rm.port, self.config.mode, self.config.launcher, self.epoch_floor)
+        log.info(members_line("RM", []), extra={"kind": "membership"})
+        for info in self.replicas.values():
+            info.link_task = asyncio.create_task(self._replica_link(info))
+        self._tasks = [asyncio.create_task(self._ticker(), name="tick")]
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *(i.link_task for i in self.replicas.values() if i.link_task)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.relauncher.stop()
+        if self._server is not None:
+            self._server.close()
+        for info in self.replicas.values():
+            if info.conn is not None:
+                info.conn.close()
+
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("RM: reload refused, keeping the running configuration: %s", exc)
+            return
+        changes = describe_changes(self.config, new)
+        self.config = new
+        self.relauncher.config = new
+        for spec in new.replicas:
+            info = self.replicas.get(spec.id)
+            if info is None:
+                info = self.replicas[spec.id] = ReplicaInfo(spec)
+                info.link_task = asyncio.create_task(self._replica_link(info))
+            elif info.spec != spec:
+                info.spec = spec
+                if info.conn is not None:
+                    info.conn.close()  # reconnects to the new address
+        for rid in [r for r in self.replicas if r not in new.replica_ids]:
+            info = self.replicas.pop(rid)
+            if info.link_task:
+                info.link_task.cancel()
+            if info.conn is not None:
+                info.conn.close()
+        log.info("RM: configuration reloaded: %s", "; ".join(changes) if changes else "no change")
+        self.decide()
+
+    # ========================================================================= epochs ====
+    def _epoch_file(self) -> Path:
+        return self.state_dir / "epoch"
+
+    def _load_epoch(self) -> int:
+        try:
+            return int(self._epoch_file().read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    def _persist_epoch(self, epoch: int) -> None:
+        """Written (and synced) before the epoch is used: a restarted RM never reuses one."""
+        path = self._epoch_file()
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(f"{epoch}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self.epoch_floor = max(self.epoch_floor, epoch)
+
+    # ==================================================================== replicas ====
+    async def _replica_link(self, info: ReplicaInfo) -> None:
+        backoff = 0.02
+        while True:
+            tun = self.config.tunables
+            spec = info.spec
+            try:
+                conn = await connect(spec.host, spec.control_port, self.key, tun.max_frame, "RM",
+                                     timeout=tun.connect_timeout,
+                                     on_message=self._on_replica_message,
+                                     label=f"RM->{spec.id}")
+            except (OSError, TimeoutError):
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+                continue
+            backoff = 0.02
+            conn.peer_id = spec.id
+            info.conn = conn
+            conn.send("hello", {"role": "rm", "id": "RM"})
+            await conn.closed
+            info.conn = None
+            await asyncio.sleep(backoff)
+
+    def _on_replica_message(self, conn: Conn, msg: Message) -> None:
+        rid = conn.peer_id or ""
+        info = self.replicas.get(rid)
+        if info is None:
+            return
+        kind = msg["t"]
+        if kind in ("welcome", "report", "view_ack", "status"):
+            self._on_report(info, conn, msg, first=kind == "welcome")
+        elif kind == "lease_req":
+            self._on_lease_request(info, conn, msg)
+        elif kind == "lagging":
+            members = [m for m in msg.get("members", []) if isinstance(m, str)]
+            self._remove_members(members, f"{rid} reports them unreachable: "
+                                          f"{msg.get('reason', '')}")
+        elif kind == "error":
+            log.error("RM: %s refused: %s", rid, msg.get("message"))
+        else:
+            raise WireError("unknown_type", f"{kind!r} from a replica")
+
+    def _on_report(self, info: ReplicaInfo, conn: Conn, msg: Message, first: bool) -> None:
+        info.report = msg
+        info.report_at = time.monotonic()
+        reported = msg.get("view")
+        if reported:
+            try:
+                view = View.from_wire(reported)
+            except WireError:
+                view = None
+            if view is not None and (self.view is None or view.key > self.view.key):
+                self._adopt(view, f"reported by {info.spec.id}")
+        if first and self.view is not None and (not reported or
+                                                View.from_wire(reported).key < self.view.key):
+            conn.send("view", {"view": self.view.to_wire()})  # a replica that was away
+        self._note_confirmation(info, msg)
+        self.decide()
+
+    def _adopt(self, view: View, why: str) -> None:
+        """A view newer than ours exists (we restarted): take it as the current one."""
+        self.view = view
+        self.epoch_floor = max(self.epoch_floor, view.epoch)
+        # Members of a view we did not make are trusted as confirmed: the primary of that view
+        # admitted them under the same rules before we (re)started.
+        self.confirmed = set(view.members)
+        log.info("RM: adopted view %s (%s)", view.describe(), why, extra={"kind": "decision"})
+
+    def _note_confirmation(self, info: ReplicaInfo, msg: Message) -> None:
+        view = self.view
+        if view is None or info.spec.id != view.primary:
+            return
+        reported = msg.get("view") or {}
+        if reported.get("epoch") == view.epoch and reported.get("version") == view.version \
+                and not msg.get("recovering"):
+            newly = set(view.members) - self.confirmed
+            self.confirmed = set(view.members)
+            for rid in newly:
+                self.incidents.mark(rid, "ready")
+                self._decide_note(rid, f"ready: admitted to the membership by {view.primary}")
+
+    def _on_lease_request(self, info: ReplicaInfo, conn: Conn, msg: Message) -> None:
+        n = require(msg, "n", int)
+        view = self.view
+        if view is None or info.spec.id != view.primary or msg["e"] != view.epoch:
+            return
+        if self.failover is not None and self.failover.old_primary == view.primary:
+            return  # it is being replaced: no more lease
+        self.last_lease_grant = time.monotonic()
+        conn.send("lease", {"n": n, "duration": self.config.tunables.lease})
+
+    # ========================================================================== GFD ====
+    def _new_conn(self) -> Conn:
+        return Conn(self.key, self.config.tunables.max_frame, "RM", on_message=self._on_message,
+                    on_close=self._on_close, label="RM<-?")
+
+    def _on_message(self, conn: Conn, msg: Message) -> None:
+        kind = msg["t"]
+        if conn.role is None:
+            if kind != "hello" or msg.get("role") not in ("gfd", "admin"):
+                raise WireError("protocol", "expected hello from the GFD or an operator")
+            conn.role = msg["role"]
+            if conn.role == "gfd":
+                if self.gfd_conn is not None and self.gfd_conn is not conn:
+                    self.gfd_conn.close()
+                self.gfd_conn = conn
+                conn.label = "RM<-GFD"
+                log.info("RM: the GFD registered", extra={"kind": "membership"})
+            conn.send("welcome", {"epoch": self.view.epoch if self.view else 0})
+            return
+        if conn.role == "gfd":
+            if kind == "membership":
+                self._on_membership(msg)
+            elif kind == "gfd_status":
+                waiters, self._gfd_waiters = self._gfd_waiters, []
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(msg)
+            else:
+                raise WireError("unknown_type", f"{kind!r} from the GFD")
+            return
+        self._on_admin(conn, msg)
+
+    def _on_close(self, conn: Conn) -> None:
+        if conn is self.gfd_conn:
+            self.gfd_conn = None
+            self.gfd["stable"] = False  # nothing is decided on a membership we cannot refresh
+            log.warning("RM: lost the GFD; membership decisions wait for it")
+
+    def _on_membership(self, msg: Message) -> None:
+        members = [m for m in msg.get("members", []) if m in self.replicas]
+        self.gfd = {"view": msg.get("view", 0), "members": members,
+                    "stable": bool(msg.get("stable")), "lfds": msg.get("lfds", {}),
+                    "gfd_heartbeat_interval": msg.get("gfd_heartbeat_interval")}
+        for change in msg.get("changes", []):
+            rid = change.get("replica")
+            info = self.replicas.get(rid)
+            if info is None:
+                continue
+            if change.get("kind") == "delete":
+                info.loss = change
+                was_primary = self.view is not None and self.view.primary == rid
+                cause = "crash" if change.get("confirmed_dead") else "lost"
+                self.incidents.opened(rid, f"{cause}: {change.get('reason', '')}",
+                                      was_primary=was_primary,
+                                      confirmed_dead=bool(change.get("confirmed_dead")),
+                                      detected=change.get("at"))
+            else:
+                self.incidents.mark(rid, "process_up", change.get("gfd_at"))
+        for rid, info in self.replicas.items():
+            present = rid in members
+            if present and not info.present:
+                self.relauncher.present(rid)
+            info.present = present
+        log.info(members_line("RM", members), extra={"kind": "membership"})
+        self.decide()
+
+    async def gfd_status(self, timeout: float = 0.5) -> dict[str, Any] | None:
+        if self.gfd_conn is None:
+            return None
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._gfd_waiters.append(fut)
+        self.gfd_conn.send("status_req", {})
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+
+    # ===================================================================== decisions ====
+    def _decide_note(self, rid: str, text: str) -> None:
+        self.decisions[rid] = text
+        self.last_decision = f"{rid}: {text}"
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            self.decide()
+
+    def decide(self) -> None:
+        if self._deciding:
+            return
+        self._deciding = True
+        try:
+            self._decide()
+        finally:
+            self._deciding = False
+
+    def _decide(self) -> None:
+        if not self.gfd.get("stable"):
+            return  # the GFD is (re)building its membership: no conclusions yet
+        present = {rid for rid, info in self.replicas.items() if info.present}
+        if self.view is None:
+            self._bootstrap(present)
+            return
+        view = self.view
+        if view.primary not in present:
+            self._failover(present)
+        else:
+            if self.failover is not None and self.failover.old_primary == view.primary:
+                log.info("RM: %s is back before being replaced; no failover",
+                         view.primary, extra={"kind": "decision"})
+                self.failover = None
+            gone = [m for m in view.members if m != view.primary and m not in present]
+            if gone:
+                self._remove_members(gone, "lost per the GFD")
+            self._admit(present)
+        absent = [rid for rid in self.replicas if rid not in present]
+        if absent:
+            self.relauncher.tick(absent)
+
+    def _bootstrap(self, present: set[str]) -> None:
+        fresh = sorted((rid for rid in present
+                        if self.replicas[rid].report
+                        and not self.replicas[rid].report.get("view")
+                        and self.replicas[rid].report.get("seq") == 0),
+                       key=lambda r: int(r[1:]))
+        everyone = set(self.replicas)
+        # Wait for every configured replica for a moment, so epoch 1 starts with all of them.
+        if not fresh or (set(fresh) != everyone and time.monotonic() - self.started < 3.0):
+            return
+        epoch = self.epoch_floor + 1
+        self._persist_epoch(epoch)
+        view = View(epoch, 0, fresh[0], tuple(fresh))
+        self._issue(view, f"bootstrap: {fresh[0]} orders epoch {epoch} over {', '.join(fresh)}")
+        self.confirmed = set(fresh)
+
+    def _failover(self, present: set[str]) -> None:
+        view = self.view
+        assert view is not None
+        old = view.primary
+        now = time.monotonic()
+        if self.failover is None or self.failover.old_primary != old \
+                or self.failover.epoch != view.epoch:
+            loss = self.replicas[old].loss
+            confirmed = bool(loss.get("confirmed_dead"))
+            wait_until = now if confirmed else \
+                self.last_lease_grant + self.config.tunables.lease + LEASE_MARGIN
+            reason = loss.get("reason", "absent")
+            self.failover = Failover(old, view.epoch, wait_until, reason)
+            self.incidents.mark(old, "removed")
+            role = "sequencer" if self.config.mode == "active" else "primary"
+            if confirmed:
+                self._decide_note(old, f"{role} lost ({reason}); process exit confirmed: "
+                                       "failing over now")
+            else:
+                self._decide_note(old, f"{role} lost ({reason}); waiting out its lease "
+                                       f"({max(0.0, wait_until - now) * 1000:.0f} ms) first")
+            log.warning("RM: %s", self.last_decision, extra={"kind": "decision"})
+        if now < self.failover.not_before:
+            return
+        candidates = [m for m in view.members if m != old and m in present
+                      and m in self.confirmed]
+        if not candidates:
+            note = "no ready backup to promote; waiting for one"
+            if self.decisions.get(old) != note:
+                self._decide_note(old, note)
+                log.error("RM: %s", note)
+            return
+        def seq(rid: str) -> tuple[int, int]:
+            return (int(self.replicas[rid].report.get("seq", 0)), -int(rid[1:]))
+        new_primary = max(candidates, key=seq)
+        epoch = max(self.epoch_floor, view.epoch) + 1
+        self._persist_epoch(epoch)
+        new_view = View(epoch, 0, new_primary, tuple(sorted(candidates, key=lambda r: int(r[1:]))))
+        self.failover = None
+        self.confirmed = set(new_view.members)
+        role = "sequencer" if self.config.mode == "active" else "primary"
+        self._issue(new_view, f"{new_primary} is the new {role} (highest applied seq "
+                              f"{seq(new_primary)[0]}), epoch {epoch}")
+        self.incidents.mark(old, "new_primary", new_primary_id=new_primary)
+        self._decide_note(old, f"replaced by {new_primary} in epoch {epoch}")
+
+    def _remove_members(self, members: list[str], why: str) -> None:
+        view = self.view
+        if view is None:
+            return
+        gone = [m for m in members if m in view.members and m != view.primary]
+        if not gone:
+            return
+        # Not electable first, then the primary stops waiting for them.
+        self.confirmed -= set(gone)
+        keep = tuple(m for m in view.members if m not in gone)
+        for rid in gone:
+            self.incidents.opened(rid, f"removed: {why}", was_primary=False,
+                                  confirmed_dead=False)
+            self.incidents.mark(rid, "removed")
+            self._decide_note(rid, f"removed from the ready set ({why})")
+        self._issue(View(view.epoch, view.version + 1, view.primary, keep),
+                    f"{', '.join(gone)} removed ({why})")
+
+    def _admit(self, present: set[str]) -> None:
+        view = self.view
+        assert view is not None
+        if set(view.members) - self.confirmed:
+            return  # the last admission is not confirmed yet: one step at a time
+        joining = []
+        for rid in sorted(present, key=lambda r: int(r[1:])):
+            if rid in view.members:
+                continue
+            report = self.replicas[rid].report
+            rview = report.get("view") or {}
+            if report.get("caught_up") and rview.get("epoch") == view.epoch \
+                    and report.get("upstream") == view.primary:
+                joining.append(rid)
+        if joining:
+            new_view = View(view.epoch, view.version + 1, view.primary,
+                            tuple(sorted([*view.members, *joining], key=lambda r: int(r[1:]))))
+            for rid in joining:
+                self._decide_note(rid, f"caught up with {view.primary}: admitting")
+            self._issue(new_view, f"admitting {', '.join(joining)}", primary_first=True)
+
+    def _issue(self, view: View, why: str, primary_first: bool = False) -> None:
+        self.view = view
+        self.last_decision = why
+        log.info("RM: %s -> view %s", why, view.describe(), extra={"kind": "decision"})
+        order = sorted(self.replicas.values(),
+                       key=lambda i: 0 if (primary_first and i.spec.id == view.primary) else 1)
+        for info in order:
+            if info.conn is not None:
+                info.conn.send("view", {"view": view.to_wire()})
+
+    def _relaunch_issued(self, rid: str, at: float) -> None:
+        self.incidents.opened(rid, "absent at start" if not self.replicas[rid].loss
+                              else "lost", was_primary=False, confirmed_dead=False)
+        self.incidents.mark(rid, "relaunch_issued", at)
+        self._decide_note(rid, f"relaunch issued via {self.relauncher.launcher.kind}")
+
+    # ======================================================================= operator ====
+    def _on_admin(self, conn: Conn, msg: Message) -> None:
+        kind = msg["t"]
+        if kind == "status_req":
+            asyncio.get_running_loop().create_task(self._send_status(conn))
+        elif kind == "incidents_req":
+            conn.send("incidents", {"incidents": self.incidents.all()})
+        elif kind == "reset_budget":
+            rid = require(msg, "replica", str)
+            if rid not in self.replicas:
+                conn.send("error", {"code": "unknown_replica", "message": f"no replica {rid}"})
+                return
+            self.relauncher.reset(rid)
+            conn.send("ok", {"replica": rid})
+        else:
+            raise WireError("unknown_type", f"{kind!r} is not an RM command")
+
+    async def _send_status(self, conn: Conn) -> None:
+        gfd = await self.gfd_status() or self.gfd
+        conn.send("status", self.status(gfd))
+
+    def status(self, gfd: dict[str, Any]) -> dict[str, Any]:
+        view = self.view
+        lfds = gfd.get("lfds", {})
+        replicas = {}
+        now = time.monotonic()
+        for rid, info in self.replicas.items():
+            r = info.report
+            lfd = lfds.get(rid, {})
+            state = self.relauncher.states.get(rid)
+            replicas[rid] = {
+                "present": info.present,
+                "connected": info.conn is not None,
+                "ready": bool(view and rid in view.members and rid in self.confirmed
+                              and info.present),
+                "role": r.get("role") if info.present else "down",
+                "i_am_ready": r.get("i_am_ready"),
+                "seq": r.get("seq"),
+                "checkpoint_count": r.get("checkpoint_count"),
+                "epoch": r.get("epoch"),
+                "pid": r.get("pid"),
+                "report_age": round(now - info.report_at, 3) if info.report_at else None,
+                "heartbeat_age": lfd.get("heartbeat_age"),
+                "heartbeat_interval": lfd.get("heartbeat_interval"),
+                "heartbeat_misses": lfd.get("heartbeat_misses"),
+                "lfd_pid": lfd.get("lfd_pid"),
+                "restarts": state.total if state else 0,
+                "budget_left": self.relauncher.budget_left(rid),
+                "budget_exhausted": bool(state and state.exhausted),
+                "relaunch": state.last_result if state else "",
+                "decision": self.decisions.get(rid, ""),
+            }
+        return {
+            "mode": self.config.mode,
+            "epoch": view.epoch if view else 0,
+            "view_version": view.version if view else 0,
+            "primary": view.primary if view else None,
+            "members": list(view.members) if view else [],
+            "membership": gfd.get("members", []),
+            "membership_view": gfd.get("view", 0),
+            "gfd_stable": bool(gfd.get("stable")),
+            "gfd_connected": self.gfd_conn is not None,
+            "gfd_heartbeat_interval": gfd.get("gfd_heartbeat_interval"),
+            "failover_pending": self.failover.reason if self.failover else None,
+            "last_decision": self.last_decision,
+            "rm_pid": os.getpid(),
+            "replicas": replicas,
+        }
+
