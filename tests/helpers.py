@@ -153,3 +153,77 @@ async def read_keys(config: ClusterConfig, key: bytes, keys: list[str],
         return values
     finally:
         await client.close()
+
+
+class ManagedCluster(LocalCluster):
+    """``ftds local up``: replicas, LFDs, GFD and RM under the local supervisor."""
+
+    def __init__(self, run_dir: Path, replicas: int = 3, mode: str = "passive",
+                 tunables: dict[str, float] | None = None, trace: bool = False,
+                 env: dict[str, str] | None = None, base_port: int | None = None) -> None:
+        self.dir = run_dir
+        self.path = local.write_cluster(run_dir, replicas, mode, base=base_port,
+                                        tunables=tunables, trace={"requests": trace})
+        self.config = load_config(self.path)
+        self.key = self.config.read_key()
+        self.env = {}
+        self.procs = {}
+        self.sup_env = {**os.environ, **(env or {})}
+
+    def up(self, timeout: float = 30, wait: bool = True) -> dict[str, Any] | None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ftds", "local", "supervise", "--dir", str(self.dir)],
+            stdout=open(self.dir / "logs" / "supervisor.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.sup_env,
+            start_new_session=True)
+        (self.dir / "pids" / "supervisor.pid").write_text(f"{proc.pid}\n")
+        self.supervisor = proc
+        return self.wait_healthy(timeout) if wait else None
+
+    def down(self) -> None:
+        local.stop_cluster(self.dir)
+        with contextlib.suppress(Exception):
+            self.supervisor.wait(10)
+
+    def stop_all(self) -> None:
+        self.down()
+
+    def pid(self, name: str) -> int:
+        pid = local.read_pid(self.dir, name)
+        assert pid is not None, f"{name} is not running"
+        return pid
+
+    def signal(self, name: str, sig: int) -> int:
+        pid = self.pid(name)
+        os.kill(pid, sig)
+        return pid
+
+    def rm_status(self) -> dict[str, Any] | None:
+        from ftds.rmclient import rm_request
+
+        try:
+            return run(rm_request(self.config, self.key, "status_req", timeout=2.0))
+        except (OSError, TimeoutError, ConnectionError):
+            return None
+
+    def incidents(self) -> list[dict[str, Any]]:
+        from ftds.rmclient import rm_request
+
+        return run(rm_request(self.config, self.key, "incidents_req"))["incidents"]
+
+    def healthy(self) -> dict[str, Any] | None:
+        """RM status when every configured replica is up and ready under a primary."""
+        status = self.rm_status()
+        if not status or not status["primary"] or status.get("failover_pending"):
+            return None
+        if not all(r["ready"] for r in status["replicas"].values()):
+            return None
+        return status
+
+    def wait_healthy(self, timeout: float = 30) -> dict[str, Any]:
+        return self.wait(self.healthy, timeout, "a healthy cluster")
+
+    def primary(self) -> str:
+        status = self.rm_status()
+        assert status and status["primary"]
+        return status["primary"]
