@@ -52,7 +52,7 @@ class Endpoint:
 class SshLauncher:
     user: str = "ftds-launch"
     port: int = 22
-    key_file: str = "/var/lib/ftds-rm/.ssh/id_ed25519"
+    key_file: str = "/etc/ftds/rm_ssh_key"  # root-only; the unit passes it as a credential
     known_hosts: str = ""  # "" = accept the host key on first use and remember it (see docs)
     connect_timeout: float = 3.0
     command: str = "sudo -n /usr/bin/systemctl start ftds-replica@{id}.service"
@@ -113,7 +113,21 @@ class ClusterConfig:
         return [r.id for r in self.replicas]
 
     def read_key(self) -> bytes:
-        return read_key_file(self.key_file, self.path)
+        return read_key_file(secret_path(self.key_file, "cluster.key"), self.path)
+
+
+def secret_path(configured: str, credential: str) -> str:
+    """Where to read a secret: systemd's credential when the unit passed one, else the file.
+
+    Units hand secrets over with ``LoadCredential=`` so the files on disk stay root-only and
+    each daemon gets a private copy under $CREDENTIALS_DIRECTORY.
+    """
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        candidate = os.path.join(directory, credential)
+        if os.path.exists(candidate):
+            return candidate
+    return configured
 
 
 def read_key_file(key_file: str, source: str = "cluster.yml") -> bytes:

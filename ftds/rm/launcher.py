@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from ..config import ClusterConfig, ReplicaSpec, SshLauncher
+from ..config import ClusterConfig, ReplicaSpec, SshLauncher, secret_path
 from ..local import pid_alive
 
 log = logging.getLogger("ftds.rm")
@@ -126,7 +126,8 @@ class SshLauncherImpl:
             # is accepted for this connection only.
             client.set_missing_host_key_policy(paramiko.WarningPolicy())
         try:
-            client.connect(host, port=s.port, username=s.user, key_filename=s.key_file,
+            client.connect(host, port=s.port, username=s.user,
+                           key_filename=secret_path(s.key_file, "ssh_key"),
                            timeout=s.connect_timeout, banner_timeout=s.connect_timeout,
                            auth_timeout=s.connect_timeout, allow_agent=False,
                            look_for_keys=False)
