@@ -245,6 +245,10 @@ def cmd_local(args: argparse.Namespace) -> int:
         stopped = local.stop_cluster(run_dir)
         print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing running in {run_dir}")
         return 0
+    if args.local == "demo":
+        from .demo import demo
+
+        return demo(run_dir, args.mode, args.faults)
     if args.local == "supervise":
         setup_logging("never")
         return local.Supervisor(run_dir, with_managers=not args.no_managers).run()
@@ -413,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("local", help="a whole cluster as local processes")
     local_sub = p.add_subparsers(dest="local", required=True)
-    for name in ("up", "down", "supervise"):
+    for name in ("up", "down", "supervise", "demo"):
         q = local_sub.add_parser(name)
         q.add_argument("--dir", default=os.environ.get("FTDS_LOCAL_DIR", "run/local"))
         q.add_argument("--no-managers", action="store_true",
@@ -424,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--base-port", type=int)
             q.add_argument("--heartbeat-interval", type=float)
             q.add_argument("--quiet", action="store_true", help="no per-request log lines")
+        if name == "demo":
+            q.add_argument("--mode", choices=["passive", "active"], default="passive")
+            q.add_argument("--faults", type=int, default=3)
     p.set_defaults(func=cmd_local)
 
     p = sub.add_parser("bench", help="benchmarks (core: throughput/latency against PySyncObj)")
