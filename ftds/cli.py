@@ -310,9 +310,10 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import core_bench
+    from .bench import core_bench, recovery_bench
 
-    return core_bench.main(args.rest)
+    module = core_bench if args.which == "core" else recovery_bench
+    return module.main(args.rest)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -433,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--faults", type=int, default=3)
     p.set_defaults(func=cmd_local)
 
-    p = sub.add_parser("bench", help="benchmarks (core: throughput/latency against PySyncObj)")
-    p.add_argument("which", choices=["core"])
+    p = sub.add_parser("bench", help="benchmarks: core (throughput/latency) or recovery "
+                       "(detection/failover/relaunch), each against PySyncObj")
+    p.add_argument("which", choices=["core", "recovery"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
