@@ -1,0 +1,1 @@
+"""The chaos suite: nemesis, recorded histories, and a checker that judges them."""
