@@ -150,10 +150,20 @@ def cmd_workload(args: argparse.Namespace) -> int:
     tune_gc()
     config = _config(args)
     setup_logging(config.trace.color, logging.WARNING if args.quiet else logging.INFO)
-    summary = _run(run_workload(
-        config, config.read_key(), name=args.id, clients=args.clients, rate=args.rate,
-        duration=args.duration, keys=args.keys, trace=not args.quiet, history=args.history,
-        mix=args.mix))
+    async def main() -> dict[str, Any]:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # Stop issuing; every session still finishes the request it has out.
+            loop.add_signal_handler(sig, stop.set)
+        return await run_workload(
+            config, config.read_key(), name=args.id, clients=args.clients, rate=args.rate,
+            duration=args.duration, keys=args.keys, trace=not args.quiet, history=args.history,
+            mix=args.mix, seed=args.seed, stop=stop)
+
+    summary = _run(main())
     print(json.dumps(summary, indent=2) if args.json else summary_text(summary))
     return 0 if summary["failed"] == 0 else 1
 
@@ -316,6 +326,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return module.main(args.rest)
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from .chaos import runner
+
+    if args.chaos == "check":
+        result = runner.recheck(Path(args.dir))
+        print(json.dumps(result, indent=2))
+        return 0 if result["linearizable"] else 1
+    settings = runner.RunSettings(
+        target=args.target, mode=args.mode, schedule=args.schedule, faults=args.faults,
+        seed=args.seed, clients=args.clients, sessions=args.sessions, rate=args.rate,
+        keys=args.keys, out=Path(args.out), heal_timeout=args.heal_timeout)
+    planted = os.environ.get("FTDS_FAULT")
+    if planted:
+        settings.env["FTDS_FAULT"] = planted
+    report = runner.run_chaos(settings)
+    print(runner.render_text(report))
+    print(f"report: {args.out}/report.txt, report.json, timeline.png; histories in "
+          f"{args.out}/histories/")
+    return 0 if report["verdict"]["valid"] else 1
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     import secrets
 
@@ -385,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", type=int, default=4)
     p.add_argument("--mix", default="incr", help="incr | rw (put/get/cas/incr)")
     p.add_argument("--history", help="write every operation as JSON lines here")
+    p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_workload)
@@ -439,6 +471,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("which", choices=["core", "recovery"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("chaos", help="fault injection with a recorded history and a checker")
+    chaos_sub = p.add_subparsers(dest="chaos", required=True)
+    q = chaos_sub.add_parser("run", help="clients + nemesis, then the verdict")
+    q.add_argument("--target", choices=["local", "lab"], default="local")
+    q.add_argument("--mode", choices=["passive", "active"], default="passive",
+                   help="local target: the cluster's mode (the lab runs what was deployed)")
+    q.add_argument("--schedule", choices=["random", "milestone5", "kills", "pauses", "all"],
+                   default="random")
+    q.add_argument("--faults", type=int, default=10)
+    q.add_argument("--seed", type=int, default=1)
+    q.add_argument("--clients", type=int, default=3, help="client processes")
+    q.add_argument("--sessions", type=int, default=4, help="logical clients per process")
+    q.add_argument("--rate", type=float, default=100.0, help="requests/s per client process")
+    q.add_argument("--keys", type=int, default=6)
+    q.add_argument("--out", default="run/chaos")
+    q.add_argument("--heal-timeout", type=float, default=60.0,
+                   help="how long the cluster may take to heal after a fault")
+    q = chaos_sub.add_parser("check", help="judge a saved run's histories again")
+    q.add_argument("dir")
+    p.set_defaults(func=cmd_chaos)
 
     p = sub.add_parser("keygen", help="write a new cluster key file")
     p.add_argument("file")

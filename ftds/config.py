@@ -81,6 +81,7 @@ class Tunables:
 class Trace:
     requests: bool = True
     heartbeats: bool = False
+    executions: bool = False  # one EXEC line per applied entry (chaos runs check them)
     color: str = "auto"  # auto | always | never
 
 
@@ -332,10 +333,11 @@ def parse_config(data: Any, source: str = "cluster.yml") -> ClusterConfig:
     ssh = _ssh(check, check.mapping(launcher_raw.get("ssh"), "launcher.ssh"))
     tunables = _tunables(check, check.mapping(root.get("tunables"), "tunables"))
     trace_raw = check.mapping(root.get("trace"), "trace")
-    check.no_unknown(trace_raw, {"requests", "heartbeats", "color"}, "trace")
+    check.no_unknown(trace_raw, {"requests", "heartbeats", "executions", "color"}, "trace")
     trace = Trace(
         requests=check.boolean(trace_raw.get("requests", True), "trace.requests"),
         heartbeats=check.boolean(trace_raw.get("heartbeats", False), "trace.heartbeats"),
+        executions=check.boolean(trace_raw.get("executions", False), "trace.executions"),
         color=check.string(
             trace_raw.get("color", "auto"), "trace.color", choices=("auto", "always", "never")
         ),

@@ -3,14 +3,21 @@
 Off unless the environment variable FTDS_FAULT names them (comma-separated); a replica with a
 fault on says so loudly at start. Never set it on a real cluster.
 
-- ``skip_reply_cache``: a retried request is executed again instead of answered from the cache.
+- ``skip_reply_cache``: a retried request is executed again instead of answered from the cache
+  (a request applied twice);
+- ``drop_acked_write``: the primary answers before its backups have the request, and ships
+  its stream late: a crash of the primary loses writes it acknowledged;
+- ``reorder``: a member applies two consecutive entries of a batch in swapped order (active
+  mode: replicas diverge);
+- ``ack_after_deposed``: a primary ignores the view that deposes it and, when its backups stop
+  answering, acknowledges alone (two primaries acknowledging).
 """
 
 from __future__ import annotations
 
 import os
 
-KNOWN = frozenset({"skip_reply_cache"})
+KNOWN = frozenset({"skip_reply_cache", "drop_acked_write", "reorder", "ack_after_deposed"})
 ACTIVE = frozenset(f for f in os.environ.get("FTDS_FAULT", "").split(",") if f)
 
 

@@ -54,7 +54,8 @@ class Recorder:
 
     def write(self, **event: Any) -> None:
         if self._fh is not None:
-            event["time"] = time.monotonic_ns()
+            event["time"] = time.monotonic_ns()  # one clock for every process on this host
+            event["wall"] = time.time()
             self._fh.write(orjson.dumps(event) + b"\n")
 
     def close(self) -> None:
@@ -63,9 +64,9 @@ class Recorder:
 
 
 async def _session_loop(session: Session, gen: OpGenerator, interval: float, end: float,
-                        stats: dict[str, Any], rec: Recorder) -> None:
+                        stats: dict[str, Any], rec: Recorder, stop: asyncio.Event) -> None:
     next_at = time.monotonic()
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stop.is_set():
         op = gen.next(session.id)
         rec.write(process=session.id, type="invoke", op=op)
         started = time.monotonic()
@@ -73,14 +74,14 @@ async def _session_loop(session: Session, gen: OpGenerator, interval: float, end
         outstanding = session.start(op)
         try:
             reply = await outstanding.future
-        except RequestFailed:
+        except (RequestFailed, asyncio.CancelledError):
             rec.write(process=session.id, type="info", op=op, request_num=session.request_num)
             return
         done = time.monotonic()
         result = reply["res"]
         rec.write(process=session.id, type="ok" if result.get("ok") else "fail", op=op,
                   result=result, request_num=session.request_num, seq=reply.get("s"),
-                  replica=reply.get("from"))
+                  replica=reply.get("from"), epoch=reply.get("e"))
         stats["latencies"].append((done - started) * 1000)
         if result.get("ok"):
             stats["acked"] += 1
@@ -98,10 +99,31 @@ async def _session_loop(session: Session, gen: OpGenerator, interval: float, end
                 next_at = time.monotonic()
 
 
+async def _until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event, end: float,
+                         drain: float = 30.0) -> None:
+    """Run until the sessions finish; once told to stop, give them ``drain`` seconds to finish
+    their outstanding request, then give up on it (recorded as an unknown outcome)."""
+    everything = asyncio.gather(*tasks)
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({everything, stopper}, timeout=max(0.0, end - time.monotonic())
+                                 + drain, return_when=asyncio.FIRST_COMPLETED)
+    if everything not in done:
+        try:
+            await asyncio.wait_for(asyncio.shield(everything), drain)
+        except TimeoutError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    stopper.cancel()
+
+
 async def run_workload(config: ClusterConfig, key: bytes, *, name: str = "C1", clients: int = 3,
                        rate: float = 20.0, duration: float = 10.0, keys: int = 4,
                        trace: bool = False, history: str | None = None, mix: str = "incr",
-                       seed: int = 1, client: Client | None = None) -> dict[str, Any]:
+                       seed: int = 1, client: Client | None = None,
+                       stop: asyncio.Event | None = None) -> dict[str, Any]:
+    """Run sessions until ``duration`` passed or ``stop`` is set; each finishes its request."""
+    stop = stop or asyncio.Event()
     own = client is None
     if client is None:
         client = Client(config, key, name, trace=trace)
@@ -111,15 +133,16 @@ async def run_workload(config: ClusterConfig, key: bytes, *, name: str = "C1", c
     rec = Recorder(history)
     stats: dict[str, Any] = {"sent": 0, "acked": 0, "failed": 0, "latencies": [],
                              "max_gap": 0.0, "last_ack": 0.0}
-    gen = OpGenerator(mix, keys, seed)
+    gen = OpGenerator(mix, keys, seed + sum(map(ord, name)))
     interval = clients / rate if rate > 0 else 0.0
     started = time.monotonic()
     end = started + duration
     names = [name if i == 0 else f"{name}.{i + 1}" for i in range(clients)]
-    tasks = [asyncio.create_task(_session_loop(client.session(n), gen, interval, end, stats, rec))
+    tasks = [asyncio.create_task(_session_loop(client.session(n), gen, interval, end, stats, rec,
+                                               stop))
              for n in names]
     try:
-        await asyncio.gather(*tasks)
+        await _until_stopped(tasks, stop, end)
     finally:
         for task in tasks:
             task.cancel()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import faults
 from ..config import ClusterConfig
 from ..log import msg_id
 from ..statemachine import (
@@ -41,8 +42,13 @@ from .replog import ReplicationLog
 from .upstream import Upstream
 
 log = logging.getLogger("ftds.replica")
+exec_log = logging.getLogger("ftds.exec")
 
 MAX_CLIENT_ID = 64
+# Planted bugs (tests of the tests only; see ftds/faults.py).
+DROP_ACKED_WRITE = faults.on("drop_acked_write")
+REORDER = faults.on("reorder")
+ACK_AFTER_DEPOSED = faults.on("ack_after_deposed")
 
 
 @dataclass
@@ -233,7 +239,7 @@ class Replica:
                 self._prune_recorded_batches()
             if now - self._last_report >= max(self.tunables.heartbeat_interval, 0.05):
                 self.report()
-            if self.serving and not self.sync_set:
+            if self.serving and (not self.sync_set or ACK_AFTER_DEPOSED):
                 self._advance_commit()  # lease-bound commit when alone
 
     # ======================================================================== clients ====
@@ -358,8 +364,11 @@ class Replica:
             label = msg_id(client, self.id, request_num, "request")
             log.info("my_state_%s = %s before processing %s", self.id, self.sm.describe(key),
                      label, extra={"kind": "state"})
-        result, _executed = self.sm.apply(entry)
+        result, executed = self.sm.apply(entry)
         self.log.append(entry)
+        if self.config.trace.executions:
+            exec_log.info("EXEC %s seq=%d e=%d <%s, %d>%s", self.id, entry["s"], entry["e"],
+                          client, request_num, "" if executed else " duplicate-not-executed")
         if trace:
             log.info("my_state_%s = %s after processing %s", self.id, self.sm.describe(key),
                      label, extra={"kind": "state"})
@@ -386,6 +395,7 @@ class Replica:
         if conn.is_closing():
             return
         item["from"] = self.id
+        item["e"] = self.epoch
         if self.config.trace.requests:
             log.info("Sending %s", msg_id(item["c"], self.id, item["r"], "reply"),
                      extra={"kind": "reply"})
@@ -425,7 +435,11 @@ class Replica:
         """After a batch of events: stream new entries, advance the commit, send replies."""
         if self._entries_out:
             entries, self._entries_out = self._entries_out, []
-            self._broadcast("entries", {"entries": entries, "commit": self.commit})
+            fields = {"entries": entries, "commit": self.commit}
+            if DROP_ACKED_WRITE:
+                asyncio.get_running_loop().call_later(0.5, self._broadcast, "entries", fields)
+            else:
+                self._broadcast("entries", fields)
             self._commit_sent = self.commit
         self._advance_commit()
         self._flush_replies()
@@ -441,7 +455,9 @@ class Replica:
             return
         new = self.sm.seq
         sync = self.sync_set
-        if self.config.replication == "async" and not self.active:
+        if DROP_ACKED_WRITE or (ACK_AFTER_DEPOSED and self._stalled()):
+            pass  # planted bugs: acknowledge without the backups
+        elif self.config.replication == "async" and not self.active:
             if not self.lease_ok():
                 return
         elif sync:
@@ -459,6 +475,14 @@ class Replica:
                 self._commit_scheduled = True
                 asyncio.get_running_loop().call_soon(self._broadcast_commit)
             self._flush_replies()
+
+    def _stalled(self) -> bool:
+        """Planted bug helper: no commit progress for 200 ms although entries wait."""
+        now = time.monotonic()
+        if self.commit >= self.sm.seq:
+            self._progress_at = now
+            return False
+        return now - getattr(self, "_progress_at", now) > 0.2
 
     def _broadcast_commit(self) -> None:
         self._commit_scheduled = False
@@ -642,7 +666,14 @@ class Replica:
         elif kind == "entries":
             if not self.caught_up:
                 return
-            for entry in require(msg, "entries", list):
+            entries = require(msg, "entries", list)
+            if REORDER and len(entries) >= 2 and isinstance(entries[0], dict) \
+                    and isinstance(entries[1], dict):
+                first, second = dict(entries[0]), dict(entries[1])
+                for name in ("c", "r", "op"):
+                    first[name], second[name] = second[name], first[name]
+                entries = [first, second, *entries[2:]]
+            for entry in entries:
                 self._member_apply(conn, entry)
             self._member_commit(require(msg, "commit", int))
         elif kind == "commit":
@@ -697,6 +728,7 @@ class Replica:
                 raise WireError("malformed", problem)
             self.sm.install(cp)
             self.log.reset(cp["seq"])
+            self._trace_reset(cp["seq"])
             self._prev_checkpoint_seq = self._checkpoint_seq = cp["seq"]
             self.member_waiting.clear()
             log.info("[CHECKPOINT %d] %s installed (seq %d, %d keys, digest %s)",
@@ -712,6 +744,10 @@ class Replica:
         if replayed:
             log.info("%s: replayed %d entries beyond the checkpoint (now seq %d)", self.id,
                      replayed, self.sm.seq, extra={"kind": "state"})
+
+    def _trace_reset(self, seq: int) -> None:
+        if self.config.trace.executions:
+            exec_log.info("RESET %s seq=%d (state replaced by a checkpoint)", self.id, seq)
 
     def _install_checkpoint_from_stream(self, cp: dict[str, Any]) -> None:
         problem = validate_checkpoint(cp)
@@ -729,6 +765,7 @@ class Replica:
                           cp["digest"][:12])
             self.sm.install(cp)
             self.log.reset(cp["seq"])
+            self._trace_reset(cp["seq"])
             verdict = "installed"
         log.info("[CHECKPOINT %d] %s -> %s received (seq %d, %s)", cp["checkpoint_count"],
                  self.view.primary if self.view else "?", self.id, cp["seq"], verdict,
@@ -747,6 +784,9 @@ class Replica:
         view = msg["view"]
         if not isinstance(view, View):
             view = View.from_wire(view)
+        if ACK_AFTER_DEPOSED and self.is_orderer and view.primary != self.id:
+            log.critical("%s: PLANTED BUG: ignoring the view that deposes me", self.id)
+            return
         authority = conn.role in ("rm", "admin")
         if self.view is not None and view.key <= self.view.key:
             if authority:

@@ -201,3 +201,46 @@ def test_bad_frames_close_only_that_connection_and_change_nothing(make_cluster, 
         {r: (s["seq"], s["digest"]) for r, s in quiet.items()}
     for rid in ids:
         assert cluster.procs[rid].poll() is None, f"{rid} died"
+
+
+def test_flood_of_garbage_connections_while_clients_are_served(make_cluster, tmp_path):
+    import random
+    import threading
+
+    ids = ["S1", "S2", "S3"]
+    cluster = make_cluster()
+    start(cluster, ids)
+    cluster.bootstrap()
+    procs = [cluster.workload("C1", tmp_path / "C1.jsonl", clients=3, rate=200, duration=4)]
+    ports = [p for r in ids for p in (cluster.config.replica(r).port,
+                                      cluster.config.replica(r).control_port)]
+    stop = threading.Event()
+    sent = []
+
+    def flood(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", rng.choice(ports)), timeout=2) as s:
+                    s.sendall(rng.randbytes(rng.randint(1, 3000)))
+                    sent.append(1)
+                    s.settimeout(2)
+                    while s.recv(4096):
+                        pass
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=flood, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        result = finish(procs[0])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert len(sent) > 200, "the flood did not happen"
+    assert result["failed"] == 0 and result["acked"] > 500, result
+    check_counters(cluster, [tmp_path / "C1.jsonl"], ids=ids)
+    for rid in ids:
+        assert cluster.procs[rid].poll() is None, f"{rid} died under the flood"

@@ -1,0 +1,430 @@
+"""A chaos run: clients record a history while the nemesis injects faults; then the verdict.
+
+``ftds chaos run --target local|lab --schedule random --faults K --seed S`` runs the clients,
+injects the schedule's faults one after another (each held, recovered, then the cluster given
+time to heal), stops the clients, collects histories, replica logs and statuses, and judges
+them (``checks`` and ``linearizability``). Everything lands in the output directory: the
+histories (re-checkable with ``ftds chaos check DIR``), ``report.json``, ``report.txt`` and
+``timeline.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import ctl, local
+from ..config import ClusterConfig, load_config
+from ..rmclient import rm_request
+from .checks import (
+    Problem,
+    check_counters,
+    check_digests,
+    check_epochs,
+    check_executions,
+    parse_replica_logs,
+)
+from .history import Op, load
+from .linearizability import check
+from .nemesis import FaultEvent, LabTarget, LocalTarget, Schedule, Target
+
+
+@dataclass
+class RunSettings:
+    target: str = "local"
+    mode: str = "passive"
+    schedule: str = "random"
+    faults: int = 10
+    seed: int = 1
+    clients: int = 3  # client processes
+    sessions: int = 4  # logical clients per process
+    rate: float = 100.0  # requests/s per process
+    keys: int = 6
+    heal_timeout: float = 60.0
+    settle: float = 1.0  # seconds of normal operation between faults
+    out: Path = field(default_factory=lambda: Path("run/chaos"))
+    run_dir: Path | None = None  # local target: where the cluster runs
+    env: dict[str, str] = field(default_factory=dict)  # e.g. FTDS_FAULT for planted bugs
+
+
+# ========================================================================= environments ====
+class LocalEnv:
+    """The embedded cluster started for this run (executions traced)."""
+
+    def __init__(self, s: RunSettings) -> None:
+        self.s = s
+        self.dir = s.run_dir or (s.out / "cluster")
+        if self.dir.exists():
+            local.stop_cluster(self.dir)
+            shutil.rmtree(self.dir)
+        self.path = local.write_cluster(self.dir, 3, s.mode,
+                                        trace={"requests": False, "executions": True})
+        self.config = load_config(self.path)
+        self.key = self.config.read_key()
+        self.target: Target = LocalTarget(self.dir)
+        self.workloads: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        local.spawn(self.dir, "supervisor", ["local", "supervise", "--dir", str(self.dir)],
+                    env=self.s.env)
+
+    def start_workloads(self, histories: Path) -> None:
+        for k in range(1, self.s.clients + 1):
+            self.workloads.append(subprocess.Popen(
+                [sys.executable, "-m", "ftds", "workload", "--config", str(self.path),
+                 "--id", f"C{k}", "--clients", str(self.s.sessions), "--rate", str(self.s.rate),
+                 "--duration", "86400", "--keys", str(self.s.keys), "--mix", "rw",
+                 "--seed", str(self.s.seed), "--history", str(histories / f"C{k}.jsonl"),
+                 "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+
+    def stop_workloads(self) -> list[dict[str, Any]]:
+        for proc in self.workloads:
+            proc.send_signal(signal.SIGINT)
+        results = []
+        for proc in self.workloads:
+            try:
+                out, _ = proc.communicate(timeout=90)
+                results.append(json.loads(out) if out else {})
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                results.append({})
+        return results
+
+    def fetch_histories(self, histories: Path) -> None:
+        pass  # written in place
+
+    def replica_logs(self) -> dict[str, str]:
+        return {rid: (self.dir / "logs" / f"{rid}.log").read_text(errors="replace")
+                for rid in self.config.replica_ids}
+
+    def stop(self) -> None:
+        local.stop_cluster(self.dir)
+
+
+class LabEnv:
+    """A deployed lab (``scripts/lab up`` + the playbook with tracing of executions on)."""
+
+    def __init__(self, s: RunSettings, inventory: Path = Path("inventory/lab")) -> None:
+        self.s = s
+        hosts_yml = yaml.safe_load((inventory / "hosts.yml").read_text())
+        groups = hosts_yml["all"]["children"]
+        replicas = groups["ftds_replicas"]["hosts"]
+        self.hosts = {v["ftds_replica_id"]: h for h, v in replicas.items()}
+        self.manager = next(iter(groups["ftds_managers"]["hosts"]))
+        self.client_host = next(iter(groups["ftds_clients"]["hosts"]))
+        self.target = LabTarget(inventory, self.hosts, self.manager)
+        secrets = s.out / "cluster"
+        secrets.mkdir(parents=True, exist_ok=True)
+        os.chmod(secrets, 0o700)
+        for remote, name in (("/etc/ftds/cluster.yml", "cluster.yml"),
+                             ("/etc/ftds/cluster.key", "cluster.key")):
+            data = self.target.ssh(self.manager, f"cat {remote}").stdout
+            (secrets / name).write_text(data)
+        os.chmod(secrets / "cluster.key", 0o600)
+        data = yaml.safe_load((secrets / "cluster.yml").read_text())
+        data["key_file"] = str((secrets / "cluster.key").resolve())
+        self.path = secrets / "cluster.yml"
+        self.path.write_text(yaml.safe_dump(data))
+        self.config: ClusterConfig = load_config(self.path)
+        self.key = self.config.read_key()
+        self.started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.workloads: list[subprocess.Popen[str]] = []
+
+    def start(self) -> None:
+        pass  # deployed beforehand
+
+    def start_workloads(self, histories: Path) -> None:
+        self.target.ssh(self.client_host, "rm -rf /tmp/ftds-chaos && mkdir -p /tmp/ftds-chaos")
+        for k in range(1, self.s.clients + 1):
+            command = (f"exec /opt/ftds/bin/ftds workload --config /etc/ftds/cluster.yml "
+                       f"--id C{k} --clients {self.s.sessions} --rate {self.s.rate} "
+                       f"--duration 86400 --keys {self.s.keys} --mix rw --seed {self.s.seed} "
+                       f"--history /tmp/ftds-chaos/C{k}.jsonl --json -q")
+            self.workloads.append(subprocess.Popen(
+                ["ssh", "-F", str(self.target.ssh_config), "-o", "ControlMaster=no",
+                 self.client_host, command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True))
+
+    def stop_workloads(self) -> list[dict[str, Any]]:
+        self.target.ssh(self.client_host, "pkill -INT -f 'ftds workload' || true", check=False)
+        results = []
+        for proc in self.workloads:
+            try:
+                out, _ = proc.communicate(timeout=120)
+                results.append(json.loads(out) if out.strip() else {})
+            except (subprocess.TimeoutExpired, ValueError):
+                proc.kill()
+                results.append({})
+        return results
+
+    def fetch_histories(self, histories: Path) -> None:
+        for k in range(1, self.s.clients + 1):
+            data = self.target.ssh(self.client_host, f"cat /tmp/ftds-chaos/C{k}.jsonl",
+                                   timeout=120).stdout
+            (histories / f"C{k}.jsonl").write_text(data)
+
+    def replica_logs(self) -> dict[str, str]:
+        logs = {}
+        for rid, host in self.hosts.items():
+            result = self.target.ssh(
+                host, f"journalctl -u ftds-replica@{rid}.service --since '{self.started}' "
+                      "-o cat --no-pager", timeout=120)
+            logs[rid] = result.stdout
+        return logs
+
+    def stop(self) -> None:
+        pass  # the lab stays up
+
+
+# ============================================================================== run ====
+async def _status(config: ClusterConfig, key: bytes) -> dict[str, Any] | None:
+    try:
+        return await rm_request(config, key, "status_req", timeout=2.0)
+    except (OSError, TimeoutError, ConnectionError):
+        return None
+
+
+async def wait_healthy(config: ClusterConfig, key: bytes, timeout: float) -> dict[str, Any]:
+    async def healthy() -> dict[str, Any] | None:
+        s = await _status(config, key)
+        if s and s["primary"] and not s.get("failover_pending") and s["gfd_stable"] and \
+                all(r["ready"] for r in s["replicas"].values()):
+            return s
+        return None
+    return await ctl.wait_for(healthy, timeout, 0.05)
+
+
+def run_chaos(s: RunSettings, log: Any = print) -> dict[str, Any]:
+    s.out.mkdir(parents=True, exist_ok=True)
+    histories = s.out / "histories"
+    if histories.exists():
+        shutil.rmtree(histories)
+    histories.mkdir()
+    env: LocalEnv | LabEnv = LocalEnv(s) if s.target == "local" else LabEnv(s)
+    env.start()
+    events: list[FaultEvent] = []
+    started = time.time()
+    try:
+        asyncio.run(wait_healthy(env.config, env.key, s.heal_timeout))
+        env.start_workloads(histories)
+        time.sleep(s.settle + 1)
+        schedule = Schedule.named(s.schedule, env.target, s.faults, s.seed)
+        for n, name in enumerate(schedule.steps, 1):
+            kind = env.target.kinds[name]
+            try:
+                status = asyncio.run(wait_healthy(env.config, env.key, s.heal_timeout))
+            except TimeoutError:
+                log(f"  the cluster is not healthy after {s.heal_timeout:g}s: stopping the "
+                    f"schedule after {n - 1} faults")
+                break
+            victim, role = schedule.pick_victim(kind, status)
+            event = FaultEvent(name, victim, role, time.time(), epoch_before=status["epoch"])
+            event.note = env.target.inject(kind, victim)
+            hold = schedule.hold(kind)
+            if hold:
+                time.sleep(hold)
+            env.target.recover(kind, victim)
+            event.recovered = time.time()
+            asyncio.run(_noticed(env.config, env.key, victim, event.injected))
+            try:
+                healed = asyncio.run(wait_healthy(env.config, env.key, s.heal_timeout))
+                event.healthy = time.time()
+                event.epoch_after = healed["epoch"]
+            except TimeoutError:
+                event.note += f"; NOT healthy after {s.heal_timeout:g}s"
+                env.target.heal_all()
+            events.append(event)
+            took = (event.healthy or time.time()) - event.injected
+            log(f"  fault {n:3d}/{len(schedule.steps)} {name:18s} {victim:6s} ({role}): "
+                f"{event.note}; healthy after {took:5.2f}s, epoch {event.epoch_before}->"
+                f"{event.epoch_after}")
+            time.sleep(s.settle)
+    finally:
+        env.target.heal_all()
+    try:
+        asyncio.run(wait_healthy(env.config, env.key, s.heal_timeout))
+    except TimeoutError:
+        log(f"  the cluster is not healthy at the end (after {s.heal_timeout:g}s); judging "
+            "what was recorded")
+    client_results = env.stop_workloads()
+    env.fetch_histories(histories)
+    status = asyncio.run(_converged(env.config, env.key))
+    logs = env.replica_logs()
+    ops = load(sorted(histories.glob("*.jsonl")))
+    counters = sorted({o.key for o in ops if o.f == "incr"})
+    final: dict[str, Any] | None
+    try:
+        final = asyncio.run(_read(env.config, env.key, counters))
+    except TimeoutError:
+        final = None
+        log("  the final values could not be read: counters are not judged")
+    try:
+        incidents = asyncio.run(rm_request(env.config, env.key, "incidents_req"))["incidents"]
+    except (OSError, TimeoutError, ConnectionError):
+        incidents = []
+    env.stop()
+    verdict = judge(ops, logs, status, final)
+    report = build_report(s, events, ops, verdict, incidents, client_results, started)
+    write_report(s.out, report, ops, events, incidents)
+    return report
+
+
+async def _noticed(config: ClusterConfig, key: bytes, victim: str, since: float,
+                   timeout: float = 3.0) -> bool:
+    """Wait until the cluster shows the fault (unhealthy, or an incident for the victim)."""
+    async def seen() -> bool:
+        status = await _status(config, key)
+        if status is None or not status["gfd_stable"] or status.get("failover_pending") or \
+                not all(r["ready"] for r in status["replicas"].values()):
+            return True
+        try:
+            incidents = (await rm_request(config, key, "incidents_req"))["incidents"]
+        except (OSError, TimeoutError, ConnectionError):
+            return True
+        return any(i["replica"] == victim and i["detected"] >= since - 0.05 for i in incidents)
+    try:
+        return await ctl.wait_for(seen, timeout, 0.02)
+    except TimeoutError:
+        return False
+
+
+async def _converged(config: ClusterConfig, key: bytes) -> dict[str, dict[str, Any] | None]:
+    async def same_seq() -> dict[str, dict[str, Any] | None] | None:
+        status = await ctl.statuses(config, key, timeout=1.0)
+        ready = [v for v in status.values() if v and v["i_am_ready"]]
+        if ready and len({v["seq"] for v in ready}) == 1 and len(ready) == len(status):
+            return status
+        return None
+    try:
+        return await ctl.wait_for(same_seq, 30, 0.1)
+    except TimeoutError:
+        return await ctl.statuses(config, key, timeout=1.0)
+
+
+async def _read(config: ClusterConfig, key: bytes, keys: list[str]) -> dict[str, Any]:
+    from ..client import Client
+
+    client = Client(config, key, f"chaos-reader-{os.getpid()}", trace=False)
+    await client.start()
+    try:
+        await client.wait_connected(10, count=1)
+        await asyncio.sleep(0.1)
+        return {k: (await asyncio.wait_for(client.call({"op": "get", "key": k}), 30))
+                ["res"]["value"] for k in keys}
+    finally:
+        await client.close()
+
+
+def judge(ops: list[Op], logs: dict[str, str], status: dict[str, Any],
+          final: dict[str, Any] | None) -> dict[str, Any]:
+    traces, takeovers = parse_replica_logs(logs)
+    verdicts = check(ops)
+    lin_problems = [Problem("linearizability", v.explanation, v.involved)
+                    for v in verdicts if not v.ok]
+    problems = {
+        "linearizability": lin_problems,
+        "counters": check_counters(ops, final) if final is not None else [
+            Problem("unavailable", "the final counter values could not be read")],
+        "executions": check_executions(traces),
+        "epochs": check_epochs(takeovers, ops),
+        "digests": check_digests(status),
+    }
+    flat = [p for group in problems.values() for p in group]
+    return {
+        "valid": not flat,
+        "keys_checked": len(verdicts),
+        "problems": {k: [p.to_json() for p in v] for k, v in problems.items()},
+        "first_violation": flat[0].to_json() if flat else None,
+        "acked_lost": sum(1 for p in flat if p.check == "acknowledged lost"),
+        "duplicates": sum(1 for p in flat if p.check == "executed twice"),
+        "divergence": sum(1 for p in flat if p.check == "divergence"),
+        "split_brain": sum(1 for p in flat if p.check in ("split brain",
+                                                          "acknowledged after deposed")),
+        "linearizable": not lin_problems,
+        "takeovers": [t.__dict__ for t in takeovers],
+        "executions_traced": {r: len(t.applied) for r, t in traces.items()},
+    }
+
+
+def build_report(s: RunSettings, events: list[FaultEvent], ops: list[Op],
+                 verdict: dict[str, Any], incidents: list[dict[str, Any]],
+                 client_results: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    by_kind: dict[str, int] = {}
+    for e in events:
+        by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
+    outcomes = {o: sum(1 for op in ops if op.outcome == o) for o in ("ok", "fail", "info")}
+    recent = [i for i in incidents if i["detected"] >= started - 1]
+    return {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in s.__dict__.items()
+                     if k != "env"} | {"planted": s.env.get("FTDS_FAULT", "")},
+        "duration_s": round(time.time() - started, 1),
+        "faults": len(events), "faults_by_kind": by_kind,
+        "faults_not_healed": sum(1 for e in events if e.healthy is None),
+        "operations": len(ops), "outcomes": outcomes,
+        "verdict": verdict,
+        "events": [e.to_json() for e in events],
+        "incidents": recent,
+        "clients": client_results,
+    }
+
+
+def render_text(report: dict[str, Any]) -> str:
+    v = report["verdict"]
+    st = report["settings"]
+    lines = [
+        f"chaos run: target {st['target']}, {st['mode']} mode, schedule {st['schedule']}, "
+        f"seed {st['seed']}{', PLANTED ' + st['planted'] if st.get('planted') else ''}",
+        f"  {report['faults']} faults in {report['duration_s']}s: " + ", ".join(
+            f"{k} {n}" for k, n in sorted(report["faults_by_kind"].items())),
+        f"  operations: {report['operations']} ("
+        + ", ".join(f"{k} {n}" for k, n in report["outcomes"].items()) + ")",
+        f"  acked lost: {v['acked_lost']}   duplicates: {v['duplicates']}   divergence: "
+        f"{v['divergence']}   split brain: {v['split_brain']}   linearizable: "
+        f"{'yes' if v['linearizable'] else 'NO'} ({v['keys_checked']} keys)",
+        f"  faults that did not heal: {report['faults_not_healed']}",
+    ]
+    timings = [i for i in report["incidents"] if i.get("closed")]
+    if timings:
+        def med(name: str) -> str:
+            values = sorted(i[name] for i in timings if i.get(name) is not None)
+            return f"{values[len(values) // 2]:.0f} ms" if values else "-"
+        lines.append(f"  recovery (median over {len(timings)} incidents): detect->removed "
+                     f"{med('detect_to_removed_ms')}, ->new primary "
+                     f"{med('detect_to_new_primary_ms')}, relaunch->ready "
+                     f"{med('relaunch_to_ready_ms')}")
+    lines.append(f"VERDICT: {'VALID' if v['valid'] else 'INVALID'}")
+    if not v["valid"]:
+        first = v["first_violation"]
+        lines.append(f"first violation ({first['check']}): {first['text']}")
+        lines.extend(f"    {o}" for o in first["ops"][:8])
+    return "\n".join(lines)
+
+
+def write_report(out: Path, report: dict[str, Any], ops: list[Op], events: list[FaultEvent],
+                 incidents: list[dict[str, Any]]) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "report.txt").write_text(render_text(report) + "\n")
+    try:
+        from .timeline import plot
+    except ImportError:
+        return
+    plot(out / "timeline.png", ops, events, report["incidents"], report["settings"])
+
+
+def recheck(out: Path) -> dict[str, Any]:
+    """Judge a saved run again from its files (histories; the verdict's other inputs)."""
+    ops = load(sorted((out / "histories").glob("*.jsonl")))
+    verdicts = check(ops)
+    return {"keys": len(verdicts), "linearizable": all(v.ok for v in verdicts),
+            "problems": [v.explanation for v in verdicts if not v.ok]}
