@@ -12,14 +12,12 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from .. import local
-
-LAB_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "lab"
+from ..labenv import Lab
 
 
 @dataclass
@@ -133,58 +131,49 @@ class LabTarget:
     name = "lab"
     kinds = LAB_KINDS
 
-    def __init__(self, inventory: Path, hosts: dict[str, str], manager: str) -> None:
-        self.ssh_config = inventory / "ssh_config"
-        self.hosts = hosts  # replica id -> host name
-        self.manager = manager
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.manager = lab.manager
         self._paused: set[str] = set()
         self._down: set[str] = set()
         self._partitioned = False
 
-    def ssh(self, host: str, command: str, check: bool = True,
-            timeout: float = 20) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ssh", "-F", str(self.ssh_config), "-o", "ControlMaster=no",
-                               host, command], capture_output=True, text=True,
-                              timeout=timeout, check=check)
-
-    def lab(self, *args: str) -> None:
-        subprocess.run([str(LAB_SCRIPT), *args], check=True, capture_output=True, timeout=120)
-
     def inject(self, kind: Kind, victim: str) -> str:
         name = kind.name
-        host = self.hosts.get(victim, self.manager)
+        lab = self.lab
+        host = lab.replica_hosts.get(victim, self.manager)
         unit = f"ftds-replica@{victim}.service"
         if name in ("kill", "kill_primary"):
-            self.ssh(host, f"systemctl kill --signal=SIGKILL {unit}")
+            lab.ssh(host, f"systemctl kill --signal=SIGKILL {unit}")
             return f"{host}: systemctl kill -s KILL {unit}"
         if name == "systemctl_stop":
-            self.ssh(host, f"systemctl stop {unit}")
+            lab.ssh(host, f"systemctl stop {unit}")
             return f"{host}: systemctl stop {unit}"
         if name in ("pause", "pause_backup"):
-            self.ssh(host, f"systemctl kill --signal=SIGSTOP {unit}")
+            lab.ssh(host, f"systemctl kill --signal=SIGSTOP {unit}")
             self._paused.add(victim)
             return f"{host}: SIGSTOP {unit}"
         if name == "kill_lfd":
-            self.ssh(host, f"systemctl kill --signal=SIGKILL ftds-lfd@{victim}.service")
+            lab.ssh(host, f"systemctl kill --signal=SIGKILL ftds-lfd@{victim}.service")
             return f"{host}: kill -9 ftds-lfd@{victim}"
         if name in ("kill_gfd", "kill_rm"):
             daemon = name.split("_")[1]
-            self.ssh(self.manager, f"systemctl kill --signal=SIGKILL ftds-{daemon}.service")
+            lab.ssh(self.manager, f"systemctl kill --signal=SIGKILL ftds-{daemon}.service")
             return f"{self.manager}: kill -9 ftds-{daemon}"
         if name == "power_cut":
-            self.lab("crash", host)
+            lab.lab("crash", host)
             self._down.add(host)
             return f"power cut of {host}"
         if name == "host_stop":
-            self.lab("stop", host)
+            lab.lab("stop", host)
             self._down.add(host)
             return f"clean halt of {host}"
         if name in ("partition", "partition_backup"):
-            self.lab("partition", host)
+            lab.lab("partition", host)
             self._partitioned = True
             return f"{host} cut from every other host"
         if name == "partition_from_rm":
-            self.lab("partition", host, "--from", self.manager)
+            lab.lab("partition", host, "--from", self.manager)
             self._partitioned = True
             return f"{host} cut from {self.manager} (GFD/RM) only"
         raise ValueError(f"unknown fault {name}")
@@ -194,15 +183,15 @@ class LabTarget:
 
     def heal_all(self) -> None:
         if self._partitioned:
-            self.lab("heal")
+            self.lab.lab("heal")
             self._partitioned = False
         for victim in list(self._paused):
-            self.ssh(self.hosts[victim],
-                     f"systemctl kill --signal=SIGCONT ftds-replica@{victim}.service",
-                     check=False)
+            self.lab.ssh(self.lab.replica_hosts[victim],
+                         f"systemctl kill --signal=SIGCONT ftds-replica@{victim}.service",
+                         check=False)
             self._paused.discard(victim)
         for host in list(self._down):
-            self.lab("start", host)
+            self.lab.lab("start", host)
             self._down.discard(host)
 
 

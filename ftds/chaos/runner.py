@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .. import ctl, local
 from ..config import ClusterConfig, load_config
 from ..rmclient import rm_request
@@ -115,49 +113,41 @@ class LocalEnv:
 class LabEnv:
     """A deployed lab (``scripts/lab up`` + the playbook with tracing of executions on)."""
 
-    def __init__(self, s: RunSettings, inventory: Path = Path("inventory/lab")) -> None:
+    def __init__(self, s: RunSettings) -> None:
+        from ..labenv import Lab
+
         self.s = s
-        hosts_yml = yaml.safe_load((inventory / "hosts.yml").read_text())
-        groups = hosts_yml["all"]["children"]
-        replicas = groups["ftds_replicas"]["hosts"]
-        self.hosts = {v["ftds_replica_id"]: h for h, v in replicas.items()}
-        self.manager = next(iter(groups["ftds_managers"]["hosts"]))
-        self.client_host = next(iter(groups["ftds_clients"]["hosts"]))
-        self.target = LabTarget(inventory, self.hosts, self.manager)
-        secrets = s.out / "cluster"
-        secrets.mkdir(parents=True, exist_ok=True)
-        os.chmod(secrets, 0o700)
-        for remote, name in (("/etc/ftds/cluster.yml", "cluster.yml"),
-                             ("/etc/ftds/cluster.key", "cluster.key")):
-            data = self.target.ssh(self.manager, f"cat {remote}").stdout
-            (secrets / name).write_text(data)
-        os.chmod(secrets / "cluster.key", 0o600)
-        data = yaml.safe_load((secrets / "cluster.yml").read_text())
-        data["key_file"] = str((secrets / "cluster.key").resolve())
-        self.path = secrets / "cluster.yml"
-        self.path.write_text(yaml.safe_dump(data))
+        self.lab = Lab()
+        self.target = LabTarget(self.lab)
+        self.client_host = self.lab.clients[0]
+        self.path = self.lab.fetch_cluster(s.out / "cluster")
         self.config: ClusterConfig = load_config(self.path)
         self.key = self.config.read_key()
-        self.started = time.strftime("%Y-%m-%d %H:%M:%S")
+        if not self.config.trace.executions:
+            raise RuntimeError("the lab cluster does not trace executions: deploy with "
+                               "-e '{\"ftds_common_trace\": {\"executions\": true}}'")
+        self.started = self.lab.ssh(self.lab.manager, "date '+%Y-%m-%d %H:%M:%S'",
+                                    shared=True).stdout.strip()
         self.workloads: list[subprocess.Popen[str]] = []
 
     def start(self) -> None:
         pass  # deployed beforehand
 
     def start_workloads(self, histories: Path) -> None:
-        self.target.ssh(self.client_host, "rm -rf /tmp/ftds-chaos && mkdir -p /tmp/ftds-chaos")
+        self.lab.ssh(self.client_host, "rm -rf /tmp/ftds-chaos && mkdir -p /tmp/ftds-chaos",
+                     shared=True)
         for k in range(1, self.s.clients + 1):
             command = (f"exec /opt/ftds/bin/ftds workload --config /etc/ftds/cluster.yml "
                        f"--id C{k} --clients {self.s.sessions} --rate {self.s.rate} "
                        f"--duration 86400 --keys {self.s.keys} --mix rw --seed {self.s.seed} "
                        f"--history /tmp/ftds-chaos/C{k}.jsonl --json -q")
             self.workloads.append(subprocess.Popen(
-                ["ssh", "-F", str(self.target.ssh_config), "-o", "ControlMaster=no",
-                 self.client_host, command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True))
+                ["ssh", "-F", str(self.lab.ssh_config), "-o", "ControlMaster=no",
+                 "-o", "ControlPath=none", self.client_host, command],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
 
     def stop_workloads(self) -> list[dict[str, Any]]:
-        self.target.ssh(self.client_host, "pkill -INT -f 'ftds workload' || true", check=False)
+        self.lab.ssh(self.client_host, "pkill -INT -f 'ftds workload' || true", check=False)
         results = []
         for proc in self.workloads:
             try:
@@ -170,18 +160,14 @@ class LabEnv:
 
     def fetch_histories(self, histories: Path) -> None:
         for k in range(1, self.s.clients + 1):
-            data = self.target.ssh(self.client_host, f"cat /tmp/ftds-chaos/C{k}.jsonl",
-                                   timeout=120).stdout
+            data = self.lab.ssh(self.client_host, f"cat /tmp/ftds-chaos/C{k}.jsonl",
+                                timeout=300).stdout
             (histories / f"C{k}.jsonl").write_text(data)
 
     def replica_logs(self) -> dict[str, str]:
-        logs = {}
-        for rid, host in self.hosts.items():
-            result = self.target.ssh(
-                host, f"journalctl -u ftds-replica@{rid}.service --since '{self.started}' "
-                      "-o cat --no-pager", timeout=120)
-            logs[rid] = result.stdout
-        return logs
+        return {rid: self.lab.ssh(host, f"journalctl -u ftds-replica@{rid}.service --since "
+                                        f"'{self.started}' -o cat --no-pager", timeout=300).stdout
+                for rid, host in self.lab.replica_hosts.items()}
 
     def stop(self) -> None:
         pass  # the lab stays up
