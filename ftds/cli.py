@@ -320,9 +320,9 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import core_bench, recovery_bench
+    from .bench import core_bench, lab_bench, recovery_bench
 
-    module = core_bench if args.which == "core" else recovery_bench
+    module = {"core": core_bench, "recovery": recovery_bench, "lab": lab_bench}[args.which]
     return module.main(args.rest)
 
 
@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: core (throughput/latency) or recovery "
                        "(detection/failover/relaunch), each against PySyncObj")
-    p.add_argument("which", choices=["core", "recovery"])
+    p.add_argument("which", choices=["core", "recovery", "lab"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 

@@ -1,0 +1,104 @@
+"""End to end on the lab: 5 systemd hosts (S1..S3 on h1..h3, GFD+RM on h4, clients on h5),
+deployed with ansible-playbook; clients run through every fault and their history is judged.
+
+Run by scripts/test-lab (which brings the lab up, deploys, runs these and testinfra).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import yaml
+
+from ftds.labenv import INVENTORY
+
+
+def test_a_playbook_rerun_changes_nothing(cluster):
+    result = cluster.deploy()
+    recap = re.findall(r"^(h\d+)\s*:\s*ok=\d+\s+changed=(\d+)", result.stdout, re.M)
+    assert len(recap) == 5, result.stdout[-2000:]
+    assert all(int(changed) == 0 for _, changed in recap), result.stdout[-3000:]
+
+
+def test_b_systemctl_stop_of_a_replica_is_undone_by_the_rm_over_ssh(cluster):
+    start = cluster.wait_healthy()
+    cluster.start_clients("A1")
+    victim = next(r for r in sorted(start["replicas"]) if r != start["primary"])
+    host = cluster.lab.host_of(victim)
+    since = cluster.now_on_lab()
+    old_pid = cluster.unit_pid(host, f"ftds-replica@{victim}.service")
+    stopped_at = time.time()
+    cluster.lab.ssh(host, f"systemctl stop ftds-replica@{victim}.service")
+    incident = cluster.closed_incident(victim, stopped_at)
+    status = cluster.wait_healthy()
+    assert status["epoch"] == start["epoch"]  # a backup: the primary stays
+    assert cluster.unit_pid(host, f"ftds-replica@{victim}.service") not in (0, old_pid)
+    rm_log = cluster.journal(cluster.lab.manager, "ftds-rm.service", since)
+    assert f"systemctl start ftds-replica@{victim}.service' on" in rm_log, rm_log[-2000:]
+    assert incident["confirmed_dead"] and incident["relaunch_to_ready_ms"] is not None
+    cluster.stop_clients_and_check()
+
+
+def test_c_power_cut_of_the_primary_host_then_it_boots_back_as_a_backup(cluster):
+    start = cluster.wait_healthy()
+    cluster.start_clients("B1")
+    old = start["primary"]
+    host = cluster.lab.host_of(old)
+    cut_at = time.time()
+    cluster.lab.lab("crash", host)
+    new = cluster.wait(lambda: (s := cluster.status()) and s["primary"] != old and s["primary"],
+                       30, "a new primary")
+    time.sleep(1.0)
+    cluster.lab.lab("start", host)  # units are enabled: they start at boot
+    status = cluster.wait_healthy(90)
+    assert status["primary"] == new and status["epoch"] > start["epoch"]
+    assert status["replicas"][old]["role"] == "backup"
+    incident = cluster.closed_incident(old, cut_at, timeout=90)
+    assert incident["was_primary"] and incident["new_primary_id"] == new
+    cluster.stop_clients_and_check()
+
+
+def test_d_partitioned_primary_host_no_split_brain_and_it_rejoins(cluster):
+    start = cluster.wait_healthy()
+    cluster.start_clients("P1")
+    old = start["primary"]
+    host = cluster.lab.host_of(old)
+    cluster.lab.lab("partition", host)
+    try:
+        new = cluster.wait(lambda: (s := cluster.status()) and s["primary"] != old
+                           and s["primary"], 30, "a new primary")
+        time.sleep(2.0)  # both sides keep running for a while
+    finally:
+        cluster.lab.lab("heal")
+    status = cluster.wait_healthy(90)
+    assert status["primary"] == new and status["replicas"][old]["ready"]
+    cluster.stop_clients_and_check()  # linearizable, nothing acknowledged after deposed
+
+
+def test_e_heartbeat_interval_change_reloads_without_restart(cluster):
+    cluster.wait_healthy()
+    units = {(h, f"ftds-replica@{r}.service") for r, h in cluster.lab.replica_hosts.items()}
+    units |= {(h, f"ftds-lfd@{r}.service") for r, h in cluster.lab.replica_hosts.items()}
+    units |= {(cluster.lab.manager, "ftds-gfd.service"), (cluster.lab.manager, "ftds-rm.service")}
+    pids = {u: cluster.unit_pid(*u) for u in units}
+    group_vars = INVENTORY / "group_vars" / "all.yml"
+    original = group_vars.read_text()
+    data = yaml.safe_load(original)
+    data["ftds_common_tunables"] = {"heartbeat_interval": 0.2}
+    try:
+        group_vars.write_text(yaml.safe_dump(data))
+        result = cluster.deploy()
+        assert "changed=" in result.stdout
+        status = cluster.wait(
+            lambda: (s := cluster.status()) and all(r["heartbeat_interval"] == 0.2
+                                                    for r in s["replicas"].values()) and s,
+            30, "the new heartbeat interval in effect")
+        assert {u: cluster.unit_pid(*u) for u in units} == pids, "a daemon was restarted"
+        lfd_log = cluster.journal(cluster.lab.host_of("S1"), "ftds-lfd@S1.service", "-5min")
+        assert "heartbeat_interval: 0.1 -> 0.2" in lfd_log
+        assert status["primary"]
+    finally:
+        group_vars.write_text(original)
+        cluster.deploy()
+    assert {u: cluster.unit_pid(*u) for u in units} == pids
