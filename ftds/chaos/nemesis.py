@@ -48,7 +48,7 @@ class Target(Protocol):
     name: str
     kinds: dict[str, Kind]
 
-    def inject(self, kind: Kind, victim: str) -> str: ...
+    def inject(self, kind: Kind, victim: str, primary: str) -> str: ...
     def recover(self, kind: Kind, victim: str) -> None: ...
     def heal_all(self) -> None: ...
 
@@ -80,7 +80,7 @@ class LocalTarget:
             raise RuntimeError(f"{name} is not running")
         return pid
 
-    def inject(self, kind: Kind, victim: str) -> str:
+    def inject(self, kind: Kind, victim: str, primary: str) -> str:
         name = kind.name
         if name in ("kill", "kill_primary"):
             os.kill(self._pid(victim), signal.SIGKILL)
@@ -122,6 +122,7 @@ LAB_KINDS = {
     "partition": Kind("partition", "primary", (1.5, 3.0), weight=2),
     "partition_backup": Kind("partition_backup", "backup", (1.0, 2.0), weight=1),
     "partition_from_rm": Kind("partition_from_rm", "primary", (1.5, 3.0), weight=2),
+    "partition_from_primary": Kind("partition_from_primary", "backup", (1.5, 3.0), weight=1),
 }
 
 
@@ -138,7 +139,7 @@ class LabTarget:
         self._down: set[str] = set()
         self._partitioned = False
 
-    def inject(self, kind: Kind, victim: str) -> str:
+    def inject(self, kind: Kind, victim: str, primary: str) -> str:
         name = kind.name
         lab = self.lab
         host = lab.replica_hosts.get(victim, self.manager)
@@ -176,6 +177,11 @@ class LabTarget:
             lab.lab("partition", host, "--from", self.manager)
             self._partitioned = True
             return f"{host} cut from {self.manager} (GFD/RM) only"
+        if name == "partition_from_primary":
+            primary_host = lab.replica_hosts[primary]
+            lab.lab("partition", host, "--from", primary_host)
+            self._partitioned = True
+            return f"{host} cut from the primary's host {primary_host} only"
         raise ValueError(f"unknown fault {name}")
 
     def recover(self, kind: Kind, victim: str) -> None:

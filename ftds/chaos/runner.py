@@ -216,7 +216,7 @@ def run_chaos(s: RunSettings, log: Any = print) -> dict[str, Any]:
                 break
             victim, role = schedule.pick_victim(kind, status)
             event = FaultEvent(name, victim, role, time.time(), epoch_before=status["epoch"])
-            event.note = env.target.inject(kind, victim)
+            event.note = env.target.inject(kind, victim, status["primary"])
             hold = schedule.hold(kind)
             if hold:
                 time.sleep(hold)

@@ -117,6 +117,9 @@ class Replica:
         self._entries_out: list[dict[str, Any]] = []
         self._commit_sent = 0
         self._commit_scheduled = False
+        self._stall_since = 0.0
+        self._stall_commit = 0
+        self._lag_reported = 0.0
         # member side
         self.upstream: Upstream | None = None
         self.member_commit = 0  # commit index reported by the orderer
@@ -241,6 +244,8 @@ class Replica:
                 self.report()
             if self.serving and (not self.sync_set or ACK_AFTER_DEPOSED):
                 self._advance_commit()  # lease-bound commit when alone
+            elif self.serving:
+                self._check_laggards(now)
 
     # ======================================================================== clients ====
     def on_client_hello(self, conn: Conn, msg: Message) -> None:
@@ -475,6 +480,26 @@ class Replica:
                 self._commit_scheduled = True
                 asyncio.get_running_loop().call_soon(self._broadcast_commit)
             self._flush_replies()
+
+    def _check_laggards(self, now: float) -> None:
+        """Commits stuck on a ready member (its stream broke, or it is cut off from us while
+        its LFD still sees it): ask the RM to take it out of the ready set."""
+        if self.commit >= self.sm.seq or self.commit > self._stall_commit:
+            self._stall_since = now
+            self._stall_commit = self.commit
+            return
+        tun = self.tunables
+        limit = tun.heartbeat_interval * tun.heartbeat_misses + 0.2
+        if now - self._stall_since < limit or now - self._lag_reported < limit:
+            return
+        laggards = [m for m in self.sync_set if self.acked.get(m, -1) <= self.commit]
+        if laggards:
+            self._lag_reported = now
+            waited = (now - self._stall_since) * 1000
+            log.warning("%s: no acknowledgement from %s for %.0f ms; asking the RM to drop "
+                        "them from the ready set", self.id, ", ".join(laggards), waited)
+            self._to_rm("lagging", {"members": laggards,
+                                    "reason": f"no acknowledgement for {waited:.0f} ms"})
 
     def _stalled(self) -> bool:
         """Planted bug helper: no commit progress for 200 ms although entries wait."""
