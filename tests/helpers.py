@@ -37,6 +37,7 @@ class LocalCluster:
         self.key = self.config.read_key()
         self.env = env or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.clients: list[subprocess.Popen[bytes]] = []
 
     # -- processes -------------------------------------------------------------------------
     def start(self, rid: str) -> None:
@@ -54,9 +55,17 @@ class LocalCluster:
         proc.wait(10)
 
     def stop_all(self) -> None:
+        self.kill_clients()
         for rid in list(self.procs):
             with contextlib.suppress(Exception):
                 self.kill(rid, signal.SIGTERM)
+
+    def kill_clients(self) -> None:
+        """Clients a failed test left running must not outlive it."""
+        for proc in self.clients:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
 
     # -- state -----------------------------------------------------------------------------
     def statuses(self) -> dict[str, dict[str, Any] | None]:
@@ -99,11 +108,13 @@ class LocalCluster:
     # -- clients ---------------------------------------------------------------------------
     def workload(self, name: str, history: Path, *, clients: int = 2, rate: float = 100,
                  duration: float = 3.0, keys: int = 3, mix: str = "incr") -> subprocess.Popen:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "ftds", "workload", "--config", str(self.path), "--id", name,
              "--clients", str(clients), "--rate", str(rate), "--duration", str(duration),
              "--keys", str(keys), "--mix", mix, "--history", str(history), "--json", "-q"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.clients.append(proc)
+        return proc
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> dict[str, Any]:
@@ -168,6 +179,7 @@ class ManagedCluster(LocalCluster):
         self.key = self.config.read_key()
         self.env = {}
         self.procs = {}
+        self.clients = []
         self.sup_env = {**os.environ, **(env or {})}
 
     def up(self, timeout: float = 30, wait: bool = True) -> dict[str, Any] | None:
@@ -186,6 +198,7 @@ class ManagedCluster(LocalCluster):
             self.supervisor.wait(10)
 
     def stop_all(self) -> None:
+        self.kill_clients()
         self.down()
 
     def pid(self, name: str) -> int:

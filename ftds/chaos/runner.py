@@ -102,6 +102,12 @@ class LocalEnv:
     def fetch_histories(self, histories: Path) -> None:
         pass  # written in place
 
+    def abort(self) -> None:
+        for proc in self.workloads:
+            if proc.poll() is None:
+                proc.kill()
+        self.stop()
+
     def replica_logs(self) -> dict[str, str]:
         return {rid: (self.dir / "logs" / f"{rid}.log").read_text(errors="replace")
                 for rid in self.config.replica_ids}
@@ -172,6 +178,12 @@ class LabEnv:
     def stop(self) -> None:
         pass  # the lab stays up
 
+    def abort(self) -> None:
+        self.lab.ssh(self.client_host, "pkill -KILL -f 'ftds workload' || true", check=False)
+        for proc in self.workloads:
+            if proc.poll() is None:
+                proc.kill()
+
 
 # ============================================================================== run ====
 async def _status(config: ClusterConfig, key: bytes) -> dict[str, Any] | None:
@@ -198,6 +210,14 @@ def run_chaos(s: RunSettings, log: Any = print) -> dict[str, Any]:
         shutil.rmtree(histories)
     histories.mkdir()
     env: LocalEnv | LabEnv = LocalEnv(s) if s.target == "local" else LabEnv(s)
+    try:
+        return _run(s, env, histories, log)
+    except BaseException:
+        env.abort()  # nothing of a failed run keeps running
+        raise
+
+
+def _run(s: RunSettings, env: LocalEnv | LabEnv, histories: Path, log: Any) -> dict[str, Any]:
     env.start()
     events: list[FaultEvent] = []
     started = time.time()

@@ -32,7 +32,7 @@ def make_cluster(tmp_path):
 
     yield make
     for cluster in clusters:
-        cluster.down()
+        cluster.stop_all()
 
 
 def with_load(cluster, tmp_path, duration=6.0, rate=300, clients=3, names=("C1", "C2")):
