@@ -70,6 +70,8 @@ def setup_logging(color_mode: str = "auto", level: int = logging.INFO) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # paramiko narrates every connection at INFO; the RM's own lines say what matters.
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
 
 
 def msg_id(client: str, replica: str, request_num: int, direction: str) -> str:

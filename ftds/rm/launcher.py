@@ -23,7 +23,14 @@ log = logging.getLogger("ftds.rm")
 
 
 class LaunchError(Exception):
-    """A relaunch that did not happen; the message says why, for the log and the status."""
+    """A relaunch that did not happen; the message says why, for the log and the status.
+
+    ``unreachable``: the host could not be reached at all (it says nothing about the replica).
+    """
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class Launcher(Protocol):
@@ -131,6 +138,14 @@ class SshLauncherImpl:
                            timeout=s.connect_timeout, banner_timeout=s.connect_timeout,
                            auth_timeout=s.connect_timeout, allow_agent=False,
                            look_for_keys=False)
+        except OSError as exc:  # refused, timed out, no route: socket errors all
+            client.close()
+            raise LaunchError(f"ssh {s.user}@{host}: unreachable: {exc}", unreachable=True) \
+                from exc
+        except paramiko.SSHException as exc:
+            client.close()
+            raise LaunchError(f"ssh {s.user}@{host}: {exc.__class__.__name__}: {exc}") from exc
+        try:
             _stdin, stdout, stderr = client.exec_command(command, timeout=30)
             status = stdout.channel.recv_exit_status()
             err = stderr.read().decode(errors="replace").strip()

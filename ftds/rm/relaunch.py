@@ -3,7 +3,8 @@
 Like Pacemaker's migration-threshold with failure-timeout: at most ``restart_budget`` relaunches
 of one replica within ``restart_window`` seconds; past that the RM stops trying and says so in
 its log and in ``ftds status`` until an operator resets it (``ftds ctl reset-budget S2``) or the
-window has passed. Attempts run as tasks, never on the RM's decision path.
+window has passed. Attempts that could not reach the host (down, partitioned) do not count.
+Attempts run as tasks, never on the RM's decision path.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class RelaunchState:
     waiting_until: float = 0.0  # an attempt was made: the replica should appear by then
     in_flight: bool = False
     failures: int = 0
+    # An attempt that ran but did not bring the replica back: a process may be there, hung.
+    ran_without_effect: bool = False
     exhausted: bool = False
     last_result: str = ""
     total: int = 0
@@ -65,6 +68,7 @@ class Relauncher:
             state.backoff = 0.0
             state.failures = 0
             state.waiting_until = 0.0
+            state.ran_without_effect = False
             state.last_result = f"up again ({state.last_result})" if state.last_result else "up"
 
     def tick(self, absent: list[str]) -> None:
@@ -79,6 +83,7 @@ class Relauncher:
                     continue
                 state.waiting_until = 0.0
                 state.failures += 1
+                state.ran_without_effect = True
                 state.last_result = (f"attempt {state.total} did not bring {replica} back "
                                      f"within {tun.relaunch_timeout:g}s")
                 log.warning("RM: %s", state.last_result, extra={"kind": "decision"})
@@ -99,7 +104,9 @@ class Relauncher:
                                  extra={"kind": "decision"})
                 continue
             state.exhausted = False
-            restart = state.failures > 0  # a process may be there but not answering
+            # Restart only when a start ran and changed nothing: after a host outage, a plain
+            # start leaves alone the replica the host just started at boot.
+            restart = state.ran_without_effect
             state.attempts.append(now)
             state.total += 1
             state.in_flight = True
@@ -124,6 +131,10 @@ class Relauncher:
             state.last_result = f"relaunch failed: {detail}"
             log.error("RM: %s: %s", replica, state.last_result)
             state.failures += 1
+            if isinstance(exc, LaunchError) and exc.unreachable and state.attempts:
+                # The host is down or cut off: that says nothing about the replica, so the
+                # attempt does not count against its budget (backoff still applies).
+                state.attempts.pop()
             state.backoff = min(max(state.backoff * 2, tun.relaunch_backoff),
                                 tun.relaunch_backoff_max)
             state.next_at = time.monotonic() + state.backoff * random.uniform(0.8, 1.2)

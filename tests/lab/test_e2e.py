@@ -82,12 +82,9 @@ def test_e_heartbeat_interval_change_reloads_without_restart(cluster):
     units |= {(h, f"ftds-lfd@{r}.service") for r, h in cluster.lab.replica_hosts.items()}
     units |= {(cluster.lab.manager, "ftds-gfd.service"), (cluster.lab.manager, "ftds-rm.service")}
     pids = {u: cluster.unit_pid(*u) for u in units}
-    group_vars = INVENTORY / "group_vars" / "all.yml"
-    original = group_vars.read_text()
-    data = yaml.safe_load(original)
-    data["ftds_common_tunables"] = {"heartbeat_interval": 0.2}
+    change = INVENTORY / "group_vars" / "all" / "60-heartbeat.yml"
     try:
-        group_vars.write_text(yaml.safe_dump(data))
+        change.write_text(yaml.safe_dump({"ftds_common_tunables": {"heartbeat_interval": 0.2}}))
         result = cluster.deploy()
         assert "changed=" in result.stdout
         status = cluster.wait(
@@ -99,6 +96,6 @@ def test_e_heartbeat_interval_change_reloads_without_restart(cluster):
         assert "heartbeat_interval: 0.1 -> 0.2" in lfd_log
         assert status["primary"]
     finally:
-        group_vars.write_text(original)
+        change.unlink(missing_ok=True)
         cluster.deploy()
     assert {u: cluster.unit_pid(*u) for u in units} == pids
