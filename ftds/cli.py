@@ -161,7 +161,7 @@ def cmd_workload(args: argparse.Namespace) -> int:
         return await run_workload(
             config, config.read_key(), name=args.id, clients=args.clients, rate=args.rate,
             duration=args.duration, keys=args.keys, trace=not args.quiet, history=args.history,
-            mix=args.mix, seed=args.seed, stop=stop)
+            mix=args.mix, seed=args.seed, stop=stop, prefix=args.prefix)
 
     summary = _run(main())
     print(json.dumps(summary, indent=2) if args.json else summary_text(summary))
@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", default="incr", help="incr | rw (put/get/cas/incr)")
     p.add_argument("--history", help="write every operation as JSON lines here")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--prefix", default="", help="key name prefix (fresh keys for a history "
+                   "checked against an empty initial state)")
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_workload)

@@ -27,9 +27,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class OpGenerator:
-    def __init__(self, mix: str, keys: int, seed: int) -> None:
+    def __init__(self, mix: str, keys: int, seed: int, prefix: str = "") -> None:
         self.mix = mix
-        self.keys = [f"k{i}" for i in range(keys)]
+        self.keys = [f"{prefix}k{i}" for i in range(keys)]
         self.rng = random.Random(seed)
         self.counter = 0
 
@@ -45,7 +45,7 @@ class OpGenerator:
             return {"op": "put", "key": key, "value": f"{session}:{self.counter}"}
         if choice < 0.8:
             return {"op": "cas", "key": key, "expect": None, "value": f"{session}:{self.counter}"}
-        return {"op": "incr", "key": f"n{key}", "delta": 1}
+        return {"op": "incr", "key": f"{key}.n", "delta": 1}
 
 
 class Recorder:
@@ -121,7 +121,7 @@ async def run_workload(config: ClusterConfig, key: bytes, *, name: str = "C1", c
                        rate: float = 20.0, duration: float = 10.0, keys: int = 4,
                        trace: bool = False, history: str | None = None, mix: str = "incr",
                        seed: int = 1, client: Client | None = None,
-                       stop: asyncio.Event | None = None) -> dict[str, Any]:
+                       stop: asyncio.Event | None = None, prefix: str = "") -> dict[str, Any]:
     """Run sessions until ``duration`` passed or ``stop`` is set; each finishes its request."""
     stop = stop or asyncio.Event()
     own = client is None
@@ -133,7 +133,7 @@ async def run_workload(config: ClusterConfig, key: bytes, *, name: str = "C1", c
     rec = Recorder(history)
     stats: dict[str, Any] = {"sent": 0, "acked": 0, "failed": 0, "latencies": [],
                              "max_gap": 0.0, "last_ack": 0.0}
-    gen = OpGenerator(mix, keys, seed + sum(map(ord, name)))
+    gen = OpGenerator(mix, keys, seed + sum(map(ord, name)), prefix)
     interval = clients / rate if rate > 0 else 0.0
     started = time.monotonic()
     end = started + duration

@@ -51,6 +51,7 @@ class RunSettings:
     keys: int = 6
     heal_timeout: float = 60.0
     settle: float = 1.0  # seconds of normal operation between faults
+    prefix: str = ""  # key prefix: the checker assumes the keys start empty
     out: Path = field(default_factory=lambda: Path("run/chaos"))
     run_dir: Path | None = None  # local target: where the cluster runs
     env: dict[str, str] = field(default_factory=dict)  # e.g. FTDS_FAULT for planted bugs
@@ -83,7 +84,8 @@ class LocalEnv:
                 [sys.executable, "-m", "ftds", "workload", "--config", str(self.path),
                  "--id", f"C{k}", "--clients", str(self.s.sessions), "--rate", str(self.s.rate),
                  "--duration", "86400", "--keys", str(self.s.keys), "--mix", "rw",
-                 "--seed", str(self.s.seed), "--history", str(histories / f"C{k}.jsonl"),
+                 "--seed", str(self.s.seed), "--prefix", self.s.prefix,
+                 "--history", str(histories / f"C{k}.jsonl"),
                  "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
 
     def stop_workloads(self) -> list[dict[str, Any]]:
@@ -134,6 +136,8 @@ class LabEnv:
                                "-e '{\"ftds_common_trace\": {\"executions\": true}}'")
         self.started = self.lab.ssh(self.lab.manager, "date '+%Y-%m-%d %H:%M:%S'",
                                     shared=True).stdout.strip()
+        # The lab keeps its state between runs: this run's keys are its own.
+        s.prefix = s.prefix or f"r{int(time.time())}-"
         self.workloads: list[subprocess.Popen[str]] = []
 
     def start(self) -> None:
@@ -146,6 +150,7 @@ class LabEnv:
             command = (f"exec /opt/ftds/bin/ftds workload --config /etc/ftds/cluster.yml "
                        f"--id C{k} --clients {self.s.sessions} --rate {self.s.rate} "
                        f"--duration 86400 --keys {self.s.keys} --mix rw --seed {self.s.seed} "
+                       f"--prefix {self.s.prefix} "
                        f"--history /tmp/ftds-chaos/C{k}.jsonl --json -q")
             self.workloads.append(subprocess.Popen(
                 ["ssh", "-F", str(self.lab.ssh_config), "-o", "ControlMaster=no",

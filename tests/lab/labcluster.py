@@ -85,6 +85,7 @@ class LabCluster:
         self.lab.ssh(self.client_host, f"rm -f {self._history}", shared=True)
         command = (f"exec /opt/ftds/bin/ftds workload --config /etc/ftds/cluster.yml --id {name}"
                    f" --clients {sessions} --rate {rate} --duration 86400 --keys 4 --mix rw"
+                   f" --prefix {name}-{time.time_ns()}-"
                    f" --history {self._history} --json -q")
         self._workload = subprocess.Popen(
             ["ssh", "-F", str(self.lab.ssh_config), "-o", "ControlMaster=no", "-o",
