@@ -19,3 +19,12 @@ async def rm_request(config: ClusterConfig, key: bytes, kind: str,
         return await conn.request(kind, fields, timeout=timeout)
     finally:
         conn.close()
+
+
+async def reset_budgets(config: ClusterConfig, key: bytes) -> None:
+    """Give every replica its full restart budget again (``ftds ctl reset-budget``, for all).
+
+    Fault-injection runs do this before each fault: they kill replicas far more often than
+    the budget allows a crash-looping replica, on purpose."""
+    for replica in config.replica_ids:
+        await rm_request(config, key, "reset_budget", {"replica": replica})

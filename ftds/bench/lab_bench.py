@@ -22,6 +22,7 @@ from typing import Any
 from ..client import Client
 from ..config import load_config
 from ..labenv import REPO, Lab
+from ..rmclient import reset_budgets
 from .recovery_bench import Probe, ftds_probe, incident_of, wait_healthy
 
 
@@ -44,6 +45,7 @@ async def trials(lab: Lab, config_path: Path, n: int, out: Any) -> dict[str, lis
     try:
         for trial in range(1, n + 1):
             status = await wait_healthy(config, key, 90)
+            await reset_budgets(config, key)  # the trials kill more often than a budget allows
             victim = next(r for r in sorted(status["replicas"]) if r != status["primary"])
             host = lab.host_of(victim)
             t0 = time.time()
@@ -56,16 +58,19 @@ async def trials(lab: Lab, config_path: Path, n: int, out: Any) -> dict[str, lis
                 f"{results['stop_to_ready'][-1]:6.0f} ms")
         for trial in range(1, n + 1):
             status = await wait_healthy(config, key, 120)
+            await reset_budgets(config, key)
             await asyncio.sleep(0.5)
             primary = status["primary"]
             host = lab.host_of(primary)
             t0 = time.time()
             await asyncio.to_thread(lab.lab, "crash", host)
-            await _first_after(probe, t0)
-            first = probe.first_after(t0 + 0.001)
-            results["power_cut_failover"].append((first - t0) * 1000)  # type: ignore[operator]
+            crashed = time.time()  # the host is off by now (when exactly, only the lab knows)
+            handover = await _handover(probe, t0, primary)
+            # From the old primary's last acknowledgement to the new one's first: an upper
+            # bound of the failover, since the cut came somewhere between t0 and `crashed`.
+            results["power_cut_failover"].append((handover[1] - handover[0]) * 1000)
             await asyncio.sleep(0.3)
-            results["power_cut_gap"].append(probe.gap_around(t0) * 1000)
+            results["power_cut_gap"].append(probe.gap_around(crashed) * 1000)
             out(f"  power cut of {host} ({primary}) {trial}: first new ack after "
                 f"{results['power_cut_failover'][-1]:6.0f} ms, client gap "
                 f"{results['power_cut_gap'][-1]:6.0f} ms")
@@ -77,12 +82,14 @@ async def trials(lab: Lab, config_path: Path, n: int, out: Any) -> dict[str, lis
     return results
 
 
-async def _first_after(probe: Probe, t0: float, timeout: float = 60) -> None:
+async def _handover(probe: Probe, t0: float, old: str,
+                    timeout: float = 60) -> tuple[float, float]:
     deadline = time.monotonic() + timeout
-    while probe.first_after(t0 + 0.001) is None:
+    while (found := probe.handover(t0, old)) is None:
         if time.monotonic() > deadline:
-            raise TimeoutError("no acknowledgement after the fault")
+            raise TimeoutError("no acknowledgement by a new primary after the fault")
         await asyncio.sleep(0.005)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lab, 5 hosts, median over {args.trials} trials (target):")
     print(f"  systemctl stop of a replica -> back and ready: "
           f"{report['stop_to_ready']['median_ms']:.0f} ms (<= 2000)")
-    print(f"  power cut of the primary host -> new primary acknowledging: "
+    print(f"  power cut of the primary host -> new primary acknowledging (last ack of the old "
+          f"to first of the new): "
           f"{report['power_cut_failover']['median_ms']:.0f} ms (<= 1000); client gap "
           f"{report['power_cut_gap']['median_ms']:.0f} ms")
     if "playbook" in report:

@@ -28,7 +28,7 @@ from typing import Any
 from .. import ctl, local
 from ..client import Client
 from ..config import load_config
-from ..rmclient import rm_request
+from ..rmclient import reset_budgets, rm_request
 from .core_bench import PySyncObjCluster
 from .loadgen import PsoConn
 
@@ -43,6 +43,17 @@ class Probe:
     def first_after(self, t: float) -> float | None:
         times = [acked for sent, acked, _ in self.acks if sent >= t]
         return min(times) if times else None
+
+    def handover(self, t: float, old: str) -> tuple[float, float] | None:
+        """(last acknowledgement by ``old``, first by another replica) around a fault at
+        ``t``: an upper bound of the failover when the fault's exact moment is unknown."""
+        new = [acked for sent, acked, by in self.acks if sent >= t and by != old]
+        if not new:
+            return None
+        first_new = min(new)
+        last_old = max((acked for _, acked, by in self.acks if by == old and acked < first_new),
+                       default=t)
+        return last_old, first_new
 
     def gap_around(self, t: float, window: float = 3.0) -> float:
         """Longest time without an acknowledgement from the last one before ``t`` on."""
@@ -84,7 +95,7 @@ async def incident_of(config: Any, key: bytes, replica: str, since: float,
     async def closed() -> dict[str, Any] | None:
         incidents = (await rm_request(config, key, "incidents_req"))["incidents"]
         found = [i for i in incidents if i["replica"] == replica and i["closed"]
-                 and i["detected"] >= since - 0.5]
+                 and i["detected"] >= since - 0.01]
         return found[-1] if found else None
     return await ctl.wait_for(closed, timeout, 0.05)
 
@@ -107,6 +118,7 @@ async def ftds_trials(run_dir: Path, mode: str, trials: int, out: Any) -> dict[s
                 continue
             for trial in range(1, trials + 1):
                 status = await wait_healthy(config, key)
+                await reset_budgets(config, key)  # trials kill more often than a budget allows
                 await asyncio.sleep(0.3)
                 victim = status["primary"] if kind in ("primary", "hang") else \
                     next(r for r in status["replicas"] if r != status["primary"])

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import ctl, local
 from ..config import ClusterConfig, load_config
-from ..rmclient import rm_request
+from ..rmclient import reset_budgets, rm_request
 from .checks import (
     Problem,
     check_counters,
@@ -239,6 +239,7 @@ def _run(s: RunSettings, env: LocalEnv | LabEnv, histories: Path, log: Any) -> d
                 log(f"  the cluster is not healthy after {s.heal_timeout:g}s: stopping the "
                     f"schedule after {n - 1} faults")
                 break
+            asyncio.run(reset_budgets(env.config, env.key))
             victim, role = schedule.pick_victim(kind, status)
             event = FaultEvent(name, victim, role, time.time(), epoch_before=status["epoch"])
             event.note = env.target.inject(kind, victim, status["primary"])
