@@ -130,6 +130,7 @@ class Replica:
         self.recorded: dict[str, Recorded] = {}
         self.recorded_batches: collections.deque[tuple[float, Conn, list[Any]]] = \
             collections.deque()
+        self._held: list[tuple[Conn, str, int, Any]] = []  # requests during a view change
         # control
         self.rm_conns: set[Conn] = set()
         self.watchers: set[Conn] = set()
@@ -310,6 +311,10 @@ class Replica:
                          extra={"kind": "received"})
             if self.serving:
                 self._order(conn, client, request_num, op)
+            elif self.is_orderer:
+                # The view change is collecting the epoch's history: hold the request (a
+                # retry of an applied one included) and order or answer it once it is done.
+                self._held.append((conn, client, request_num, op))
             else:
                 self._record(conn, client, request_num, op, attempt)
 
@@ -622,6 +627,10 @@ class Replica:
         for client, rec in sorted(self.recorded.items()):
             self._order(rec.conn, client, rec.request_num, rec.op)
         self.recorded.clear()
+        held, self._held = self._held, []
+        for conn, client, request_num, op in held:
+            if not conn.is_closing():
+                self._order(conn, client, request_num, op)
         self.push_view_to_clients()
         self.report(force=True)
 
@@ -860,6 +869,7 @@ class Replica:
         self.waiting.clear()
         self.member_waiting.clear()
         self._entries_out.clear()
+        self._held.clear()
         self._fetch_from = None
         self.recovering = False
         self.lease_until = 0.0
