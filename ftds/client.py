@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ClusterConfig, ReplicaSpec
 from .log import msg_id
-from .wire import Conn, Message, broadcast, connect
+from .wire import Conn, Message, broadcast, connect, stay_connected
 
 log = logging.getLogger("ftds.client")
 
@@ -76,19 +76,13 @@ class ReplicaLink:
 
     async def _run(self) -> None:
         c = self.client
-        backoff = 0.02
-        while True:
-            tun = c.config.tunables
-            try:
-                conn = await connect(
-                    self.spec.host, self.spec.port, c.key, tun.max_frame, c.name,
-                    timeout=tun.connect_timeout, on_message=self._on_message,
-                    label=f"{c.name}->{self.spec.id}")
-            except (OSError, TimeoutError):
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                continue
-            backoff = 0.02
+
+        def dial() -> Awaitable[Conn]:
+            return connect(self.spec.host, self.spec.port, c.key, c.config.tunables.max_frame,
+                           c.name, timeout=c.config.tunables.connect_timeout,
+                           on_message=self._on_message, label=f"{c.name}->{self.spec.id}")
+
+        async def linked(conn: Conn) -> None:
             self.conn = conn
             conn.send("hello", {"client": c.name})
             await conn.closed
@@ -96,7 +90,8 @@ class ReplicaLink:
             self.connected.clear()
             self.ready = False
             c.link_lost(self)
-            await asyncio.sleep(backoff)
+
+        await stay_connected(dial, linked)
 
     def _on_message(self, conn: Conn, msg: Message) -> None:
         kind = msg["t"]

@@ -13,15 +13,15 @@ not yet *stable*, so the RM does not mistake a replica it has not heard of yet f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ConfigError, describe_changes, load_config
 from .log import members_line
-from .wire import Conn, Message, WireError, connect, require
+from .wire import Conn, Message, WireError, connect, require, stay_connected
 
 log = logging.getLogger("ftds.gfd")
 
@@ -240,24 +240,13 @@ class GlobalFaultDetector:
 
     # ============================================================================ RM ====
     async def _rm_loop(self) -> None:
-        backoff = 0.05
-        warned = False
-        while True:
-            tun = self.tunables
+        def dial() -> Awaitable[Conn]:
             rm = self.config.rm
-            try:
-                conn = await connect(rm.host, rm.port, self.key, tun.max_frame, "GFD",
-                                     timeout=tun.connect_timeout,
-                                     on_message=self._on_rm_message, label="GFD->RM")
-            except (OSError, TimeoutError):
-                if not warned:
-                    log.warning("GFD: RM at %s:%d unreachable; retrying", rm.host, rm.port)
-                    warned = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                continue
-            warned = False
-            backoff = 0.05
+            return connect(rm.host, rm.port, self.key, self.tunables.max_frame, "GFD",
+                           timeout=self.tunables.connect_timeout,
+                           on_message=self._on_rm_message, label="GFD->RM")
+
+        async def registered(conn: Conn) -> None:
             self._rm_conn = conn
             conn.send("hello", {"role": "gfd"})
             log.info("GFD: registered with the RM")
@@ -265,8 +254,13 @@ class GlobalFaultDetector:
             await conn.closed
             self._rm_conn = None
             log.warning("GFD: lost the RM; reconnecting")
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(backoff)
+
+        def unreachable(exc: BaseException) -> None:
+            rm = self.config.rm
+            log.warning("GFD: RM at %s:%d unreachable (%s); retrying", rm.host, rm.port,
+                        exc.__class__.__name__)
+
+        await stay_connected(dial, registered, first=0.05, on_unreachable=unreachable)
 
     def _on_rm_message(self, conn: Conn, msg: Message) -> None:
         kind = msg["t"]

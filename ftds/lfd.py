@@ -16,11 +16,12 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from .config import ConfigError, ReplicaSpec, describe_changes, load_config
 from .local import pid_alive
-from .wire import Conn, Message, WireError, connect, require
+from .wire import Conn, Message, WireError, connect, require, stay_connected
 
 log = logging.getLogger("ftds.lfd")
 
@@ -205,32 +206,27 @@ class LocalFaultDetector:
             self._gfd_conn.send("state", self._state())
 
     async def _gfd_loop(self) -> None:
-        backoff = 0.05
-        warned = False
-        while True:
+        def dial() -> Awaitable[Conn]:
             tun = self.tunables
             gfd = self.config.gfd
-            try:
-                conn = await connect(gfd.host, gfd.port, self.key, tun.max_frame, self.name,
-                                     timeout=tun.connect_timeout,
-                                     on_message=self._on_gfd_message, label=f"{self.name}->GFD")
-            except (OSError, TimeoutError):
-                if not warned:
-                    log.warning("%s: GFD at %s:%d unreachable; retrying", self.name, gfd.host,
-                                gfd.port)
-                    warned = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                continue
-            warned = False
-            backoff = 0.05
+            return connect(gfd.host, gfd.port, self.key, tun.max_frame, self.name,
+                           timeout=tun.connect_timeout, on_message=self._on_gfd_message,
+                           label=f"{self.name}->GFD")
+
+        async def registered(conn: Conn) -> None:
             self._gfd_conn = conn
             conn.send("hello", {"role": "lfd", **self._state()})
             log.info("%s: registered with the GFD", self.name, extra={"kind": "membership"})
             await conn.closed
             self._gfd_conn = None
             log.warning("%s: lost the GFD; reconnecting", self.name)
-            await asyncio.sleep(backoff)
+
+        def unreachable(exc: BaseException) -> None:
+            gfd = self.config.gfd
+            log.warning("%s: GFD at %s:%d unreachable (%s); retrying", self.name, gfd.host,
+                        gfd.port, exc.__class__.__name__)
+
+        await stay_connected(dial, registered, first=0.05, on_unreachable=unreachable)
 
     def _on_gfd_message(self, conn: Conn, msg: Message) -> None:
         kind = msg["t"]

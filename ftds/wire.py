@@ -18,7 +18,7 @@ import asyncio
 import hmac
 import logging
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -311,6 +311,41 @@ async def connect(
 
     _, conn = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
     return conn
+
+
+async def stay_connected(
+    dial: Callable[[], Awaitable[Conn]],
+    session: Callable[[Conn], Awaitable[None]],
+    *,
+    first: float = 0.02,
+    cap: float = 1.0,
+    on_unreachable: Callable[[BaseException], None] | None = None,
+) -> None:
+    """Keep one outbound connection: dial, run ``session`` while it lasts, dial again.
+
+    Every daemon's links (LFD -> GFD, GFD -> RM, RM -> replicas, a member's stream, a client's
+    replicas) are this loop. Failed dials back off from ``first`` doubling to ``cap``;
+    ``on_unreachable`` hears of the first failure of each outage. Runs until cancelled.
+    """
+    backoff = first
+    outage = False
+    while True:
+        try:
+            conn = await dial()
+        except (OSError, TimeoutError) as exc:
+            if not outage and on_unreachable is not None:
+                on_unreachable(exc)
+            outage = True
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, cap)
+            continue
+        outage = False
+        backoff = first
+        try:
+            await session(conn)
+        finally:
+            conn.close()
+        await asyncio.sleep(backoff)
 
 
 def require(msg: Message, name: str, kind: type | tuple[type, ...]) -> Any:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from ..config import ReplicaSpec
-from ..wire import Conn, connect
+from ..wire import Conn, connect, stay_connected
 
 if TYPE_CHECKING:
     from .core import Replica
@@ -44,34 +45,28 @@ class Upstream:
 
     async def _run(self) -> None:
         replica = self.replica
-        backoff = BACKOFF_FIRST
-        warned = False
-        while not self._closed:
+
+        def dial() -> Awaitable[Conn]:
             tun = replica.config.tunables
-            try:
-                conn = await connect(
-                    self._spec.host, self._spec.control_port, replica.key, tun.max_frame,
-                    replica.id, timeout=tun.connect_timeout, epoch_fn=lambda: replica.epoch,
-                    on_message=replica.on_upstream_message,
-                    label=f"{replica.id}->{self.target} stream",
-                )
-            except (OSError, TimeoutError) as exc:
-                if not warned:
-                    log.warning("%s: cannot reach %s (%s); retrying", replica.id, self.target,
-                                exc.__class__.__name__)
-                    warned = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                continue
+            return connect(self._spec.host, self._spec.control_port, replica.key, tun.max_frame,
+                           replica.id, timeout=tun.connect_timeout,
+                           epoch_fn=lambda: replica.epoch,
+                           on_message=replica.on_upstream_message,
+                           label=f"{replica.id}->{self.target} stream")
+
+        async def subscribed(conn: Conn) -> None:
             if self._closed:
-                conn.close()
                 return
-            warned = False
-            backoff = BACKOFF_FIRST
             self.conn = conn
             conn.send("hello", replica.subscription_fields())
             await conn.closed
             if self.conn is conn:
                 self.conn = None
             replica.upstream_lost()
-            await asyncio.sleep(backoff)
+
+        def unreachable(exc: BaseException) -> None:
+            log.warning("%s: cannot reach %s (%s); retrying", replica.id, self.target,
+                        exc.__class__.__name__)
+
+        await stay_connected(dial, subscribed, first=BACKOFF_FIRST, cap=BACKOFF_MAX,
+                             on_unreachable=unreachable)

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from ..config import ClusterConfig, ConfigError, ReplicaSpec, describe_changes, load_config
 from ..log import members_line
 from ..view import View
-from ..wire import Conn, Message, WireError, connect, require
+from ..wire import Conn, Message, WireError, connect, require, stay_connected
 from .incidents import IncidentLog
 from .launcher import make_launcher
 from .relaunch import Relauncher
@@ -165,26 +166,21 @@ class ReplicationManager:
 
     # ==================================================================== replicas ====
     async def _replica_link(self, info: ReplicaInfo) -> None:
-        backoff = 0.02
-        while True:
+        def dial() -> Awaitable[Conn]:
             tun = self.config.tunables
             spec = info.spec
-            try:
-                conn = await connect(spec.host, spec.control_port, self.key, tun.max_frame, "RM",
-                                     timeout=tun.connect_timeout,
-                                     on_message=self._on_replica_message,
-                                     label=f"RM->{spec.id}")
-            except (OSError, TimeoutError):
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.5)
-                continue
-            backoff = 0.02
-            conn.peer_id = spec.id
+            return connect(spec.host, spec.control_port, self.key, tun.max_frame, "RM",
+                           timeout=tun.connect_timeout, on_message=self._on_replica_message,
+                           label=f"RM->{spec.id}")
+
+        async def linked(conn: Conn) -> None:
+            conn.peer_id = info.spec.id
             info.conn = conn
             conn.send("hello", {"role": "rm", "id": "RM"})
             await conn.closed
             info.conn = None
-            await asyncio.sleep(backoff)
+
+        await stay_connected(dial, linked, cap=0.5)
 
     def _on_replica_message(self, conn: Conn, msg: Message) -> None:
         rid = conn.peer_id or ""
