@@ -240,3 +240,21 @@ class ManagedCluster(LocalCluster):
         status = self.rm_status()
         assert status and status["primary"]
         return status["primary"]
+
+
+def check_counters(cluster: LocalCluster, histories: list[Path], *,
+                   ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Every acknowledged increment is in the final state exactly once; digests agree."""
+    events = read_history(*histories)
+    acked = acked_increments(events)
+    unknown = unknown_increments(events)
+    assert acked, "the workload acknowledged nothing"
+    status = cluster.wait_converged(ids)
+    digests = {s["digest"] for s in status.values()}
+    assert len(digests) == 1, f"replicas diverged: {status}"
+    values = run(read_keys(cluster.config, cluster.key, sorted(acked)))
+    for key, count in acked.items():
+        assert count <= values[key] <= count + unknown[key], (
+            f"{key}: {count} acknowledged increments (+{unknown[key]} unknown) "
+            f"but the value is {values[key]}")
+    return status

@@ -41,6 +41,14 @@ def combine(results: list[dict[str, float]]) -> dict[str, float]:
             "p50": max(r["p50"] for r in results), "p99": max(r["p99"] for r in results)}
 
 
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+
 class FtdsCluster:
     def __init__(self, mode: str, workdir: Path) -> None:
         self.dir = workdir / f"ftds-{mode}"
@@ -73,11 +81,7 @@ class FtdsCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
+        stop_processes(self.procs)
 
     def saturation(self, duration: float) -> dict[str, float]:
         best: dict[str, float] = {"ops": 0.0}
@@ -139,11 +143,7 @@ class PySyncObjCluster:
         return 0
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
+        stop_processes(self.procs)
 
     def saturation(self, duration: float) -> dict[str, float]:
         best: dict[str, float] = {"ops": 0.0}

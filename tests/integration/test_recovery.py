@@ -13,26 +13,11 @@ import time
 
 import pytest
 import yaml
-from helpers import ManagedCluster, finish, read_history, run
-from test_replication import check_counters
+from helpers import check_counters, finish, read_history, run
 
 from ftds import local
 
 IDS = ["S1", "S2", "S3"]
-
-
-@pytest.fixture
-def make_cluster(tmp_path):
-    clusters = []
-
-    def make(**kwargs):
-        cluster = ManagedCluster(tmp_path / f"m{len(clusters)}", **kwargs)
-        clusters.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in clusters:
-        cluster.stop_all()
 
 
 def with_load(cluster, tmp_path, duration=6.0, rate=300, clients=3, names=("C1", "C2")):
@@ -61,8 +46,8 @@ def closed_incident(cluster, replica, since=0.0):
 
 
 @pytest.mark.parametrize("mode", ["passive", "active"])
-def test_kill_backup_is_relaunched_and_readmitted(make_cluster, tmp_path, mode):
-    cluster = make_cluster(mode=mode)
+def test_kill_backup_is_relaunched_and_readmitted(make_managed, tmp_path, mode):
+    cluster = make_managed(mode=mode)
     start = cluster.up()
     histories, procs = with_load(cluster, tmp_path)
     victim = next(r for r in IDS if r != start["primary"])
@@ -77,8 +62,8 @@ def test_kill_backup_is_relaunched_and_readmitted(make_cluster, tmp_path, mode):
 
 
 @pytest.mark.parametrize("mode", ["passive", "active"])
-def test_kill_primary_fails_over_then_rejoins_as_backup(make_cluster, tmp_path, mode):
-    cluster = make_cluster(mode=mode)
+def test_kill_primary_fails_over_then_rejoins_as_backup(make_managed, tmp_path, mode):
+    cluster = make_managed(mode=mode)
     start = cluster.up()
     histories, procs = with_load(cluster, tmp_path)
     old = start["primary"]
@@ -93,8 +78,8 @@ def test_kill_primary_fails_over_then_rejoins_as_backup(make_cluster, tmp_path, 
     assert incident["detect_to_new_primary_ms"] is not None
 
 
-def test_paused_primary_is_deposed_and_acknowledges_nothing_after(make_cluster, tmp_path):
-    cluster = make_cluster(tunables={"lease": 0.5})
+def test_paused_primary_is_deposed_and_acknowledges_nothing_after(make_managed, tmp_path):
+    cluster = make_managed(tunables={"lease": 0.5})
     start = cluster.up()
     histories, procs = with_load(cluster, tmp_path, duration=7)
     old = start["primary"]
@@ -114,8 +99,8 @@ def test_paused_primary_is_deposed_and_acknowledges_nothing_after(make_cluster, 
     assert cluster.rm_status()["replicas"][old]["ready"]  # resumed, caught up, readmitted
 
 
-def test_lost_lfd_presumes_its_replica_lost_and_heals(make_cluster, tmp_path):
-    cluster = make_cluster()
+def test_lost_lfd_presumes_its_replica_lost_and_heals(make_managed, tmp_path):
+    cluster = make_managed()
     start = cluster.up()
     histories, procs = with_load(cluster, tmp_path)
     victim = next(r for r in IDS if r != start["primary"])
@@ -131,9 +116,9 @@ def test_lost_lfd_presumes_its_replica_lost_and_heals(make_cluster, tmp_path):
 
 
 @pytest.mark.parametrize("daemon", ["GFD", "RM"])
-def test_restarting_gfd_or_rm_does_not_disturb_a_healthy_primary(make_cluster, tmp_path,
+def test_restarting_gfd_or_rm_does_not_disturb_a_healthy_primary(make_managed, tmp_path,
                                                                   daemon):
-    cluster = make_cluster()
+    cluster = make_managed()
     start = cluster.up()
     histories, procs = with_load(cluster, tmp_path)
     old_pid = cluster.signal(daemon, signal.SIGKILL)
@@ -146,9 +131,9 @@ def test_restarting_gfd_or_rm_does_not_disturb_a_healthy_primary(make_cluster, t
     assert all(r["retries"] == 0 for r in results), "clients noticed the restart"
 
 
-def test_three_faults_in_a_row_with_clients_running(make_cluster, tmp_path):
+def test_three_faults_in_a_row_with_clients_running(make_managed, tmp_path):
     """Milestone 5: faults one after the other, each recovered automatically."""
-    cluster = make_cluster()
+    cluster = make_managed()
     start = cluster.up()
     histories, procs = with_load(cluster, tmp_path, duration=14, rate=200)
     epochs = [start["epoch"]]
@@ -165,14 +150,14 @@ def test_three_faults_in_a_row_with_clients_running(make_cluster, tmp_path):
     assert len([i for i in cluster.incidents() if i["closed"]]) >= 3
 
 
-def test_replica_that_never_starts_hits_its_restart_budget(make_cluster, tmp_path):
+def test_replica_that_never_starts_hits_its_restart_budget(make_managed, tmp_path):
     base = local.pick_base(3, 20000)
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     blocker.bind(("127.0.0.1", local.plan_ports(3, base)["S3.port"]))  # S3 cannot bind
     blocker.listen()
     try:
-        cluster = make_cluster(base_port=base, tunables={
+        cluster = make_managed(base_port=base, tunables={
             "restart_budget": 3, "relaunch_timeout": 0.5, "relaunch_backoff": 0.05,
             "relaunch_backoff_max": 0.1})
         cluster.up(wait=False)  # S3 is never healthy, by design
@@ -196,8 +181,8 @@ def test_replica_that_never_starts_hits_its_restart_budget(make_cluster, tmp_pat
         blocker.close()
 
 
-def test_sighup_changes_heartbeat_interval_without_restart(make_cluster, tmp_path):
-    cluster = make_cluster()
+def test_sighup_changes_heartbeat_interval_without_restart(make_managed, tmp_path):
+    cluster = make_managed()
     cluster.up()
     histories, procs = with_load(cluster, tmp_path)
     names = ["RM", "GFD", *IDS, *(f"LFD{r[1:]}" for r in IDS)]

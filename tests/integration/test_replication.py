@@ -12,54 +12,15 @@ import struct
 import time
 
 import pytest
-from helpers import (
-    LocalCluster,
-    acked_increments,
-    finish,
-    read_history,
-    read_keys,
-    run,
-    unknown_increments,
-)
+from helpers import check_counters, finish, read_keys, run
 
 from ftds import ctl
 from ftds.wire import FrameDecoder, encode, envelope, frame
 
 
-@pytest.fixture
-def make_cluster(tmp_path):
-    clusters = []
-
-    def make(**kwargs):
-        cluster = LocalCluster(tmp_path / f"c{len(clusters)}", **kwargs)
-        clusters.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in clusters:
-        cluster.stop_all()
-
-
 def start(cluster, ids):
     for rid in ids:
         cluster.start(rid)
-
-
-def check_counters(cluster, histories, *, ids):
-    """Every acknowledged increment is in the final state exactly once; digests agree."""
-    events = read_history(*histories)
-    acked = acked_increments(events)
-    unknown = unknown_increments(events)
-    assert acked, "the workload acknowledged nothing"
-    status = cluster.wait_converged(ids)
-    digests = {s["digest"] for s in status.values()}
-    assert len(digests) == 1, f"replicas diverged: {status}"
-    values = run(read_keys(cluster.config, cluster.key, sorted(acked)))
-    for key, count in acked.items():
-        assert count <= values[key] <= count + unknown[key], (
-            f"{key}: {count} acknowledged increments (+{unknown[key]} unknown) "
-            f"but the value is {values[key]}")
-    return status
 
 
 def test_active_replicas_never_diverge_with_concurrent_writers(make_cluster, tmp_path):
