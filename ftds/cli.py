@@ -161,7 +161,8 @@ def cmd_workload(args: argparse.Namespace) -> int:
         return await run_workload(
             config, config.read_key(), name=args.id, clients=args.clients, rate=args.rate,
             duration=args.duration, keys=args.keys, trace=not args.quiet, history=args.history,
-            mix=args.mix, seed=args.seed, stop=stop, prefix=args.prefix)
+            mix=args.mix, seed=args.seed, stop=stop, prefix=args.prefix,
+            duplicate=args.duplicate)
 
     summary = _run(main())
     print(json.dumps(summary, indent=2) if args.json else summary_text(summary))
@@ -336,7 +337,8 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     settings = runner.RunSettings(
         target=args.target, mode=args.mode, schedule=args.schedule, faults=args.faults,
         seed=args.seed, clients=args.clients, sessions=args.sessions, rate=args.rate,
-        keys=args.keys, out=Path(args.out), heal_timeout=args.heal_timeout)
+        keys=args.keys, out=Path(args.out), heal_timeout=args.heal_timeout,
+        duplicate=args.duplicate)
     planted = os.environ.get("FTDS_FAULT")
     if planted:
         settings.env["FTDS_FAULT"] = planted
@@ -419,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--prefix", default="", help="key name prefix (fresh keys for a history "
                    "checked against an empty initial state)")
+    p.add_argument("--duplicate", type=int, default=0, metavar="N",
+                   help="send every Nth request twice, as a retry (fault injection)")
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_workload)
@@ -491,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="run/chaos")
     q.add_argument("--heal-timeout", type=float, default=60.0,
                    help="how long the cluster may take to heal after a fault")
+    q.add_argument("--duplicate", type=int, default=25, metavar="N",
+                   help="clients send every Nth request twice (0: never)")
     q = chaos_sub.add_parser("check", help="judge a saved run's histories again")
     q.add_argument("dir")
     p.set_defaults(func=cmd_chaos)

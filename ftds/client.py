@@ -132,7 +132,8 @@ class Client:
         self._batch: list[dict[str, Any]] = []
         self._flush_scheduled = False
         self._retry_task: asyncio.Task[None] | None = None
-        self.stats = {"sent": 0, "replies": 0, "duplicates": 0, "retries": 0}
+        self.stats = {"sent": 0, "replies": 0, "duplicates": 0, "retries": 0, "duplicated": 0}
+        self.duplicate_every = 0  # > 0: send every Nth request twice (fault injection)
         # Highest request_num the replicas hold for our name (a restarted client resumes past it).
         self.watermarks: dict[str, int] = {}
 
@@ -203,7 +204,17 @@ class Client:
         out = Outstanding(client_id, request_num, op, loop.create_future(), first=first)
         self.outstanding[(client_id, request_num)] = out
         self._transmit(out)
+        if self.duplicate_every and request_num % self.duplicate_every == 0:
+            # Fault injection (chaos runs): the same request again at once, as a retry, the way
+            # a network or an impatient client duplicates it; the replicas must execute it once.
+            loop.call_soon(self._duplicate, out)
         return out
+
+    def _duplicate(self, out: Outstanding) -> None:
+        if not out.future.done():
+            out.attempt += 1
+            self.stats["duplicated"] += 1
+            self._transmit(out)
 
     def retransmit_all(self, why: str) -> None:
         for out in list(self.outstanding.values()):

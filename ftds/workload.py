@@ -121,12 +121,14 @@ async def run_workload(config: ClusterConfig, key: bytes, *, name: str = "C1", c
                        rate: float = 20.0, duration: float = 10.0, keys: int = 4,
                        trace: bool = False, history: str | None = None, mix: str = "incr",
                        seed: int = 1, client: Client | None = None,
-                       stop: asyncio.Event | None = None, prefix: str = "") -> dict[str, Any]:
+                       stop: asyncio.Event | None = None, prefix: str = "",
+                       duplicate: int = 0) -> dict[str, Any]:
     """Run sessions until ``duration`` passed or ``stop`` is set; each finishes its request."""
     stop = stop or asyncio.Event()
     own = client is None
     if client is None:
         client = Client(config, key, name, trace=trace)
+        client.duplicate_every = duplicate
         await client.start()
         await client.wait_connected(10, count=1)
         await asyncio.sleep(0.05)
@@ -158,5 +160,6 @@ async def run_workload(config: ClusterConfig, key: bytes, *, name: str = "C1", c
         "latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99),
                        "max": max(lat, default=0.0)},
         "retries": client.stats["retries"], "duplicates": client.stats["duplicates"],
+        "sent_twice": client.stats["duplicated"],
         "max_gap_ms": stats["max_gap"] * 1000,
     }

@@ -52,9 +52,11 @@ class RunSettings:
     heal_timeout: float = 60.0
     settle: float = 1.0  # seconds of normal operation between faults
     prefix: str = ""  # key prefix: the checker assumes the keys start empty
+    duplicate: int = 25  # clients send every Nth request twice, as a retry
     out: Path = field(default_factory=lambda: Path("run/chaos"))
     run_dir: Path | None = None  # local target: where the cluster runs
     env: dict[str, str] = field(default_factory=dict)  # e.g. FTDS_FAULT for planted bugs
+    tunables: dict[str, float] = field(default_factory=dict)  # local target's cluster file
 
 
 # ========================================================================= environments ====
@@ -67,7 +69,7 @@ class LocalEnv:
         if self.dir.exists():
             local.stop_cluster(self.dir)
             shutil.rmtree(self.dir)
-        self.path = local.write_cluster(self.dir, 3, s.mode,
+        self.path = local.write_cluster(self.dir, 3, s.mode, tunables=s.tunables,
                                         trace={"requests": False, "executions": True})
         self.config = load_config(self.path)
         self.key = self.config.read_key()
@@ -85,6 +87,7 @@ class LocalEnv:
                  "--id", f"C{k}", "--clients", str(self.s.sessions), "--rate", str(self.s.rate),
                  "--duration", "86400", "--keys", str(self.s.keys), "--mix", "rw",
                  "--seed", str(self.s.seed), "--prefix", self.s.prefix,
+                 "--duplicate", str(self.s.duplicate),
                  "--history", str(histories / f"C{k}.jsonl"),
                  "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
 
@@ -150,7 +153,7 @@ class LabEnv:
             command = (f"exec /opt/ftds/bin/ftds workload --config /etc/ftds/cluster.yml "
                        f"--id C{k} --clients {self.s.sessions} --rate {self.s.rate} "
                        f"--duration 86400 --keys {self.s.keys} --mix rw --seed {self.s.seed} "
-                       f"--prefix {self.s.prefix} "
+                       f"--prefix {self.s.prefix} --duplicate {self.s.duplicate} "
                        f"--history /tmp/ftds-chaos/C{k}.jsonl --json -q")
             self.workloads.append(subprocess.Popen(
                 ["ssh", "-F", str(self.lab.ssh_config), "-o", "ControlMaster=no",
