@@ -226,6 +226,7 @@ def run_chaos(s: RunSettings, log: Any = print) -> dict[str, Any]:
 
 
 def _run(s: RunSettings, env: LocalEnv | LabEnv, histories: Path, log: Any) -> dict[str, Any]:
+    s.mode = env.config.mode  # the lab runs what was deployed
     env.start()
     events: list[FaultEvent] = []
     started = time.time()
