@@ -24,6 +24,21 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def wait_until(predicate: Any, timeout: float, what: str, context: Any = None,
+               interval: float = 0.05) -> Any:
+    """Poll ``predicate()`` until it returns something truthy; fail naming ``what`` (and the
+    state ``context()`` describes) when ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            state = f"; state: {context()}" if context else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{state}")
+        time.sleep(interval)
+
+
 class LocalCluster:
     """Replicas as separate processes; views by ``ftds ctl`` (the RM's part, by hand)."""
 
@@ -76,14 +91,7 @@ class LocalCluster:
         return run(ctl._ask(self.config, self.key, spec, "status_req", None, 1.0))
 
     def wait(self, predicate: Any, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; status: {self.statuses()}")
-            time.sleep(0.05)
+        return wait_until(predicate, timeout, what, self.statuses)
 
     def bootstrap(self, members: list[str] | None = None) -> None:
         from ftds.view import View

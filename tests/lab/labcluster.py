@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from helpers import wait_until
+
 from ftds import ctl
 from ftds.chaos.checks import check_counters, check_epochs, parse_replica_logs
 from ftds.chaos.history import load
@@ -47,15 +49,8 @@ class LabCluster:
         return None
 
     def wait(self, predicate: Any, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; "
-                                     f"status: {json.dumps(self.status(), indent=1)}")
-            time.sleep(0.1)
+        return wait_until(predicate, timeout, what,
+                          lambda: json.dumps(self.status(), indent=1), interval=0.1)
 
     def wait_healthy(self, timeout: float = 60) -> dict[str, Any]:
         return self.wait(self.healthy, timeout, "a healthy cluster")
