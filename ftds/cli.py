@@ -249,7 +249,7 @@ def format_table(rows: list[tuple[str, ...]] | list[list[str]]) -> str:
 def cmd_local(args: argparse.Namespace) -> int:
     from . import local
 
-    run_dir = Path(args.dir)
+    run_dir = Path(args.dir).resolve()  # children run elsewhere: give them absolute paths
     if args.local == "up":
         return local_up(args, run_dir)
     if args.local == "down":

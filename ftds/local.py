@@ -94,7 +94,9 @@ def ftds_command() -> list[str]:
 
 
 def spawn(run_dir: Path, name: str, args: list[str], env: dict[str, str] | None = None) -> int:
-    """Start ``ftds <args>`` detached, logging to logs/<name>.log; returns its pid."""
+    """Start ``ftds <args>`` detached, logging to logs/<name>.log; returns its pid.
+
+    It runs in ``run_dir``: paths in ``args`` must be absolute."""
     log_path = run_dir / "logs" / f"{name}.log"
     with open(log_path, "ab", buffering=0) as log_file:
         proc = subprocess.Popen(
