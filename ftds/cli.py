@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -252,6 +253,14 @@ def cmd_local(args: argparse.Namespace) -> int:
     run_dir = Path(args.dir).resolve()  # children run elsewhere: give them absolute paths
     if args.local == "up":
         return local_up(args, run_dir)
+    if args.local == "reload":
+        pid = local.read_pid(run_dir, "supervisor")
+        if pid is None:
+            print(f"nothing running in {run_dir}", file=sys.stderr)
+            return 1
+        os.kill(pid, signal.SIGHUP)
+        print("every daemon re-reads the cluster file (like systemctl reload)")
+        return 0
     if args.local == "down":
         stopped = local.stop_cluster(run_dir)
         print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing running in {run_dir}")
@@ -456,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("local", help="a whole cluster as local processes")
     local_sub = p.add_subparsers(dest="local", required=True)
-    for name in ("up", "down", "supervise", "demo"):
+    for name in ("up", "down", "reload", "supervise", "demo"):
         q = local_sub.add_parser(name)
         q.add_argument("--dir", default=os.environ.get("FTDS_LOCAL_DIR", "run/local"))
         q.add_argument("--no-managers", action="store_true",

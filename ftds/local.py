@@ -138,25 +138,71 @@ class Program:
 
 
 class Supervisor:
-    """Keeps the management daemons up, as systemd does on a real host."""
+    """Keeps the management daemons up, as systemd does on a real host.
+
+    SIGHUP (``ftds local reload``) is what a deploy's reload handler is on a cluster: every
+    daemon re-reads the cluster file; a replica added to the file gets its LFD (and the RM,
+    finding the replica missing, starts it), a replica removed from it is stopped.
+    """
 
     def __init__(self, run_dir: Path, with_managers: bool = True) -> None:
         self.run_dir = run_dir
-        config = str(run_dir / "cluster.yml")
-        data = yaml.safe_load((run_dir / "cluster.yml").read_text())
-        ids = [r["id"] for r in data["replicas"]]
+        self.with_managers = with_managers
+        self.config = str(run_dir / "cluster.yml")
         self.programs: list[Program] = []
         if with_managers:
-            self.programs.append(Program("RM", ["rm", "--config", config], True))
-            self.programs.append(Program("GFD", ["gfd", "--config", config], True))
-        for rid in ids:
-            # The first start of a replica is the boot; afterwards the RM relaunches it.
-            self.programs.append(Program(rid, ["replica", "--config", config, "--id", rid],
-                                         False))
-            if with_managers:
-                self.programs.append(Program(f"LFD{rid[1:]}",
-                                             ["lfd", "--config", config, "--id", rid], True))
+            self.programs.append(Program("RM", ["rm", "--config", self.config], True))
+            self.programs.append(Program("GFD", ["gfd", "--config", self.config], True))
+        for rid in self._replica_ids() or []:
+            self.programs.extend(self._replica_programs(rid))
         self.stopping = False
+        self.reload_requested = False
+
+    def _replica_ids(self) -> list[str] | None:
+        try:
+            data = yaml.safe_load((self.run_dir / "cluster.yml").read_text())
+            return [r["id"] for r in data["replicas"]]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return None  # the daemons say what is wrong with the file; keep what runs
+
+    def _replica_programs(self, rid: str) -> list[Program]:
+        # The first start of a replica is the boot; afterwards the RM relaunches it.
+        programs = [Program(rid, ["replica", "--config", self.config, "--id", rid], False)]
+        if self.with_managers:
+            programs.append(Program(f"LFD{rid[1:]}",
+                                    ["lfd", "--config", self.config, "--id", rid], True))
+        return programs
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        for prog in self.programs:
+            if prog.proc is not None and prog.proc.poll() is None:
+                prog.proc.send_signal(signal.SIGHUP)
+        ids = self._replica_ids()
+        if ids is None:
+            return
+        known = {p.args[-1] for p in self.programs if p.args[0] in ("replica", "lfd")}
+        for rid in ids:
+            if rid not in known:
+                # A new replica's LFD starts here; the replica itself is the RM's to start
+                # (it finds it missing), so two starters never race for its ports.
+                programs = self._replica_programs(rid)
+                if self.with_managers:
+                    programs = [p for p in programs if p.args[0] == "lfd"]
+                for prog in programs:
+                    self.programs.append(prog)
+                    self._start(prog)
+        removed = {p.args[-1] for p in self.programs
+                   if p.args[0] in ("replica", "lfd") and p.args[-1] not in ids}
+        for prog in [p for p in self.programs if p.args[-1] in removed]:
+            self.programs.remove(prog)
+            if prog.proc is not None and prog.proc.poll() is None:
+                prog.proc.terminate()
+        for rid in removed:
+            pid = read_pid(self.run_dir, rid)  # the RM started it: its pid file says where
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
     def _start(self, prog: Program) -> None:
         prog.log_path = self.run_dir / "logs" / f"{prog.name}.log"
@@ -171,11 +217,14 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
         (self.run_dir / "pids" / "supervisor.pid").write_text(f"{os.getpid()}\n")
         for prog in self.programs:
             self._start(prog)
         while not self.stopping:
             time.sleep(0.05)
+            if self.reload_requested:
+                self._reload()
             now = time.monotonic()
             for prog in self.programs:
                 if prog.proc is None or prog.proc.poll() is None:
@@ -194,6 +243,9 @@ class Supervisor:
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = True
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
 
     def _stop_all(self) -> None:
         procs = [p.proc for p in self.programs if p.proc is not None and p.proc.poll() is None]

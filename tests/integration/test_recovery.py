@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -16,6 +18,7 @@ import yaml
 from helpers import check_counters, finish, read_history, run
 
 from ftds import local
+from ftds.config import load_config
 
 IDS = ["S1", "S2", "S3"]
 
@@ -211,3 +214,32 @@ def test_sighup_changes_heartbeat_interval_without_restart(make_managed, tmp_pat
         log = (cluster.dir / "logs" / f"{name}.log").read_text()
         assert "reload refused" in log and "not valid YAML" in log, name
         assert "heartbeat_interval: 0.1 -> 0.25" in log, name
+
+
+def test_replica_set_grows_and_shrinks_at_run_time(make_managed, tmp_path):
+    """The course asks for the number of replicas to change without restarting anything."""
+    cluster = make_managed()
+    cluster.up()
+    histories, procs = with_load(cluster, tmp_path, duration=8)
+    pids = {n: cluster.pid(n) for n in ["RM", "GFD", *IDS]}
+    base = cluster.config.replica("S1").port - 1
+    local.write_cluster(cluster.dir, 4, base=base)  # S4 joins the file
+    cluster.config = load_config(cluster.path)
+    subprocess.run([sys.executable, "-m", "ftds", "local", "reload", "--dir", str(cluster.dir)],
+                   check=True, capture_output=True)
+    status = cluster.wait(lambda: (s := cluster.rm_status()) and "S4" in s["replicas"]
+                          and s["replicas"]["S4"]["ready"] and s, 20, "S4 ready")
+    assert status["epoch"] == 1  # nobody was deposed
+    for proc in procs:
+        finish(proc)
+    cluster.wait_healthy()
+    check_counters(cluster, histories, ids=[*IDS, "S4"])
+    assert {n: cluster.pid(n) for n in pids} == pids, "a daemon was restarted"
+    local.write_cluster(cluster.dir, 3, base=base)  # and leaves it again
+    subprocess.run([sys.executable, "-m", "ftds", "local", "reload", "--dir", str(cluster.dir)],
+                   check=True, capture_output=True)
+    status = cluster.wait(lambda: (s := cluster.rm_status()) and "S4" not in s["replicas"]
+                          and s, 20, "S4 gone")
+    cluster.wait_healthy()
+    assert "S4" not in status["members"] and status["epoch"] == 1
+    cluster.wait(lambda: local.read_pid(cluster.dir, "S4") is None, 10, "S4's process to stop")
