@@ -24,12 +24,16 @@ class LabCluster:
     def __init__(self, lab: Lab, work: Path) -> None:
         self.lab = lab
         self.work = work
-        self.path = lab.fetch_cluster(work / "cluster")
-        self.config = load_config(self.path)
-        self.key = self.config.read_key()
+        self.refetch()
         self.client_host = lab.clients[0]
         self._workload: subprocess.Popen[str] | None = None
         self._started = ""
+
+    def refetch(self) -> None:
+        """Take the deployed cluster file and key again (after a deploy that changed them)."""
+        self.path = self.lab.fetch_cluster(self.work / "cluster")
+        self.config = load_config(self.path)
+        self.key = self.config.read_key()
 
     # -- observing ---------------------------------------------------------------------
     def status(self) -> dict[str, Any] | None:
@@ -138,8 +142,17 @@ class LabCluster:
         return self.wait(same, timeout, "the replicas to converge")
 
     # -- deploying ---------------------------------------------------------------------
-    def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def deploy(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([str(REPO / "scripts" / "deploy"), *args], capture_output=True,
                                 text=True, timeout=900, cwd=REPO)
-        assert result.returncode == 0, f"deploy failed:\n{result.stdout[-3000:]}\n{result.stderr}"
+        if check:
+            assert result.returncode == 0, \
+                f"deploy failed:\n{result.stdout[-3000:]}\n{result.stderr}"
         return result
+
+    def unit_pids(self) -> dict[tuple[str, str], int]:
+        """The main PID of every ftds unit on the lab (0 for one that is not running)."""
+        units = {(h, f"ftds-{kind}@{r}.service") for r, h in self.lab.replica_hosts.items()
+                 for kind in ("replica", "lfd")}
+        units |= {(self.lab.manager, "ftds-gfd.service"), (self.lab.manager, "ftds-rm.service")}
+        return {u: self.unit_pid(*u) for u in sorted(units)}

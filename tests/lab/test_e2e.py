@@ -7,6 +7,7 @@ Run by scripts/test-lab (which brings the lab up, deploys, runs these and testin
 from __future__ import annotations
 
 import re
+import secrets
 import time
 
 import yaml
@@ -78,10 +79,7 @@ def test_d_partitioned_primary_host_no_split_brain_and_it_rejoins(cluster):
 
 def test_e_heartbeat_interval_change_reloads_without_restart(cluster):
     cluster.wait_healthy()
-    units = {(h, f"ftds-replica@{r}.service") for r, h in cluster.lab.replica_hosts.items()}
-    units |= {(h, f"ftds-lfd@{r}.service") for r, h in cluster.lab.replica_hosts.items()}
-    units |= {(cluster.lab.manager, "ftds-gfd.service"), (cluster.lab.manager, "ftds-rm.service")}
-    pids = {u: cluster.unit_pid(*u) for u in units}
+    pids = cluster.unit_pids()
     change = INVENTORY / "group_vars" / "all" / "60-heartbeat.yml"
     try:
         change.write_text(yaml.safe_dump({"ftds_common_tunables": {"heartbeat_interval": 0.2}}))
@@ -91,11 +89,46 @@ def test_e_heartbeat_interval_change_reloads_without_restart(cluster):
             lambda: (s := cluster.status()) and all(r["heartbeat_interval"] == 0.2
                                                     for r in s["replicas"].values()) and s,
             30, "the new heartbeat interval in effect")
-        assert {u: cluster.unit_pid(*u) for u in units} == pids, "a daemon was restarted"
+        assert cluster.unit_pids() == pids, "a daemon was restarted"
         lfd_log = cluster.journal(cluster.lab.host_of("S1"), "ftds-lfd@S1.service", "-5min")
         assert "heartbeat_interval: 0.1 -> 0.2" in lfd_log
         assert status["primary"]
     finally:
         change.unlink(missing_ok=True)
         cluster.deploy()
-    assert {u: cluster.unit_pid(*u) for u in units} == pids
+    assert cluster.unit_pids() == pids
+
+
+def test_f_another_cluster_key_is_refused_unless_replacing_it_is_asked_for(cluster):
+    """The daemons hold their key from start-up: a different key in the inventory must not be
+    written under them (the cluster would refuse every frame of the tools); it stops the play,
+    and with ftds_common_replace_cluster_key the whole cluster restarts on the new key."""
+    cluster.wait_healthy()
+    pids = cluster.unit_pids()
+    key_file = INVENTORY / ".secrets" / "cluster.key"
+    deployed = key_file.read_text()
+    new_key = secrets.token_hex(32)
+    try:
+        key_file.write_text(new_key + "\n")
+        refused = cluster.deploy(check=False)
+        assert refused.returncode != 0, refused.stdout[-2000:]
+        assert "holds another cluster key than the one to deploy" in refused.stdout
+        assert "ftds_common_replace_cluster_key=true" in refused.stdout
+        assert new_key not in refused.stdout + refused.stderr
+        assert cluster.unit_pids() == pids, "a refused deploy restarted a daemon"
+        cluster.wait_healthy(10)  # the tools still speak the deployed key
+
+        replaced = cluster.deploy("-e", "ftds_common_replace_cluster_key=true")
+        assert new_key not in replaced.stdout + replaced.stderr
+        cluster.refetch()
+        assert cluster.key == new_key.encode()
+        cluster.wait_healthy()
+        restarted = cluster.unit_pids()
+        assert all(restarted[u] not in (0, pid) for u, pid in pids.items()), restarted
+    finally:
+        key_file.write_text(deployed)
+        cluster.deploy("-e", "ftds_common_replace_cluster_key=true")
+        cluster.refetch()
+    cluster.wait_healthy()
+    rerun = cluster.deploy()  # the key in the inventory again is the deployed one
+    assert "holds another cluster key" not in rerun.stdout
