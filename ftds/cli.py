@@ -324,8 +324,10 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
         from .status import status_text
 
         print(status_text(_run(rm_request(config, key, "status_req"))))
-    print(f"\n  ftds status --config {path}\n  ftds client --config {path} put x 1"
-          f"\n  ftds local down --dir {run_dir}")
+    print(f"\n  ftds status --config {path}\n  ftds client --config {path} put x 1")
+    if config.rm_metrics_port and not args.no_managers:
+        print(f"  curl http://{config.rm.host}:{config.rm_metrics_port}/metrics")
+    print(f"  ftds local down --dir {run_dir}")
     return 0
 
 

@@ -101,6 +101,7 @@ class ClusterConfig:
     tunables: Tunables
     trace: Trace
     run_dir: str = ""
+    rm_metrics_port: int = 0  # Prometheus /metrics of the RM; 0 = off
 
     def replica(self, replica_id: str) -> ReplicaSpec:
         for spec in self.replicas:
@@ -277,6 +278,17 @@ def _replicas(check: _Checker, raw: Any) -> tuple[ReplicaSpec, ...]:
     return tuple(specs)
 
 
+def _metrics_port(check: _Checker, value: Any, rm: Endpoint, gfd: Endpoint) -> int:
+    """The RM's Prometheus port: 0 (off) or a port of the RM's host that nothing else uses."""
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    port = check.port(value, "rm.metrics_port")
+    for name, other in (("rm.port", rm), ("gfd.port", gfd)):
+        if other.host == rm.host and other.port == port:
+            raise check.fail("rm.metrics_port", f"{rm.host}:{port} already used by {name}")
+    return port
+
+
 def _endpoint(check: _Checker, data: Any, where: str) -> Endpoint:
     data = check.mapping(data, where)
     for required in ("host", "port"):
@@ -324,9 +336,11 @@ def parse_config(data: Any, source: str = "cluster.yml") -> ClusterConfig:
     replicas = _replicas(check, root["replicas"])
     gfd = _endpoint(check, root["gfd"], "gfd")
     rm_raw = check.mapping(root["rm"], "rm")
-    check.no_unknown(rm_raw, {"host", "port", "state_dir"}, "rm")
-    rm = _endpoint(check, {k: v for k, v in rm_raw.items() if k != "state_dir"}, "rm")
+    check.no_unknown(rm_raw, {"host", "port", "state_dir", "metrics_port"}, "rm")
+    rm = _endpoint(check, {k: v for k, v in rm_raw.items()
+                           if k not in ("state_dir", "metrics_port")}, "rm")
     rm_state_dir = check.string(rm_raw.get("state_dir", "/var/lib/ftds-rm"), "rm.state_dir")
+    rm_metrics_port = _metrics_port(check, rm_raw.get("metrics_port", 0), rm, gfd)
     launcher_raw = check.mapping(root.get("launcher"), "launcher")
     check.no_unknown(launcher_raw, {"kind", "ssh"}, "launcher")
     launcher = check.string(launcher_raw.get("kind", "ssh"), "launcher.kind", choices=LAUNCHERS)
@@ -349,6 +363,7 @@ def parse_config(data: Any, source: str = "cluster.yml") -> ClusterConfig:
         path=source, name=name, mode=mode, replication=replication, key_file=key_file,
         replicas=replicas, gfd=gfd, rm=rm, rm_state_dir=rm_state_dir, launcher=launcher,
         ssh=ssh, tunables=tunables, trace=trace, run_dir=run_dir,
+        rm_metrics_port=rm_metrics_port,
     )
 
 
@@ -380,7 +395,8 @@ def describe_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
         a_ids = ",".join(old.replica_ids)
         b_ids = ",".join(new.replica_ids)
         changes.append(f"replicas: {a_ids} -> {b_ids}" if a_ids != b_ids else "replicas: changed")
-    for name in ("mode", "replication", "key_file", "gfd", "rm", "launcher", "ssh", "trace"):
+    for name in ("mode", "replication", "key_file", "gfd", "rm", "rm_metrics_port", "launcher",
+                 "ssh", "trace"):
         if getattr(old, name) != getattr(new, name):
             changes.append(f"{name}: changed")
     return changes

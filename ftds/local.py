@@ -42,6 +42,7 @@ def plan_ports(replicas: int, base: int) -> dict[str, int]:
         ports[f"S{k}.control_port"] = base + 100 + k
     ports["gfd"] = base + 200
     ports["rm"] = base + 201
+    ports["rm_metrics"] = base + 202
     return ports
 
 
@@ -79,7 +80,8 @@ def write_cluster(run_dir: Path, replicas: int = 3, mode: str = "passive",
             for k in range(1, replicas + 1)
         ],
         "gfd": {"host": "127.0.0.1", "port": ports["gfd"]},
-        "rm": {"host": "127.0.0.1", "port": ports["rm"], "state_dir": str(run_dir.resolve())},
+        "rm": {"host": "127.0.0.1", "port": ports["rm"], "state_dir": str(run_dir.resolve()),
+               "metrics_port": ports["rm_metrics"]},
         "launcher": {"kind": "local"},
         "tunables": tunables or {},
         "trace": trace or {},

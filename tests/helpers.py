@@ -174,6 +174,19 @@ async def read_keys(config: ClusterConfig, key: bytes, keys: list[str],
         await client.close()
 
 
+def scrape(host: str, port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics and parse it with prometheus_client's parser (a malformed page fails)."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 class ManagedCluster(LocalCluster):
     """``ftds local up``: replicas, LFDs, GFD and RM under the local supervisor."""
 
@@ -231,6 +244,10 @@ class ManagedCluster(LocalCluster):
         from ftds.rmclient import rm_request
 
         return run(rm_request(self.config, self.key, "incidents_req"))["incidents"]
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The RM's Prometheus exposition, scraped and parsed: {(sample, labels): value}."""
+        return scrape(self.config.rm.host, self.config.rm_metrics_port)
 
     def healthy(self) -> dict[str, Any] | None:
         """RM status when every configured replica is up and ready under a primary."""

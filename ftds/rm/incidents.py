@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,12 @@ class Incident:
 
 
 class IncidentLog:
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, *,
+                 on_open: Callable[[Incident], None] | None = None,
+                 on_close: Callable[[Incident], None] | None = None) -> None:
         self.path = Path(state_dir) / "incidents.jsonl"
+        self._on_open = on_open
+        self._on_close = on_close
         self.open: dict[str, Incident] = {}
         self.closed: list[Incident] = []
         self._next_id = 1 + self._count_existing()
@@ -77,6 +82,8 @@ class IncidentLog:
                             detected or time.time())
         self._next_id += 1
         self.open[replica] = incident
+        if self._on_open is not None:
+            self._on_open(incident)
         return incident
 
     def mark(self, replica: str, step: str, at: float | None = None, **extra: Any) -> None:
@@ -107,6 +114,8 @@ class IncidentLog:
                  "relaunch->ready %s ms, total %s ms", incident.id, incident.replica,
                  incident.cause, d["detect_to_removed_ms"], d["detect_to_new_primary_ms"],
                  d["relaunch_to_ready_ms"], d["detect_to_ready_ms"], extra={"kind": "decision"})
+        if self._on_close is not None:
+            self._on_close(incident)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as fh:

@@ -30,6 +30,7 @@ from ..view import View
 from ..wire import Conn, Message, WireError, connect, require, stay_connected
 from .incidents import IncidentLog
 from .launcher import make_launcher
+from .metrics import RmMetrics
 from .relaunch import Relauncher
 
 log = logging.getLogger("ftds.rm")
@@ -77,7 +78,9 @@ class ReplicationManager:
         self.failover: Failover | None = None
         self.decisions: dict[str, str] = {}
         self.last_decision = "starting"
-        self.incidents = IncidentLog(str(self.state_dir))
+        self.metrics = RmMetrics(self._status_snapshot)
+        self.incidents = IncidentLog(str(self.state_dir), on_open=self.metrics.incident_opened,
+                                     on_close=self.metrics.incident_closed)
         self.relauncher = Relauncher(self.config, make_launcher(self.config),
                                      self._relaunch_issued)
         self._server: asyncio.base_events.Server | None = None
@@ -99,6 +102,8 @@ class ReplicationManager:
                                                 reuse_address=True)
         log.info("RM: listening on %s:%d (%s mode, launcher %s, last epoch %d)", rm.host,
                  rm.port, self.config.mode, self.config.launcher, self.epoch_floor)
+        if self.config.rm_metrics_port:
+            self.metrics.serve(rm.host, self.config.rm_metrics_port)
         log.info(members_line("RM", []), extra={"kind": "membership"})
         for info in self.replicas.values():
             info.link_task = asyncio.create_task(self._replica_link(info))
@@ -110,6 +115,7 @@ class ReplicationManager:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.relauncher.stop()
+        self.metrics.close()
         if self._server is not None:
             self._server.close()
         for info in self.replicas.values():
@@ -504,8 +510,11 @@ class ReplicationManager:
             raise WireError("unknown_type", f"{kind!r} is not an RM command")
 
     async def _send_status(self, conn: Conn) -> None:
-        gfd = await self.gfd_status() or self.gfd
-        conn.send("status", self.status(gfd))
+        conn.send("status", await self._status_snapshot())
+
+    async def _status_snapshot(self) -> dict[str, Any]:
+        """``ftds status`` (and a metrics scrape): with the GFD's heartbeat ages of now."""
+        return self.status(await self.gfd_status() or self.gfd)
 
     def status(self, gfd: dict[str, Any]) -> dict[str, Any]:
         view = self.view

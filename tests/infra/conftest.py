@@ -22,6 +22,7 @@ import yaml
 
 CONFIG = "/etc/ftds/cluster.yml"
 FTDS = "/opt/ftds/bin/ftds"
+FTDS_PYTHON = "/opt/ftds/bin/python"
 GROUPS = ("ftds_replicas", "ftds_managers", "ftds_clients")
 
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import status_json
+from conftest import FTDS_PYTHON, status_json
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 @pytest.fixture
@@ -35,6 +41,23 @@ def test_a_primary(status, config):
 def test_gfd_membership(status, config):
     assert status["gfd_connected"] and status["gfd_stable"]
     assert sorted(status["membership"]) == sorted(r["id"] for r in config["replicas"])
+
+
+def test_metrics_endpoint(host, role, config, status):
+    """The RM's Prometheus page, fetched on the manager: parseable, and saying what status says."""
+    port = config["rm"].get("metrics_port")
+    if not port:
+        pytest.skip("metrics are off (rm.metrics_port: 0)")
+    page = host.check_output(
+        f"{FTDS_PYTHON} -c 'import sys, urllib.request; sys.stdout.write(urllib.request"
+        f".urlopen(\"http://{config['rm']['host']}:{port}/metrics\", timeout=5).read().decode())'")
+    samples = parse_metrics(page)
+    assert samples[("ftds_rm_responsive", ())] == 1
+    assert samples[("ftds_epoch", ())] == status["epoch"]
+    for rid in status["replicas"]:
+        assert samples[("ftds_replica_ready", (("replica", rid),))] == 1, rid
+        assert samples[("ftds_replica_primary", (("replica", rid),))] == \
+            int(rid == status["primary"]), rid
 
 
 def test_tunables_in_effect(status, config):

@@ -169,10 +169,12 @@ def test_replica_ports(host, replica_spec):
 
 
 def test_manager_ports(host, role, config):
-    for name in ("gfd", "rm"):
-        endpoint = config[name]
-        listening = host.socket(f"tcp://{endpoint['host']}:{endpoint['port']}").is_listening
-        assert listening == role.manager, f"{name} port {endpoint['port']}"
+    endpoints = [(name, config[name]["host"], config[name]["port"]) for name in ("gfd", "rm")]
+    if config["rm"].get("metrics_port"):
+        endpoints.append(("rm metrics", config["rm"]["host"], config["rm"]["metrics_port"]))
+    for name, address, port in endpoints:
+        listening = host.socket(f"tcp://{address}:{port}").is_listening
+        assert listening == role.manager, f"{name} port {port}"
 
 
 def test_no_replica_ports_elsewhere(host, role, config):

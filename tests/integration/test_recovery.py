@@ -64,6 +64,37 @@ def test_kill_backup_is_relaunched_and_readmitted(make_managed, tmp_path, mode):
     assert incident["relaunch_to_ready_ms"] is not None
 
 
+def test_metrics_show_the_cluster_and_time_the_recovery(make_managed, tmp_path):
+    cluster = make_managed()
+    start = cluster.up()
+    before = cluster.metrics()
+    primary = start["primary"]
+    assert before[("ftds_rm_responsive", ())] == 1
+    assert before[("ftds_epoch", ())] == start["epoch"]
+    assert before[("ftds_ready_members", ())] == len(IDS)
+    for rid in IDS:
+        assert before[("ftds_replica_ready", (("replica", rid),))] == 1
+        assert before[("ftds_replica_primary", (("replica", rid),))] == int(rid == primary)
+        assert before[("ftds_replica_heartbeat_interval_seconds", (("replica", rid),))] == 0.1
+    assert ("ftds_recovery_seconds_count", (("phase", "relaunch_to_ready"),)) not in before
+    assert before[("process_resident_memory_bytes", ())] > 0
+
+    histories, procs = with_load(cluster, tmp_path, duration=4.0)
+    victim = next(r for r in IDS if r != primary)
+    cluster.signal(victim, signal.SIGKILL)
+    settle(cluster, histories, procs)
+    incident = closed_incident(cluster, victim)
+    after = cluster.metrics()
+    applied = after[("ftds_replica_applied_seq", (("replica", primary),))]
+    assert applied > before[("ftds_replica_applied_seq", (("replica", primary),))] + 100
+    assert after[("ftds_replica_relaunches_total", (("replica", victim),))] >= 1
+    assert after[("ftds_incidents_total", (("was_primary", "false"),))] == 1
+    assert after[("ftds_replica_ready", (("replica", victim),))] == 1
+    assert after[("ftds_recovery_seconds_count", (("phase", "detect_to_ready"),))] == 1
+    total = after[("ftds_recovery_seconds_sum", (("phase", "detect_to_ready"),))]
+    assert total == pytest.approx(incident["detect_to_ready_ms"] / 1000, abs=0.001)
+
+
 @pytest.mark.parametrize("mode", ["passive", "active"])
 def test_kill_primary_fails_over_then_rejoins_as_backup(make_managed, tmp_path, mode):
     cluster = make_managed(mode=mode)

@@ -37,6 +37,8 @@ def test_good_config_parses():
     assert config.tunables.heartbeat_misses == 3
     assert config.replica("S2").host == "10.0.0.2"
     assert config.launcher == "ssh"
+    assert config.rm_metrics_port == 0  # off unless asked for
+    assert parse_config(with_change(("rm", "metrics_port"), 7202)).rm_metrics_port == 7202
 
 
 @pytest.mark.parametrize(
@@ -63,6 +65,10 @@ def test_good_config_parses():
         (("launcher",), {"kind": "telnet"}, "launcher.kind: must be one of local, ssh, none"),
         (("launcher",), {"ssh": {"command": "reboot"}}, "launcher.ssh.command: must contain {id}"),
         (("trace",), {"requests": "yes"}, "trace.requests: must be true or false"),
+        (("rm", "metrics_port"), 70000, "rm.metrics_port: must be 1-65535"),
+        (("rm", "metrics_port"), True, "rm.metrics_port: must be 1-65535"),
+        (("rm", "metrics_port"), 7201, "rm.metrics_port: 10.0.0.4:7201 already used by rm.port"),
+        (("rm", "metrics_port"), 7200, "rm.metrics_port: 10.0.0.4:7200 already used by gfd"),
     ],
 )
 def test_each_bad_field_is_named(path, value, message):
