@@ -115,7 +115,7 @@ class ReplicationManager:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.relauncher.stop()
-        self.metrics.close()
+        await asyncio.to_thread(self.metrics.close)
         if self._server is not None:
             self._server.close()
         for info in self.replicas.values():

@@ -157,16 +157,27 @@ class RmMetrics:
                 self.recovery.labels(phase=phase).observe(ms / 1000)
 
     def serve(self, host: str, port: int) -> None:
-        """Start the HTTP endpoint (call from the running loop)."""
+        """Start the HTTP endpoint (call from the running loop). Metrics are not worth an RM
+        that cannot start: a port that cannot be bound is logged, and the RM runs without."""
         self._loop = asyncio.get_running_loop()
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(port, addr=host,
+                                                           registry=self.registry)
+        except OSError as exc:
+            log.error("RM: cannot serve metrics on %s:%d (rm.metrics_port): %s; running "
+                      "without them", host, port, exc.strerror or exc)
+            return
         log.info("RM: metrics on http://%s:%d/metrics", host, port)
 
     def close(self) -> None:
+        """Stop the endpoint (blocks up to the server's poll interval: call from a thread)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._thread is not None:
+            self._thread.join(1.0)
+            self._thread = None
 
     def _snapshot_from_thread(self) -> Snapshot | None:
         loop = self._loop
