@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import ConfigError, describe_changes, load_config
 from .log import members_line
+from .supervise import spawn
 from .wire import Conn, Message, WireError, connect, require, stay_connected
 
 log = logging.getLogger("ftds.gfd")
@@ -70,8 +71,8 @@ class GlobalFaultDetector:
         log.info("GFD: listening on %s:%d, heartbeating LFDs every %.0f ms", gfd.host, gfd.port,
                  self.tunables.gfd_heartbeat_interval * 1000)
         log.info(members_line("GFD", []), extra={"kind": "membership"})
-        self._tasks = [asyncio.create_task(self._heartbeats(), name="heartbeats"),
-                       asyncio.create_task(self._rm_loop(), name="rm")]
+        self._tasks = [spawn(self._heartbeats(), "heartbeats"),
+                       spawn(self._rm_loop(), "rm")]
 
     async def stop(self) -> None:
         for task in self._tasks:

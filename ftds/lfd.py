@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import ConfigError, ReplicaSpec, describe_changes, load_config
 from .local import pid_alive
+from .supervise import spawn
 from .wire import Conn, Message, WireError, connect, require, stay_connected
 
 log = logging.getLogger("ftds.lfd")
@@ -60,8 +61,8 @@ class LocalFaultDetector:
         log.info("%s: watching %s at %s:%d every %.0f ms (%d misses)", self.name,
                  self.replica_id, self.spec.host, self.spec.control_port,
                  self.tunables.heartbeat_interval * 1000, self.tunables.heartbeat_misses)
-        self._tasks = [asyncio.create_task(self._replica_loop(), name="replica"),
-                       asyncio.create_task(self._gfd_loop(), name="gfd")]
+        self._tasks = [spawn(self._replica_loop(), "replica"),
+                       spawn(self._gfd_loop(), "gfd")]
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -3,6 +3,7 @@
 A daemon is an object with ``async start()``, ``async stop()`` and ``reload()``. SIGTERM/SIGINT
 stop it gracefully, SIGHUP reloads its configuration; READY=1 goes to systemd once ``start``
 returned, and WATCHDOG=1 is sent from the loop itself so a stuck loop gets the unit restarted.
+A daemon task that dies (see ``supervise``) stops the daemon with exit status 70: fail-stop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import signal
 from typing import Protocol
 
+from . import supervise
 from .sdnotify import Notifier, watchdog_interval
 
 log = logging.getLogger("ftds.runloop")
@@ -34,10 +36,20 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+EXIT_TASK_DIED = 70  # EX_SOFTWARE
+
+
 async def serve(daemon: Daemon) -> int:
     loop = asyncio.get_running_loop()
     notifier = Notifier()
     stop = asyncio.Event()
+    fatal: list[str] = []
+
+    def on_fatal(name: str, exc: BaseException) -> None:
+        fatal.append(name)
+        stop.set()
+
+    supervise.on_fatal = on_fatal
 
     def on_reload() -> None:
         notifier.reloading()
@@ -57,13 +69,17 @@ async def serve(daemon: Daemon) -> int:
     if interval:
         tasks.append(asyncio.create_task(_watchdog(notifier, interval)))
     await stop.wait()
-    log.info("%s: stopping", daemon.name)
+    if fatal:
+        log.critical("%s: stopping: task %s died", daemon.name, fatal[0])
+    else:
+        log.info("%s: stopping", daemon.name)
     notifier.stopping()
     for task in tasks:
         task.cancel()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(daemon.stop(), 10)
-    return 0
+        # A daemon that failed stops fast: the detectors must see it go, not a slow goodbye.
+        await asyncio.wait_for(daemon.stop(), 2 if fatal else 10)
+    return EXIT_TASK_DIED if fatal else 0
 
 
 def tune_gc() -> None:

@@ -9,6 +9,7 @@ divergence between replicas is visible.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from typing import Any
 
 import orjson
@@ -19,6 +20,12 @@ SKIP_REPLY_CACHE = faults.on("skip_reply_cache")
 
 OPS = ("get", "put", "incr", "delete", "cas")
 MAX_KEY_LEN = 256
+# Bounds on what a client may store: every value must round-trip through the wire codec
+# (orjson encodes 64-bit integers and at most 254 levels of nesting), and none may grow a
+# checkpoint without limit. A request outside them gets an error reply and changes nothing.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+MAX_DEPTH = 32
+MAX_VALUE_BYTES = 1 << 20
 
 Result = dict[str, Any]
 Entry = dict[str, Any]  # {"s": seq, "e": epoch, "c": client, "r": request_num, "op": {...}}
@@ -42,7 +49,54 @@ def validate_op(op: Any) -> str | None:
         delta = op.get("delta", 1)
         if isinstance(delta, bool) or not isinstance(delta, int):
             return "incr delta must be an integer"
+        if not INT_MIN <= delta <= INT_MAX:
+            return "incr delta must fit in a signed 64-bit integer"
+    for field in ("value", "expect"):
+        if field in op:
+            problem = value_problem(op[field])
+            if problem is not None:
+                return f"{field}: {problem}"
     return None
+
+
+def value_problem(value: Any) -> str | None:
+    """None if ``value`` is storable (bounded depth, size and 64-bit integers), else why."""
+    budget = [MAX_VALUE_BYTES]
+
+    def walk(v: Any, depth: int) -> str | None:
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(v, str):
+            budget[0] -= len(v) + 2
+        elif isinstance(v, bool) or v is None or isinstance(v, float):
+            budget[0] -= 8
+        elif isinstance(v, int):
+            if not INT_MIN <= v <= INT_MAX:
+                return "integers must fit in a signed 64-bit integer"
+            budget[0] -= 8
+        elif isinstance(v, list):
+            budget[0] -= 2
+            for item in v:
+                if (problem := walk(item, depth + 1)) is not None:
+                    return problem
+        elif isinstance(v, dict):
+            budget[0] -= 2
+            for k, item in v.items():
+                budget[0] -= len(k) + 3
+                if (problem := walk(item, depth + 1)) is not None:
+                    return problem
+        else:
+            return f"values of type {type(v).__name__} cannot be stored"
+        if budget[0] < 0:
+            return f"larger than {MAX_VALUE_BYTES} bytes"
+        return None
+
+    return walk(value, 1)
+
+
+def fingerprint(op: dict[str, Any]) -> int:
+    """Identifies an operation, so a reused (client, request_num) with another op is caught."""
+    return zlib.crc32(orjson.dumps(op, option=orjson.OPT_SORT_KEYS))
 
 
 def execute(kv: dict[str, Any], op: dict[str, Any]) -> Result:
@@ -59,6 +113,8 @@ def execute(kv: dict[str, Any], op: dict[str, Any]) -> Result:
         if isinstance(current, bool) or not isinstance(current, int):
             return {"ok": False, "error": f"value of {key!r} is not an integer"}
         current += op.get("delta", 1)
+        if not INT_MIN <= current <= INT_MAX:
+            return {"ok": False, "error": f"incr would overflow {key!r} (64-bit integers)"}
         kv[key] = current
         return {"ok": True, "value": current}
     if name == "delete":
@@ -76,7 +132,8 @@ def execute(kv: dict[str, Any], op: dict[str, Any]) -> Result:
 class StateMachine:
     def __init__(self) -> None:
         self.kv: dict[str, Any] = {}
-        # client id -> [high watermark request_num, cached result, seq of that request]
+        # client id -> [high watermark request_num, cached result, seq of that request,
+        #               fingerprint of its operation]
         self.clients: dict[str, list[Any]] = {}
         self.seq = 0  # last applied sequence number
         self.last_epoch = 0  # epoch of the last applied entry
@@ -95,6 +152,14 @@ class StateMachine:
             return record[1], record[2]
         return None
 
+    def same_op(self, client: str, op: Any) -> bool:
+        """Whether ``op`` is the operation of the client's last applied request (a true retry),
+        not a reused request_num carrying another operation."""
+        record = self.clients.get(client)
+        if record is None or len(record) < 4 or not isinstance(op, dict):
+            return record is not None and len(record) < 4  # no fingerprint kept: trust it
+        return fingerprint(op) == record[3]
+
     def apply(self, entry: Entry) -> tuple[Result, bool]:
         """Apply the next entry. Returns (result, executed); a duplicate is not executed."""
         seq = entry["s"]
@@ -107,10 +172,12 @@ class StateMachine:
         record = self.clients.get(client)
         if record is not None and request_num <= record[0] and not SKIP_REPLY_CACHE:
             # Ordered twice (cannot happen from a correct orderer): never execute again.
-            return (record[1] if request_num == record[0] else
-                    {"ok": False, "error": "stale request"}), False
-        result = execute(self.kv, entry["op"])
-        self.clients[client] = [request_num, result, seq]
+            if request_num == record[0] and self.same_op(client, entry["op"]):
+                return record[1], False
+            return {"ok": False, "error": "stale request"}, False
+        op = entry["op"]
+        result = execute(self.kv, op)
+        self.clients[client] = [request_num, result, seq, fingerprint(op)]
         self.executed += 1
         return result, True
 
@@ -163,8 +230,8 @@ def validate_checkpoint(cp: Any) -> str | None:
         if not isinstance(cp.get(name), kind):
             return f"checkpoint field {name!r} missing or wrong type"
     for client, rec in cp["clients"].items():
-        if not (isinstance(rec, list) and len(rec) == 3 and isinstance(rec[0], int)
-                and isinstance(rec[2], int)):
+        if not (isinstance(rec, list) and len(rec) in (3, 4) and isinstance(rec[0], int)
+                and isinstance(rec[2], int) and (len(rec) == 3 or isinstance(rec[3], int))):
             return f"checkpoint client record of {client!r} is malformed"
     if state_digest(cp["my_state"], cp["clients"]) != cp["digest"]:
         return "checkpoint digest does not match its state"

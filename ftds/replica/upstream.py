@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from ..config import ReplicaSpec
+from ..supervise import spawn
 from ..wire import Conn, connect, stay_connected
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class Upstream:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"upstream-{self.target}")
+        self._task = spawn(self._run(), f"upstream-{self.target}")
 
     def close(self) -> None:
         self._closed = True
