@@ -151,6 +151,7 @@ def demo(run_dir: Path, mode: str, faults: int) -> int:
     if local.read_pid(run_dir, "supervisor") is None:
         banner(f"Starting a local {mode} cluster in {run_dir}")
         path = local.write_cluster(run_dir, 3, mode)
+        local.forget_previous_cluster(run_dir)
         local.spawn(run_dir, "supervisor", ["local", "supervise", "--dir", str(run_dir)])
         print(f"  config {path}; logs in {run_dir}/logs/")
     try:

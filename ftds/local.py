@@ -91,6 +91,22 @@ def write_cluster(run_dir: Path, replicas: int = 3, mode: str = "passive",
     return path
 
 
+def forget_previous_cluster(run_dir: Path) -> bool:
+    """A new embedded cluster in ``run_dir``: the RM's record of the previous one goes.
+
+    The embedded cluster keeps its data in memory, so after ``ftds local down`` nothing of it
+    is left to protect; without this, the new RM would (rightly) wait for a holder of the old
+    data. Returns whether there was such a record."""
+    from .rm.store import FILE_NAME, LEGACY_EPOCH_FILE
+
+    found = False
+    for name in (FILE_NAME, LEGACY_EPOCH_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
+            found = True
+    return found
+
+
 def ftds_command() -> list[str]:
     return [sys.executable, "-m", "ftds"]
 

@@ -192,10 +192,12 @@ class ManagedCluster(LocalCluster):
 
     def __init__(self, run_dir: Path, replicas: int = 3, mode: str = "passive",
                  tunables: dict[str, float] | None = None, trace: bool = False,
-                 env: dict[str, str] | None = None, base_port: int | None = None) -> None:
+                 env: dict[str, str] | None = None, base_port: int | None = None,
+                 replication: str = "sync") -> None:
         self.dir = run_dir
         self.path = local.write_cluster(run_dir, replicas, mode, base=base_port,
-                                        tunables=tunables, trace={"requests": trace})
+                                        tunables=tunables, trace={"requests": trace},
+                                        replication=replication)
         self.config = load_config(self.path)
         self.key = self.config.read_key()
         self.env = {}

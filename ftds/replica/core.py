@@ -36,6 +36,7 @@ from ..statemachine import (
     validate_checkpoint,
     validate_op,
 )
+from ..supervise import spawn
 from ..view import View
 from ..wire import Conn, Message, WireError, broadcast, require
 from .replog import ReplicationLog
@@ -49,6 +50,7 @@ MAX_CLIENT_ID = 64
 DROP_ACKED_WRITE = faults.on("drop_acked_write")
 REORDER = faults.on("reorder")
 ACK_AFTER_DEPOSED = faults.on("ack_after_deposed")
+EARLY_COMMIT = faults.on("early_commit")
 
 
 @dataclass
@@ -95,6 +97,9 @@ class Replica:
         self.spec = config.replica(replica_id)
         self.id = replica_id
         self.key = key
+        # A new one at every process start: views name the incarnations they count, so a
+        # restarted (empty) replica is never taken for the one that held the state.
+        self.incarnation = os.urandom(6).hex()
         self.sm = StateMachine()
         self.log = ReplicationLog()
         self.view: View | None = None
@@ -184,8 +189,8 @@ class Replica:
     # ====================================================================== lifecycle ====
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._applier(), name="applier"),
-            asyncio.create_task(self._ticker(), name="ticker"),
+            spawn(self._applier(), "applier"),
+            spawn(self._ticker(), "ticker"),
         ]
 
     async def stop(self) -> None:
@@ -328,7 +333,8 @@ class Replica:
                 log.info("Recorded %s (i_am_ready = 0, high_watermark_request_num = %d)",
                          msg_id(client, self.id, request_num, "request"), request_num,
                          extra={"kind": "state"})
-        elif request_num == watermark and attempt > 1 and self.active and self.ready:
+        elif request_num == watermark and attempt > 1 and self.active and self.ready \
+                and self.sm.same_op(client, op):
             cached = self.sm.cached(client, request_num)
             if cached is not None:
                 result, seq = cached
@@ -345,6 +351,15 @@ class Replica:
                                              "error": f"stale request_num (last {watermark})"}})
             return
         if request_num == watermark and not SKIP_REPLY_CACHE:
+            if not self.sm.same_op(client, op):
+                # The same (client, request_num) with another operation: a reused client id,
+                # never a retry. Tell it where its numbering stands; never the other reply.
+                self._queue_reply(conn, {"c": client, "r": request_num, "s": 0,
+                                         "watermark": watermark,
+                                         "res": {"ok": False, "stale": True,
+                                                 "error": f"request_num {request_num} was "
+                                                          "already used for another operation"}})
+                return
             cached = self.sm.cached(client, request_num)
             if cached is not None:
                 result, seq = cached
@@ -565,15 +580,17 @@ class Replica:
                 sub.seq == self.log.base and sub.seq == self._prev_checkpoint_seq)
             if consistent:
                 entries = self.log.entries_after(sub.seq)
+        held = sub.seq
         if entries is None:
             payload["checkpoint"] = self._snapshot()
             entries = []
+            held = 0  # what it had is not known to be ours: only its ack counts
             self._log_checkpoint(payload["checkpoint"], [sub.id], "catch-up")
         payload["entries"] = entries
         sub.conn.send("catchup", payload)
         sub.synced = True
         if sub.id in self.sync_set:
-            self.acked[sub.id] = max(self.acked.get(sub.id, 0), sub.seq)
+            self.acked[sub.id] = max(self.acked.get(sub.id, 0), held)
 
     def watch_member_close(self, conn: Conn) -> None:
         previous = conn.on_close
@@ -615,10 +632,13 @@ class Replica:
             return
         self.recovering = False
         self._recovery_deadline = 0.0
-        self.commit = self.sm.seq  # every ready member will hold all of it before new entries
         for sub in list(self.subs.values()):
             last = self.log.entry(sub.seq)
             self._sync_subscriber(sub, last["e"] if last else 0)
+        # Nothing of the history is committed in this epoch until every ready member holds it
+        # (their acks of the catch-up say so): a retry held during the view change is answered
+        # only then, so a crash of this new primary cannot lose what it acknowledged.
+        self.commit = self.sm.seq if EARLY_COMMIT else 0
         label = "sequencer" if self.active else "primary"
         log.info("%s: I am the %s of epoch %d (seq %d, ready: %s)", self.id, label, self.epoch,
                  self.sm.seq, ", ".join(self.view.members), extra={"kind": "membership"})
@@ -822,6 +842,15 @@ class Replica:
             log.critical("%s: PLANTED BUG: ignoring the view that deposes me", self.id)
             return
         authority = conn.role in ("rm", "admin")
+        if view.primary == self.id and not view.made_for(self.id, self.incarnation):
+            # Made for an earlier process of mine, which held the state: I hold nothing of it.
+            if self.view is None or view.key > self.view.key:
+                log.error("%s: refusing view %s: it names incarnation %s as primary, I am %s "
+                          "(restarted, without its state)", self.id, view.describe(),
+                          view.incarnation(self.id), self.incarnation)
+            if authority:
+                conn.send("view_ack", self.status())
+            return
         if self.view is not None and view.key <= self.view.key:
             if authority:
                 if view.key == self.view.key:
@@ -832,7 +861,7 @@ class Replica:
         was_ready = self.ready
         self.view = view
         new_epoch = old is None or view.epoch != old.epoch
-        in_view = self.id in view.members
+        in_view = self.id in view.members and view.made_for(self.id, self.incarnation)
         log.info("%s: view %s", self.id, view.describe(), extra={"kind": "membership"})
         if new_epoch:
             self._leave_epoch()
@@ -970,6 +999,7 @@ class Replica:
         data: dict[str, Any] = {
             "id": self.id,
             "pid": os.getpid(),
+            "incarnation": self.incarnation,
             "mode": self.config.mode,
             "role": self.role_name,
             "i_am_ready": int(self.ready),

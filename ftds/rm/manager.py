@@ -9,8 +9,15 @@ Safety rules, in the order they are applied:
 - a replica becomes electable only once the primary has confirmed a view that counts it, so a
   promoted replica always holds everything the old primary acknowledged;
 - a replica leaves the electable set before the primary is told to stop waiting for it;
+- every process start is a new incarnation: a replica that restarted has lost its state, so it
+  leaves the electable set, and a restarted primary is a lost primary (never "back");
+- an empty replica never leads while data may exist: with no electable replica the RM waits and
+  says why (unavailable beats lossy) until one comes back or an operator forces a primary with
+  ``ftds ctl force-primary S2 --accept-data-loss``;
 - a primary that may still be running (a hang, a partition, a lost LFD) is replaced only after
-  its lease ran out: it stops acknowledging first. A crash its LFD confirmed needs no wait.
+  the longest lease granted to it ran out: it stops acknowledging first. A crash its LFD
+  confirmed needs no wait.
+What must survive a restart of the RM (epoch, last view, longest lease) is in ``store``.
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ from typing import Any
 
 from ..config import ClusterConfig, ConfigError, ReplicaSpec, describe_changes, load_config
 from ..log import members_line
+from ..supervise import spawn
 from ..view import View
 from ..wire import Conn, Message, WireError, connect, require, stay_connected
 from .incidents import IncidentLog
 from .launcher import make_launcher
 from .metrics import RmMetrics
 from .relaunch import Relauncher
+from .store import RmRecord, RmStore
 
 log = logging.getLogger("ftds.rm")
 
@@ -47,6 +56,7 @@ class ReplicaInfo:
     present: bool = False
     loss: dict[str, Any] = field(default_factory=dict)  # the GFD's last delete for it
     link_task: asyncio.Task[None] | None = None
+    incarnation: str | None = None  # of the process that reported last
 
 
 @dataclass
@@ -69,12 +79,16 @@ class ReplicationManager:
             s.id: ReplicaInfo(s) for s in self.config.replicas}
         self.view: View | None = None
         self.confirmed: set[str] = set()  # members the primary has confirmed it counts
-        self.epoch_floor = self._load_epoch()
+        self.store = RmStore(self.state_dir)
+        self.record: RmRecord = self.store.load()
+        self.epoch_floor = self.record.epoch
         self.gfd_conn: Conn | None = None
         self.gfd: dict[str, Any] = {"view": 0, "members": [], "stable": False, "lfds": {}}
         self.started = time.monotonic()
-        # Until a lease grant is seen, assume the primary may hold one from before our start.
-        self.last_lease_grant = time.monotonic()
+        # A lease granted before our start may still run: assume the longest one ever granted.
+        self.lease_expiry = time.monotonic() + max(self.record.lease_max,
+                                                   self.config.tunables.lease)
+        self.unavailable = ""  # why no primary can be chosen without losing data, if so
         self.failover: Failover | None = None
         self.decisions: dict[str, str] = {}
         self.last_decision = "starting"
@@ -106,8 +120,8 @@ class ReplicationManager:
             self.metrics.serve(rm.host, self.config.rm_metrics_port)
         log.info(members_line("RM", []), extra={"kind": "membership"})
         for info in self.replicas.values():
-            info.link_task = asyncio.create_task(self._replica_link(info))
-        self._tasks = [asyncio.create_task(self._ticker(), name="tick")]
+            info.link_task = spawn(self._replica_link(info), f"link-{info.spec.id}")
+        self._tasks = [spawn(self._ticker(), "tick")]
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *(i.link_task for i in self.replicas.values() if i.link_task)]
@@ -135,7 +149,7 @@ class ReplicationManager:
             info = self.replicas.get(spec.id)
             if info is None:
                 info = self.replicas[spec.id] = ReplicaInfo(spec)
-                info.link_task = asyncio.create_task(self._replica_link(info))
+                info.link_task = spawn(self._replica_link(info), f"link-{info.spec.id}")
             elif info.spec != spec:
                 info.spec = spec
                 if info.conn is not None:
@@ -150,34 +164,27 @@ class ReplicationManager:
         self.decide()
 
     # ========================================================================= epochs ====
-    def _epoch_file(self) -> Path:
-        return self.state_dir / "epoch"
-
-    def _load_epoch(self) -> int:
-        try:
-            return int(self._epoch_file().read_text().strip())
-        except (OSError, ValueError):
-            return 0
-
-    def _persist_epoch(self, epoch: int) -> None:
-        """Written (and synced) before the epoch is used: a restarted RM never reuses one."""
-        path = self._epoch_file()
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            fh.write(f"{epoch}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        self.epoch_floor = max(self.epoch_floor, epoch)
+    def _persist(self, view: View | None = None) -> None:
+        """Written (and synced) before a view or epoch is used: a restarted RM never reuses
+        an epoch and knows which replicas held the data."""
+        record = self.record
+        if view is not None:
+            record.view = view.to_wire()
+            record.epoch = max(record.epoch, view.epoch)
+        record.epoch = max(record.epoch, self.epoch_floor)
+        self.store.save(record)
+        self.epoch_floor = record.epoch
 
     # ==================================================================== replicas ====
     async def _replica_link(self, info: ReplicaInfo) -> None:
         def dial() -> Awaitable[Conn]:
             tun = self.config.tunables
             spec = info.spec
+            # Every message carries the current epoch: lease grants are fenced by it.
             return connect(spec.host, spec.control_port, self.key, tun.max_frame, "RM",
-                           timeout=tun.connect_timeout, on_message=self._on_replica_message,
-                           label=f"RM->{spec.id}")
+                           timeout=tun.connect_timeout,
+                           epoch_fn=lambda: self.view.epoch if self.view else 0,
+                           on_message=self._on_replica_message, label=f"RM->{spec.id}")
 
         async def linked(conn: Conn) -> None:
             conn.peer_id = info.spec.id
@@ -199,6 +206,8 @@ class ReplicationManager:
         elif kind == "lease_req":
             self._on_lease_request(info, conn, msg)
         elif kind == "lagging":
+            if not self._from_current_primary(info, msg):
+                return  # a deposed primary (or anyone else) does not shrink this view
             members = [m for m in msg.get("members", []) if isinstance(m, str)]
             self._remove_members(members, f"{rid} reports them unreachable: "
                                           f"{msg.get('reason', '')}")
@@ -207,7 +216,18 @@ class ReplicationManager:
         else:
             raise WireError("unknown_type", f"{kind!r} from a replica")
 
+    def _from_current_primary(self, info: ReplicaInfo, msg: Message) -> bool:
+        view = self.view
+        return (view is not None and info.spec.id == view.primary and msg.get("e") == view.epoch
+                and info.incarnation is not None
+                and view.made_for(info.spec.id, info.incarnation))
+
     def _on_report(self, info: ReplicaInfo, conn: Conn, msg: Message, first: bool) -> None:
+        inc = msg.get("incarnation")
+        if isinstance(inc, str) and inc != info.incarnation:
+            if info.incarnation is not None:
+                self._restarted(info, inc)
+            info.incarnation = inc
         info.report = msg
         info.report_at = time.monotonic()
         reported = msg.get("view")
@@ -224,24 +244,53 @@ class ReplicationManager:
         self._note_confirmation(info, msg)
         self.decide()
 
+    def _restarted(self, info: ReplicaInfo, inc: str) -> None:
+        """A new process: whatever the old one held is gone (state lives in memory)."""
+        rid = info.spec.id
+        was_holder = rid in self.confirmed
+        self.confirmed.discard(rid)
+        if was_holder:
+            log.warning("RM: %s restarted (incarnation %s -> %s): it no longer holds the data",
+                        rid, info.incarnation, inc, extra={"kind": "decision"})
+        view = self.view
+        if view is not None and rid in view.members and rid != view.primary:
+            # Out of the ready set until it has caught up again as the process it is now.
+            self._remove_members([rid], "restarted without its state")
+
     def _adopt(self, view: View, why: str) -> None:
         """A view newer than ours exists (we restarted): take it as the current one."""
         self.view = view
         self.epoch_floor = max(self.epoch_floor, view.epoch)
-        # Members of a view we did not make are trusted as confirmed: the primary of that view
-        # admitted them under the same rules before we (re)started.
-        self.confirmed = set(view.members)
+        # Members of a view we did not make are trusted as confirmed (the primary of that view
+        # admitted them under the same rules before we (re)started), as long as the process
+        # reporting now is the one the view counts.
+        self.confirmed = {m for m in view.members if self._same_process(m, view)}
+        self.unavailable = ""
+        self._persist(view)
         log.info("RM: adopted view %s (%s)", view.describe(), why, extra={"kind": "decision"})
+
+    def _same_process(self, rid: str, view: View) -> bool:
+        """Whether ``rid``'s current process is the one ``view`` counts (unknown: not yet)."""
+        info = self.replicas.get(rid)
+        if info is None:
+            return False
+        if info.incarnation is None:
+            return not view.incarnation(rid)  # an old view without incarnations: trust it
+        return view.made_for(rid, info.incarnation)
 
     def _note_confirmation(self, info: ReplicaInfo, msg: Message) -> None:
         view = self.view
         if view is None or info.spec.id != view.primary:
             return
         reported = msg.get("view") or {}
+        commit = msg.get("commit")
+        if isinstance(commit, int) and commit > self.record.committed_seq \
+                and reported.get("epoch") == view.epoch:
+            self.record.committed_seq = commit  # kept on the next write of the record
         if reported.get("epoch") == view.epoch and reported.get("version") == view.version \
                 and not msg.get("recovering"):
             newly = set(view.members) - self.confirmed
-            self.confirmed = set(view.members)
+            self.confirmed = {m for m in view.members if self._same_process(m, view)}
             for rid in newly:
                 self.incidents.mark(rid, "ready")
                 self._decide_note(rid, f"ready: admitted to the membership by {view.primary}")
@@ -253,8 +302,14 @@ class ReplicationManager:
             return
         if self.failover is not None and self.failover.old_primary == view.primary:
             return  # it is being replaced: no more lease
-        self.last_lease_grant = time.monotonic()
-        conn.send("lease", {"n": n, "duration": self.config.tunables.lease})
+        if not self._from_current_primary(info, msg):
+            return
+        duration = self.config.tunables.lease
+        if duration > self.record.lease_max:
+            self.record.lease_max = duration
+            self._persist()  # before the grant: a restarted RM waits out this one too
+        self.lease_expiry = max(self.lease_expiry, time.monotonic() + duration)
+        conn.send("lease", {"n": n, "duration": duration})
 
     # ========================================================================== GFD ====
     def _new_conn(self) -> Conn:
@@ -313,6 +368,7 @@ class ReplicationManager:
                                       confirmed_dead=bool(change.get("confirmed_dead")),
                                       detected=change.get("at"))
             else:
+                info.loss = {}  # back: a later loss is judged on its own evidence
                 self.incidents.mark(rid, "process_up", change.get("gfd_at"))
         for rid, info in self.replicas.items():
             present = rid in members
@@ -360,11 +416,11 @@ class ReplicationManager:
             self._bootstrap(present)
             return
         view = self.view
-        if view.primary not in present:
+        if view.primary not in present or not self._primary_process_alive(view):
             self._failover(present)
         else:
             if self.failover is not None and self.failover.old_primary == view.primary:
-                log.info("RM: %s is back before being replaced; no failover",
+                log.info("RM: %s is back before being replaced (same process); no failover",
                          view.primary, extra={"kind": "decision"})
                 self.failover = None
             gone = [m for m in view.members if m != view.primary and m not in present]
@@ -374,6 +430,12 @@ class ReplicationManager:
         absent = [rid for rid in self.replicas if rid not in present]
         if absent:
             self.relauncher.tick(absent)
+
+    def _primary_process_alive(self, view: View) -> bool:
+        """False once the primary's process is known to have restarted: a new incarnation
+        holds none of the state the view's primary had, so it is a lost primary."""
+        info = self.replicas[view.primary]
+        return info.incarnation is None or view.made_for(view.primary, info.incarnation)
 
     def _bootstrap(self, present: set[str]) -> None:
         fresh = sorted((rid for rid in present
@@ -385,11 +447,31 @@ class ReplicationManager:
         # Wait for every configured replica for a moment, so epoch 1 starts with all of them.
         if not fresh or (set(fresh) != everyone and time.monotonic() - self.started < 3.0):
             return
+        if self.record.data_may_exist:
+            last = self.record.view or {}
+            self._wait_unavailable(
+                f"no replica holds the data of epoch {last.get('epoch')} (ready then: "
+                f"{', '.join(last.get('members') or [])}; commit index "
+                f"{self.record.committed_seq}); the present ones are empty. Waiting for a "
+                "holder; `ftds ctl force-primary <id> --accept-data-loss` starts over")
+            return
         epoch = self.epoch_floor + 1
-        self._persist_epoch(epoch)
-        view = View(epoch, 0, fresh[0], tuple(fresh))
-        self._issue(view, f"bootstrap: {fresh[0]} orders epoch {epoch} over {', '.join(fresh)}")
+        view = self._make_view(epoch, 0, fresh[0], fresh)
         self.confirmed = set(fresh)
+        self._issue(view, f"bootstrap: {fresh[0]} orders epoch {epoch} over {', '.join(fresh)}")
+
+    def _wait_unavailable(self, why: str) -> None:
+        if self.unavailable != why:
+            self.unavailable = why
+            self.last_decision = f"unavailable: {why}"
+            log.error("RM: unavailable rather than lossy: %s", why, extra={"kind": "decision"})
+
+    def _make_view(self, epoch: int, version: int, primary: str, members: list[str]) -> View:
+        """A view naming the incarnation of each member it counts."""
+        ordered = tuple(sorted(members, key=lambda r: int(r[1:])))
+        incs = tuple((m, inc) for m in ordered
+                     if (inc := self.replicas[m].incarnation) is not None)
+        return View(epoch, version, primary, ordered, incs=incs)
 
     def _failover(self, present: set[str]) -> None:
         view = self.view
@@ -399,10 +481,12 @@ class ReplicationManager:
         if self.failover is None or self.failover.old_primary != old \
                 or self.failover.epoch != view.epoch:
             loss = self.replicas[old].loss
-            confirmed = bool(loss.get("confirmed_dead"))
-            wait_until = now if confirmed else \
-                self.last_lease_grant + self.config.tunables.lease + LEASE_MARGIN
-            reason = loss.get("reason", "absent")
+            restarted = not self._primary_process_alive(view)
+            # A new process on its ports means the old one is gone: no lease left to wait out.
+            confirmed = bool(loss.get("confirmed_dead")) or restarted
+            wait_until = now if confirmed else self.lease_expiry + LEASE_MARGIN
+            reason = "restarted without its state" if restarted and not loss \
+                else loss.get("reason", "absent")
             self.failover = Failover(old, view.epoch, wait_until, reason)
             self.incidents.mark(old, "removed")
             role = "sequencer" if self.config.mode == "active" else "primary"
@@ -416,19 +500,20 @@ class ReplicationManager:
         if now < self.failover.not_before:
             return
         candidates = [m for m in view.members if m != old and m in present
-                      and m in self.confirmed]
+                      and m in self.confirmed and self._same_process(m, view)]
         if not candidates:
-            note = "no ready backup to promote; waiting for one"
+            note = (f"no ready backup holds the data of epoch {view.epoch}; waiting for one "
+                    "(unavailable rather than lossy; `ftds ctl force-primary <id> "
+                    "--accept-data-loss` overrides)")
             if self.decisions.get(old) != note:
                 self._decide_note(old, note)
-                log.error("RM: %s", note)
+                self._wait_unavailable(note)
             return
         def seq(rid: str) -> tuple[int, int]:
             return (int(self.replicas[rid].report.get("seq", 0)), -int(rid[1:]))
         new_primary = max(candidates, key=seq)
         epoch = max(self.epoch_floor, view.epoch) + 1
-        self._persist_epoch(epoch)
-        new_view = View(epoch, 0, new_primary, tuple(sorted(candidates, key=lambda r: int(r[1:]))))
+        new_view = self._make_view(epoch, 0, new_primary, candidates)
         self.failover = None
         self.confirmed = set(new_view.members)
         role = "sequencer" if self.config.mode == "active" else "primary"
@@ -452,7 +537,8 @@ class ReplicationManager:
                                   confirmed_dead=False)
             self.incidents.mark(rid, "removed")
             self._decide_note(rid, f"removed from the ready set ({why})")
-        self._issue(View(view.epoch, view.version + 1, view.primary, keep),
+        self._issue(View(view.epoch, view.version + 1, view.primary, keep,
+                         incs=tuple(p for p in view.incs if p[0] in keep)),
                     f"{', '.join(gone)} removed ({why})")
 
     def _admit(self, present: set[str]) -> None:
@@ -467,17 +553,25 @@ class ReplicationManager:
             report = self.replicas[rid].report
             rview = report.get("view") or {}
             if report.get("caught_up") and rview.get("epoch") == view.epoch \
-                    and report.get("upstream") == view.primary:
+                    and report.get("upstream") == view.primary \
+                    and report.get("incarnation") == self.replicas[rid].incarnation:
                 joining.append(rid)
         if joining:
-            new_view = View(view.epoch, view.version + 1, view.primary,
-                            tuple(sorted([*view.members, *joining], key=lambda r: int(r[1:]))))
+            new_view = self._make_view(view.epoch, view.version + 1, view.primary,
+                                       [*view.members, *joining])
+            # Members already counted keep the incarnation the view had for them.
+            kept = dict(new_view.incs)
+            kept.update(dict(view.incs))
+            new_view = View(new_view.epoch, new_view.version, new_view.primary,
+                            new_view.members, incs=tuple(sorted(kept.items())))
             for rid in joining:
                 self._decide_note(rid, f"caught up with {view.primary}: admitting")
             self._issue(new_view, f"admitting {', '.join(joining)}", primary_first=True)
 
     def _issue(self, view: View, why: str, primary_first: bool = False) -> None:
+        self._persist(view)  # on disk before anyone hears of it
         self.view = view
+        self.unavailable = ""
         self.last_decision = why
         log.info("RM: %s -> view %s", why, view.describe(), extra={"kind": "decision"})
         order = sorted(self.replicas.values(),
@@ -506,8 +600,43 @@ class ReplicationManager:
                 return
             self.relauncher.reset(rid)
             conn.send("ok", {"replica": rid})
+        elif kind == "force_primary":
+            self._force_primary(conn, require(msg, "replica", str),
+                                msg.get("accept_data_loss") is True)
         else:
             raise WireError("unknown_type", f"{kind!r} is not an RM command")
+
+    def _force_primary(self, conn: Conn, rid: str, accept_data_loss: bool) -> None:
+        """The operator's override of "unavailable rather than lossy": ``rid`` orders a new
+        epoch alone with whatever it holds; whatever others acknowledged beyond it is lost."""
+        def refuse(code: str, message: str) -> None:
+            conn.send("error", {"code": code, "message": message})
+
+        info = self.replicas.get(rid)
+        if info is None:
+            return refuse("unknown_replica", f"no replica {rid} in the cluster file")
+        if not accept_data_loss:
+            return refuse("refused", "force-primary needs accept_data_loss: it may lose "
+                                     "acknowledged writes")
+        if not info.present or info.incarnation is None:
+            return refuse("not_present", f"{rid} is not up (or has not reported yet); start "
+                                         "it first")
+        seq = int(info.report.get("seq") or 0)
+        epoch = max(self.epoch_floor, self.view.epoch if self.view else 0) + 1
+        view = self._make_view(epoch, 0, rid, [rid])
+        self.record.forced.append({"at": time.time(), "replica": rid, "epoch": epoch,
+                                   "seq": seq, "committed_seq": self.record.committed_seq})
+        self.failover = None
+        self.confirmed = {rid}
+        message = (f"operator forced {rid} (seq {seq}) to be the primary of epoch {epoch}; "
+                   f"writes acknowledged beyond its seq (highest commit seen: "
+                   f"{self.record.committed_seq}) are lost")
+        log.critical("RM: %s", message, extra={"kind": "decision"})
+        self.incidents.opened(rid, "operator override: force-primary", was_primary=False,
+                              confirmed_dead=False)
+        self._issue(view, message)
+        conn.send("ok", {"replica": rid, "epoch": epoch, "message": message})
+        return None
 
     async def _send_status(self, conn: Conn) -> None:
         conn.send("status", await self._status_snapshot())
@@ -536,6 +665,7 @@ class ReplicationManager:
                 "checkpoint_count": r.get("checkpoint_count"),
                 "epoch": r.get("epoch"),
                 "pid": r.get("pid"),
+                "incarnation": info.incarnation,
                 "report_age": round(now - info.report_at, 3) if info.report_at else None,
                 "heartbeat_age": lfd.get("heartbeat_age"),
                 "heartbeat_interval": lfd.get("heartbeat_interval"),
@@ -559,6 +689,8 @@ class ReplicationManager:
             "gfd_connected": self.gfd_conn is not None,
             "gfd_heartbeat_interval": gfd.get("gfd_heartbeat_interval"),
             "failover_pending": self.failover.reason if self.failover else None,
+            "unavailable": self.unavailable or None,
+            "committed_seq": self.record.committed_seq,
             "last_decision": self.last_decision,
             "rm_pid": os.getpid(),
             "replicas": replicas,

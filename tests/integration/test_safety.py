@@ -1,0 +1,181 @@
+"""Safety under hostile input and compound faults, on the embedded cluster (real processes).
+
+Each test is one defect of "Never lose an acknowledged write", reproduced the way an operator or
+a client met it: huge numbers and deep values that wedged the primary, a primary killed while
+alone in its ready set (its empty relaunch used to serve as primary), async replication and lone
+primaries that never acknowledged, and a reused client id that got another operation's reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+
+import pytest
+from helpers import run
+
+from ftds.client import Client
+from ftds.rmclient import RMRefused, rm_request
+from ftds.wire import PROTOCOL_VERSION, FrameDecoder, encode, frame
+
+IDS = ["S1", "S2", "S3"]
+INT64_MAX = 2**63 - 1
+
+
+async def call(config, key, op, name="T1", timeout=10.0, session=None):
+    client = Client(config, key, name, trace=False)
+    await client.start()
+    try:
+        await client.wait_connected(10, count=1)
+        target = client.session(session) if session else client.session()
+        return await asyncio.wait_for(target.call(op), timeout)
+    finally:
+        await client.close()
+
+
+def raw_request(cluster, rid, body: bytes, client="RAW1") -> list[dict]:
+    """One hand-made request frame (any JSON text the codec could not produce) to ``rid``."""
+    spec = cluster.config.replica(rid)
+    hello = encode({"v": PROTOCOL_VERSION, "t": "hello", "from": client, "e": 0,
+                    "client": client}, cluster.key)
+    with socket.create_connection((spec.host, spec.port), timeout=5) as sock:
+        sock.sendall(hello + frame(body, cluster.key))
+        decoder = FrameDecoder(cluster.key, 1 << 24)
+        messages: list[dict] = []
+        sock.settimeout(5)
+        while not any(m["t"] in ("reply", "error") for m in messages):
+            data = sock.recv(65536)
+            if not data:
+                break
+            messages.extend(decoder.feed(data))
+    return messages
+
+
+def test_hostile_numbers_and_depths_get_an_error_and_the_primary_keeps_serving(make_managed):
+    cluster = make_managed()
+    start = cluster.up()
+    cfg, key = cluster.config, cluster.key
+    first = run(call(cfg, key, {"op": "incr", "key": "big", "delta": INT64_MAX}))
+    assert first["res"] == {"ok": True, "value": INT64_MAX}
+    for _ in range(3):
+        reply = run(call(cfg, key, {"op": "incr", "key": "big", "delta": INT64_MAX}))
+        assert reply["res"]["ok"] is False and "overflow" in reply["res"]["error"]
+    # Numbers the codec reads (up to 2**64-1) but a signed 64-bit value cannot hold.
+    body = (b'{"v":%d,"t":"req","from":"RAW0","e":0,"reqs":[{"c":"RAW0","r":1,'
+            b'"op":{"op":"incr","key":"big","delta":%d}}]}' % (PROTOCOL_VERSION, 2**63))
+    replies = [m for m in raw_request(cluster, start["primary"], body, "RAW0")
+               if m["t"] == "reply"]
+    assert replies and replies[0]["reps"][0]["res"]["ok"] is False, replies
+    # A value nested past what the codec can encode again, sent as raw JSON text.
+    deep = b"[" * 300 + b"]" * 300
+    body = (b'{"v":%d,"t":"req","from":"RAW1","e":0,"reqs":[{"c":"RAW1","r":1,'
+            b'"op":{"op":"put","key":"deep","value":%s}}]}' % (PROTOCOL_VERSION, deep))
+    replies = [m for m in raw_request(cluster, start["primary"], body) if m["t"] == "reply"]
+    assert replies and replies[0]["reps"][0]["res"]["ok"] is False
+    assert "nested" in replies[0]["reps"][0]["res"]["error"]
+    # Nothing changed, and the primary still orders and acknowledges.
+    assert run(call(cfg, key, {"op": "get", "key": "big"}))["res"]["value"] == INT64_MAX
+    assert run(call(cfg, key, {"op": "get", "key": "deep"}))["res"]["value"] is None
+    assert run(call(cfg, key, {"op": "incr", "key": "n"}))["res"] == {"ok": True, "value": 1}
+    status = cluster.wait_healthy(10)
+    assert (status["primary"], status["epoch"]) == (start["primary"], start["epoch"])
+    digests = {s["digest"] for s in cluster.wait_converged(IDS).values()}
+    assert len(digests) == 1
+
+
+def test_primary_killed_while_alone_is_never_replaced_by_its_empty_relaunch(make_managed):
+    cluster = make_managed(tunables={"lease": 0.5})
+    start = cluster.up()
+    cfg, key = cluster.config, cluster.key
+    primary = start["primary"]
+    backups = [r for r in IDS if r != primary]
+    assert run(call(cfg, key, {"op": "put", "key": "x", "value": 5}))["res"]["ok"]
+    for rid in backups:
+        cluster.signal(rid, signal.SIGSTOP)
+    try:
+        cluster.wait(lambda: (s := cluster.rm_status()) and s["members"] == [primary], 15,
+                     "the hung backups to leave the ready set")
+        # Alone, the primary still acknowledges (its lease says nobody else was promoted).
+        assert run(call(cfg, key, {"op": "put", "key": "y", "value": 7}))["res"]["ok"]
+        cluster.signal(primary, signal.SIGKILL)
+        cluster.wait(lambda: (s := cluster.rm_status()) and s["unavailable"], 15,
+                     "the RM to say it waits for a holder of the data")
+    finally:
+        for rid in backups:
+            cluster.signal(rid, signal.SIGCONT)
+    # The relaunched primary is a new, empty process: it must not serve (y would read null).
+    cluster.wait(lambda: (s := cluster.rm_status()) and
+                 (s["replicas"][primary]["present"] and s["replicas"][primary]["incarnation"]),
+                 20, f"{primary} relaunched")
+    with pytest.raises(TimeoutError):
+        reply = run(call(cfg, key, {"op": "get", "key": "y"}, timeout=2.0))
+        pytest.fail(f"served after losing every holder of the data: {reply}")
+    status = cluster.rm_status()
+    assert status["unavailable"] and status["epoch"] == start["epoch"], status
+    # The operator accepts the loss explicitly; the cluster serves what the chosen one holds.
+    with pytest.raises(RMRefused):
+        run(rm_request(cfg, key, "force_primary", {"replica": backups[0]}))
+    done = run(rm_request(cfg, key, "force_primary",
+                          {"replica": backups[0], "accept_data_loss": True}))
+    assert done["epoch"] > start["epoch"] and "lost" in done["message"]
+    assert run(call(cfg, key, {"op": "get", "key": "x"}))["res"]["value"] == 5
+    cluster.wait_healthy(30)
+
+
+@pytest.mark.parametrize("replication", ["async", "sync"])
+def test_async_replication_and_a_lone_primary_acknowledge(make_managed, replication):
+    cluster = make_managed(replication=replication, tunables={"lease": 0.5})
+    start = cluster.up()
+    cfg, key = cluster.config, cluster.key
+    assert run(call(cfg, key, {"op": "incr", "key": "a"}, timeout=5))["res"]["value"] == 1
+    for rid in IDS:
+        if rid != start["primary"]:
+            cluster.signal(rid, signal.SIGSTOP)
+    try:
+        cluster.wait(lambda: (s := cluster.rm_status()) and s["members"] == [start["primary"]],
+                     15, "a lone primary")
+        assert run(call(cfg, key, {"op": "incr", "key": "a"}, timeout=5))["res"]["value"] == 2
+    finally:
+        for rid in IDS:
+            if rid != start["primary"]:
+                cluster.signal(rid, signal.SIGCONT)
+    cluster.wait_healthy(30)
+
+
+def test_reused_client_id_never_gets_another_operations_reply(make_managed):
+    cluster = make_managed()
+    cluster.up()
+    cfg, key = cluster.config, cluster.key
+    first = run(call(cfg, key, {"op": "put", "key": "k", "value": "one"}, name="A",
+                     session="shared"))
+    assert first["res"] == {"ok": True} and first["r"] == 1
+    # Another process, the same session id, numbering from 1 again, another operation.
+    second = run(call(cfg, key, {"op": "put", "key": "k", "value": "two"}, name="B",
+                      session="shared"))
+    assert second["res"] == {"ok": True} and second["r"] == 2, second
+    assert run(call(cfg, key, {"op": "get", "key": "k"}))["res"]["value"] == "two"
+
+
+def test_a_daemon_whose_task_dies_exits_so_the_detectors_see_it(make_managed, tmp_path):
+    """Fail-stop: a replica's applier that dies takes the process down (exit status 70)."""
+    import os
+    import subprocess
+    import sys
+
+    from ftds import local
+
+    path = local.write_cluster(tmp_path / "solo", 1, base=43000)
+    proc = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, asyncio\n"
+         "from ftds.replica import core\n"
+         "async def boom(self):\n"
+         "    raise RuntimeError('planted: the applier dies')\n"
+         "core.Replica._applier = boom\n"
+         "from ftds.cli import main\n"
+         "sys.exit(main(['replica', '--config', sys.argv[1], '--id', 'S1']))\n", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 70, out.decode()[-2000:]
+    assert b"task applier died" in out

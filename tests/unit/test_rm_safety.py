@@ -1,0 +1,236 @@
+"""The Replication Manager's safety rules, driven by hand: no sockets, no GFD, no replicas.
+
+Each test sets the RM's inputs (membership, replica reports, its record on disk) and checks the
+view it decides, or that it waits. These are the defects of "Never lose an acknowledged write":
+an empty replica leading, a restarted RM bootstrapping over empty replicas, lagging reports from
+a deposed primary, crash records that outlive the crash, leases cut short, and an epoch file that
+is not durable or reads as zero when corrupt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from ftds import local
+from ftds.config import ConfigError
+from ftds.rm.manager import ReplicationManager
+from ftds.rm.store import FILE_NAME, RmRecord, RmStore
+from ftds.view import View
+
+IDS = ["S1", "S2", "S3"]
+
+
+class FakeConn:
+    role = "rm"
+
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.sent: list[tuple[str, dict]] = []
+
+    def send(self, kind, fields=None):
+        self.sent.append((kind, fields or {}))
+
+    def close(self):
+        pass
+
+    def is_closing(self):
+        return False
+
+
+@pytest.fixture
+def make_rm(tmp_path):
+    def make(record: RmRecord | None = None, tunables=None):
+        path = local.write_cluster(tmp_path, 3, base=42000, tunables=tunables or {})
+        if record is not None:
+            RmStore(tmp_path).save(record)
+        rm = ReplicationManager(str(path))
+        rm.relaunched = []
+        rm.relauncher.tick = rm.relaunched.append  # relaunches are not under test here
+        return rm
+    return make
+
+
+def report(rm, rid, *, inc, seq=0, view=None, caught_up=True, e=None, commit=0):
+    info = rm.replicas[rid]
+    info.present = True
+    msg = {"t": "report", "e": e if e is not None else (view.epoch if view else 0),
+           "id": rid, "incarnation": inc, "seq": seq, "commit": commit,
+           "view": view.to_wire() if view else None, "caught_up": caught_up,
+           "upstream": None, "recovering": False}
+    rm._on_report(info, FakeConn(rid), msg, first=False)
+
+
+def stable(rm, members):
+    rm.gfd = {"view": 1, "members": list(members), "stable": True, "lfds": {}}
+    for rid, info in rm.replicas.items():
+        info.present = rid in members
+
+
+def serving(rm, *, primary="S1", members=IDS, epoch=2):
+    """An RM whose view (made for incarnations a-S1...) is in force and confirmed."""
+    stable(rm, IDS)
+    for rid in IDS:
+        rm.replicas[rid].incarnation = f"a-{rid}"
+    view = rm._make_view(epoch, 0, primary, list(members))
+    rm.confirmed = set(members)
+    rm._issue(view, "test")
+    return view
+
+
+def test_first_start_bootstraps_over_fresh_replicas(make_rm):
+    rm = make_rm()
+    stable(rm, IDS)
+    for rid in IDS:
+        report(rm, rid, inc=f"i-{rid}")
+    assert rm.view is not None and rm.view.primary == "S1" and rm.view.epoch == 1
+    assert dict(rm.view.incs) == {r: f"i-{r}" for r in IDS}
+    assert RmStore(rm.state_dir).load().view["epoch"] == 1  # on disk before it was sent
+
+
+def test_restarted_rm_never_bootstraps_over_empty_replicas_when_data_existed(make_rm):
+    old = View(4, 2, "S2", ("S2", "S3"), incs=(("S2", "x"), ("S3", "y")))
+    rm = make_rm(RmRecord(epoch=4, view=old.to_wire(), committed_seq=180_000))
+    stable(rm, IDS)
+    rm.started -= 10  # past the wait for every replica
+    for rid in IDS:
+        report(rm, rid, inc=f"new-{rid}")  # fresh processes: seq 0, no view
+    assert rm.view is None, "bootstrapped an empty epoch over data that may exist"
+    assert "no replica holds the data of epoch 4" in rm.unavailable
+    assert rm.status(rm.gfd)["unavailable"]
+
+
+def test_returning_holder_is_adopted_after_an_rm_restart(make_rm):
+    old = View(4, 2, "S2", ("S2", "S3"), incs=(("S2", "x"), ("S3", "y")))
+    rm = make_rm(RmRecord(epoch=4, view=old.to_wire()))
+    stable(rm, IDS)
+    report(rm, "S2", inc="x", seq=50, view=old)
+    report(rm, "S3", inc="y", seq=50, view=old)
+    report(rm, "S2", inc="x", seq=50, view=old)  # the primary's next report confirms S3
+    assert rm.view == old and rm.confirmed == {"S2", "S3"}
+
+
+def test_restarted_primary_is_lost_and_an_empty_one_never_leads(make_rm):
+    rm = make_rm()
+    view = serving(rm, members=["S1"])  # backups were dropped from the ready set
+    report(rm, "S2", inc="a-S2", seq=10, view=view)
+    report(rm, "S3", inc="a-S3", seq=10, view=view)
+    report(rm, "S1", inc="relaunched", seq=0)  # kill -9, relaunched at once
+    rm.decide()
+    assert rm.view.primary == "S1" and rm.view.epoch == view.epoch, rm.view
+    assert rm.failover is not None, "a restarted primary was taken for the one it lost"
+    assert "no ready backup holds the data" in rm.unavailable
+    # The override names the loss and starts a new epoch on the operator's choice.
+    conn = FakeConn("ctl")
+    rm._force_primary(conn, "S2", accept_data_loss=False)
+    assert conn.sent[-1][0] == "error"
+    rm._force_primary(conn, "S2", accept_data_loss=True)
+    kind, reply = conn.sent[-1]
+    assert kind == "ok" and reply["epoch"] == view.epoch + 1
+    assert (rm.view.primary, rm.view.members) == ("S2", ("S2",))
+    assert not rm.unavailable
+
+
+def test_restarted_primary_fails_over_to_a_holder_without_waiting(make_rm):
+    rm = make_rm(tunables={"lease": 5.0})
+    view = serving(rm)
+    report(rm, "S1", inc="relaunched")
+    rm.decide()
+    assert rm.view.epoch == view.epoch + 1 and rm.view.primary in ("S2", "S3")
+    assert "S1" not in rm.view.members
+
+
+def test_restarted_backup_leaves_the_ready_set_and_is_not_electable(make_rm):
+    rm = make_rm()
+    view = serving(rm)
+    report(rm, "S1", inc="a-S1", seq=5, view=view)
+    report(rm, "S3", inc="relaunched")
+    assert "S3" not in rm.view.members and "S3" not in rm.confirmed
+    # The primary confirming the old version does not bring the new process back in.
+    report(rm, "S1", inc="a-S1", seq=5, view=view)
+    assert "S3" not in rm.confirmed
+
+
+def test_lagging_report_from_a_deposed_primary_is_ignored(make_rm):
+    rm = make_rm()
+    view = serving(rm, primary="S2", epoch=3)
+    info = rm.replicas["S1"]
+    rm._on_replica_message(FakeConn("S1"), {"t": "lagging", "e": 2, "members": ["S3"]})
+    assert rm.view == view, "a deposed primary shrank the ready set"
+    rm._on_replica_message(FakeConn("S2"), {"t": "lagging", "e": 2, "members": ["S3"]})
+    assert rm.view == view, "a lagging report of an older epoch shrank the ready set"
+    rm._on_replica_message(FakeConn("S2"), {"t": "lagging", "e": 3, "members": ["S3"]})
+    assert "S3" not in rm.view.members
+    assert info.spec.id == "S1"
+
+
+def test_lease_grants_carry_the_epoch_and_a_reload_never_shortens_the_wait(make_rm):
+    rm = make_rm(tunables={"lease": 2.0})
+    view = serving(rm)
+    conn = FakeConn("S1")
+    rm._on_lease_request(rm.replicas["S1"], conn, {"t": "lease_req", "n": 1, "e": view.epoch})
+    assert conn.sent and conn.sent[-1][0] == "lease"
+    granted_at = time.monotonic()
+    rm.config = rm.config.__class__(**{**rm.config.__dict__,
+                                       "tunables": rm.config.tunables.__class__(
+                                           **{**rm.config.tunables.__dict__, "lease": 0.1})})
+    stable(rm, ["S2", "S3"])  # the primary hangs: not confirmed dead
+    rm.decide()
+    assert rm.failover is not None
+    assert rm.failover.not_before >= granted_at + 2.0, "the wait forgot the longer lease"
+    assert RmStore(rm.state_dir).load().lease_max == 2.0
+
+
+def test_restarted_rm_waits_out_the_longest_lease_ever_granted(make_rm):
+    before = time.monotonic()
+    rm = make_rm(RmRecord(epoch=3, lease_max=7.0), tunables={"lease": 0.5})
+    assert rm.lease_expiry >= before + 7.0
+
+
+def test_crash_record_is_cleared_when_the_replica_comes_back(make_rm):
+    rm = make_rm(tunables={"lease": 3.0})
+    view = serving(rm)
+    rm._on_membership({"members": ["S2", "S3"], "stable": True, "view": 2, "changes": [
+        {"kind": "delete", "replica": "S1", "confirmed_dead": True, "reason": "exited"}]})
+    assert rm.view.primary != "S1"  # a confirmed crash: no lease wait
+    new = rm.view
+    rm._on_membership({"members": IDS, "stable": True, "view": 3,
+                       "changes": [{"kind": "add", "replica": "S1"}]})
+    assert rm.replicas["S1"].loss == {}
+    assert new.primary in ("S2", "S3") and view.epoch < new.epoch
+
+
+def test_state_file_is_durable(make_rm, monkeypatch, tmp_path):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(
+        f"/proc/self/fd/{fd}")), real(fd)))
+    RmStore(tmp_path).save(RmRecord(epoch=9))
+    assert str(tmp_path / (FILE_NAME + ".tmp")) in synced
+    assert str(tmp_path) in synced, "the rename is not durable without a sync of the directory"
+    assert RmStore(tmp_path).load().epoch == 9
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"epoch": -3}', b'{"epoch": "7"}'])
+def test_corrupt_state_file_stops_the_rm_with_its_path(make_rm, tmp_path, content):
+    (tmp_path / FILE_NAME).write_bytes(content)
+    with pytest.raises(ConfigError, match=FILE_NAME):
+        make_rm()
+
+
+def test_corrupt_legacy_epoch_file_is_an_error_not_epoch_zero(tmp_path):
+    (tmp_path / "epoch").write_text("garbage\n")
+    with pytest.raises(ConfigError, match="epoch"):
+        RmStore(tmp_path).load()
+    (tmp_path / "epoch").write_text("12\n")
+    assert RmStore(tmp_path).load().epoch == 12
+
+
+def test_new_local_cluster_forgets_the_previous_record(tmp_path):
+    RmStore(tmp_path).save(RmRecord(epoch=2, view={"epoch": 2}))
+    assert local.forget_previous_cluster(tmp_path)
+    assert not RmStore(tmp_path).load().data_may_exist
+    assert json.dumps(RmStore(tmp_path).load().__dict__)
