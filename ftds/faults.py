@@ -10,14 +10,19 @@ fault on says so loudly at start. Never set it on a real cluster.
 - ``reorder``: a member applies two consecutive entries of a batch in swapped order (active
   mode: replicas diverge);
 - ``ack_after_deposed``: a primary ignores the view that deposes it and, when its backups stop
-  answering, acknowledges alone (two primaries acknowledging).
+  answering, acknowledges alone (two primaries acknowledging);
+- ``early_commit``: a new primary counts its whole history committed at the end of the view
+  change, before its backups hold it, and answers held retries at once;
+- ``empty_primary_keeps_epoch`` (RM): views name no incarnations and a restarted primary is
+  taken for the one that was lost: its empty relaunch orders again in the same epoch.
 """
 
 from __future__ import annotations
 
 import os
 
-KNOWN = frozenset({"skip_reply_cache", "drop_acked_write", "reorder", "ack_after_deposed"})
+KNOWN = frozenset({"skip_reply_cache", "drop_acked_write", "reorder", "ack_after_deposed",
+                   "early_commit", "empty_primary_keeps_epoch"})
 ACTIVE = frozenset(f for f in os.environ.get("FTDS_FAULT", "").split(",") if f)
 
 

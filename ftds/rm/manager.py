@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import faults
 from ..config import ClusterConfig, ConfigError, ReplicaSpec, describe_changes, load_config
 from ..log import members_line
 from ..supervise import spawn
@@ -44,6 +45,7 @@ from .store import RmRecord, RmStore
 
 log = logging.getLogger("ftds.rm")
 
+EMPTY_PRIMARY_KEEPS_EPOCH = faults.on("empty_primary_keeps_epoch")  # planted bug (tests only)
 LEASE_MARGIN = 0.1  # bound on message delay and clock-rate drift added to every lease wait
 
 
@@ -435,7 +437,8 @@ class ReplicationManager:
         """False once the primary's process is known to have restarted: a new incarnation
         holds none of the state the view's primary had, so it is a lost primary."""
         info = self.replicas[view.primary]
-        return info.incarnation is None or view.made_for(view.primary, info.incarnation)
+        return EMPTY_PRIMARY_KEEPS_EPOCH or info.incarnation is None \
+            or view.made_for(view.primary, info.incarnation)
 
     def _bootstrap(self, present: set[str]) -> None:
         fresh = sorted((rid for rid in present
@@ -469,8 +472,8 @@ class ReplicationManager:
     def _make_view(self, epoch: int, version: int, primary: str, members: list[str]) -> View:
         """A view naming the incarnation of each member it counts."""
         ordered = tuple(sorted(members, key=lambda r: int(r[1:])))
-        incs = tuple((m, inc) for m in ordered
-                     if (inc := self.replicas[m].incarnation) is not None)
+        incs = () if EMPTY_PRIMARY_KEEPS_EPOCH else tuple(
+            (m, inc) for m in ordered if (inc := self.replicas[m].incarnation) is not None)
         return View(epoch, version, primary, ordered, incs=incs)
 
     def _failover(self, present: set[str]) -> None:

@@ -1,0 +1,96 @@
+"""The orderer's view change, driven in-process: a replica object fed events, fake links.
+
+After a view change the new primary holds entries that its backups may lack. It may answer a
+request (a retry of one it applied as a backup included) only once every member of the new
+ready set acknowledged holding it; otherwise its crash right after the reply loses the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ftds import local
+from ftds.config import load_config
+from ftds.replica import core
+from ftds.replica.core import Replica
+from ftds.view import View
+
+
+class FakeConn:
+    def __init__(self, role: str, peer_id: str | None = None) -> None:
+        self.role = role
+        self.peer_id = peer_id
+        self.on_close = None
+        self.sent: list[tuple[str, dict]] = []
+        self.frames = 0
+
+    def send(self, kind, fields=None):
+        self.sent.append((kind, fields or {}))
+
+    def send_frame(self, data):
+        self.frames += 1
+
+    def is_closing(self):
+        return False
+
+    def close(self):
+        pass
+
+
+def op(n):
+    return {"op": "incr", "key": "x", "delta": n}
+
+
+def promoted_primary(tmp_path) -> tuple[Replica, FakeConn, FakeConn]:
+    """S1 applied seq 1..5 as a backup of epoch 1; epoch 2 makes it primary over S1, S2; S2
+    subscribes holding only seq 3; a client's retry of request 5 waits for the view change."""
+    config = load_config(local.write_cluster(tmp_path, 3, base=44000))
+    replica = Replica(config, "S1", config.read_key())
+    for n in range(1, 6):
+        replica._apply({"s": n, "e": 1, "c": "C1", "r": n, "op": op(n)}, announce=False)
+    rm = FakeConn("rm", "RM")
+    replica._on_view(rm, {"view": View(2, 0, "S1", ("S1", "S2"))})
+    assert replica.recovering
+    client = FakeConn("client", "C1")
+    replica._handle_requests(client, {"reqs": [("C1", 5, op(5), 2)]})  # held
+    member = FakeConn("member", "S2")
+    replica._handle_subscribe(member, {"id": "S2", "seq": 3, "last_epoch": 1, "trusted": True,
+                                       "epoch": 2})
+    assert replica.serving
+    replica._ship()
+    return replica, client, member
+
+
+def replied(replica: Replica, client: FakeConn) -> list[dict]:
+    replica._flush_replies()
+    return [item for kind, body in client.sent if kind == "reply" for item in body["reps"]]
+
+
+@pytest.mark.parametrize("acks", [(5,), (4, 5)])
+def test_new_primary_answers_a_held_retry_only_after_the_members_hold_it(tmp_path, acks):
+    async def scenario():
+        replica, client, member = promoted_primary(tmp_path)
+        assert replica.commit < 5
+        assert not replied(replica, client), "answered before the new ready set held it"
+        catchup = [body for kind, body in member.sent if kind == "catchup"]
+        assert catchup and [e["s"] for e in catchup[0]["entries"]] == [4, 5]
+        for seq in acks:
+            replica.on_member_ack(member, {"t": "ack", "e": 2, "seq": seq})
+        replica._ship()
+        assert replica.commit == 5
+        assert [(r["r"], r["s"]) for r in replied(replica, client)] == [(5, 5)]
+
+    asyncio.run(scenario())
+
+
+def test_planted_early_commit_is_what_the_test_catches(tmp_path, monkeypatch):
+    """The old rule (commit = own seq at once) answers before S2 holds seq 4 and 5."""
+    monkeypatch.setattr(core, "EARLY_COMMIT", True)
+
+    async def scenario():
+        replica, client, _member = promoted_primary(tmp_path)
+        assert replica.commit == 5 and replied(replica, client)
+
+    asyncio.run(scenario())
