@@ -4,23 +4,112 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import ClusterConfig, ConfigError, load_config
 from .log import setup_logging
 
 DEFAULT_CONFIG = os.environ.get("FTDS_CONFIG", "/etc/ftds/cluster.yml")
 
+# Exit codes shared by every command; `ftds status` has its own (monitoring-plugin) meaning.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    """An operator error: what went wrong and what to do, on one line; ``code`` is the exit."""
+
+    code = EXIT_FAILED
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(CliError):
+    """Bad arguments, found before anything was contacted."""
+
+    code = EXIT_USAGE
+
+    def __init__(self, message: str, hint: str = "", prog: str = "") -> None:
+        super().__init__(message, hint)
+        self.prog = prog
+
+
+class OutcomeUnknown(CliError):
+    """No answer in time: the request may or may not have taken effect."""
+
+    code = EXIT_UNKNOWN
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but its errors reach main()'s handler as one line instead of usage + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, f"see '{self.prog} --help'", prog=self.prog)
+
+
+def _number(convert: Callable[[str], Any], low: float, *, above: bool = False,
+            high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: a finite number >= low (> low with ``above``), <= high if given."""
+    def parse(text: str) -> Any:
+        value = convert(text)  # a ValueError reads "invalid float value: 'x'"
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})")
+        if value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {low:g} "
+                                             f"(got {text})")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g} (got {text})")
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names the type in its messages
+    return parse
+
+
+SECONDS = _number(float, 0, above=True)
+NON_NEGATIVE = _number(float, 0)
+COUNT = _number(int, 1)
+NON_NEGATIVE_INT = _number(int, 0)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ftds")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        from . import __version__
+
+        return __version__
+
 
 def _config(args: argparse.Namespace) -> ClusterConfig:
     return load_config(args.config)
+
+
+def _replica_ids(config: ClusterConfig, ids: list[str] | tuple[str, ...]) -> list[str]:
+    """``ids``, each checked against the cluster file (a typo must not reach the cluster)."""
+    known = config.replica_ids
+    for rid in ids:
+        if rid not in known:
+            raise UsageError(f"no replica {rid!r} in {config.path}",
+                             f"name one of {', '.join(known)}")
+    return list(ids)
+
+
+def _id_list(config: ClusterConfig, text: str) -> list[str]:
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids:
+        raise UsageError(f"an empty replica list ({text!r})", "give e.g. S1,S2")
+    return _replica_ids(config, ids)
 
 
 def _run(coro: Any) -> Any:
@@ -37,6 +126,7 @@ def cmd_replica(args: argparse.Namespace) -> int:
     from .runloop import run
 
     config = _config(args)
+    _replica_ids(config, [args.id])
     setup_logging(config.trace.color)
     return run(ReplicaDaemon(args.config, args.id))
 
@@ -45,7 +135,9 @@ def cmd_lfd(args: argparse.Namespace) -> int:
     from .lfd import LocalFaultDetector
     from .runloop import run
 
-    setup_logging(_config(args).trace.color)
+    config = _config(args)
+    _replica_ids(config, [args.id])
+    setup_logging(config.trace.color)
     return run(LocalFaultDetector(args.config, args.id))
 
 
@@ -68,18 +160,16 @@ def cmd_rm(args: argparse.Namespace) -> int:
 # ============================================================================ status ====
 def cmd_status(args: argparse.Namespace) -> int:
     from .rmclient import rm_request
-    from .status import status_text
+    from .status import HEALTH_NAMES, health, status_text
 
     config = _config(args)
-    try:
-        status = _run(rm_request(config, config.read_key(), "status_req", timeout=args.timeout))
-    except (OSError, TimeoutError, ConnectionError) as exc:
-        print(f"ftds status: the RM at {config.rm.host}:{config.rm.port} does not answer "
-              f"({exc.__class__.__name__}: {exc})", file=sys.stderr)
-        return 1
-    print(json.dumps(status, indent=2) if args.json else status_text(status))
-    healthy = status["primary"] and status["replicas"][status["primary"]]["ready"]
-    return 0 if healthy else 3
+    status = _run(rm_request(config, config.read_key(), "status_req", timeout=args.timeout))
+    code, why = health(status)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(f"{status_text(status)}\n{HEALTH_NAMES[code]}: {why}")
+    return code
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
@@ -87,12 +177,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     from .status import incidents_text
 
     config = _config(args)
-    try:
-        reply = _run(rm_request(config, config.read_key(), "incidents_req",
-                                timeout=args.timeout))
-    except (OSError, TimeoutError, ConnectionError) as exc:
-        print(f"ftds incidents: the RM does not answer ({exc})", file=sys.stderr)
-        return 1
+    reply = _run(rm_request(config, config.read_key(), "incidents_req", timeout=args.timeout))
     incidents = reply["incidents"][-args.last:] if args.last else reply["incidents"]
     print(json.dumps(incidents, indent=2) if args.json else incidents_text(incidents))
     return 0
@@ -106,48 +191,92 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+# What each op takes after KEY, for the usage error when the count is wrong.
+OP_VALUES = {"get": (), "put": ("VALUE",), "incr": ("[DELTA]",), "delete": (),
+             "cas": ("EXPECTED", "NEW")}
+
+
 def _op_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The request, checked in full before anything is contacted."""
+    from .statemachine import validate_op
+
     op: dict[str, Any] = {"op": args.op, "key": args.key}
+    names = OP_VALUES[args.op]
+    low = sum(not n.startswith("[") for n in names)
+    if not low <= len(args.values) <= len(names):
+        shape = " ".join(("ftds client", args.op, "KEY", *names))
+        raise UsageError(f"{args.op} takes {' '.join(names) or 'no value'} after the key "
+                         f"(got {len(args.values)})", f"usage: {shape}", prog="ftds client")
     if args.op == "put":
-        if len(args.values) != 1:
-            raise SystemExit("ftds client put KEY VALUE")
         op["value"] = _parse_value(args.values[0])
-    elif args.op == "incr":
-        op["delta"] = int(args.values[0]) if args.values else 1
+    elif args.op == "incr" and args.values:
+        try:
+            op["delta"] = int(args.values[0])
+        except ValueError:
+            raise UsageError(f"incr DELTA must be an integer (got {args.values[0]!r})",
+                             "e.g. ftds client incr x 5", prog="ftds client") from None
     elif args.op == "cas":
-        if len(args.values) != 2:
-            raise SystemExit("ftds client cas KEY EXPECTED NEW")
         op["expect"] = _parse_value(args.values[0])
         op["value"] = _parse_value(args.values[1])
+    problem = validate_op(op)
+    if problem is not None:
+        raise UsageError(f"the replicas would refuse this request: {problem}",
+                         "see 'ftds client --help'", prog="ftds client")
     return op
 
 
-def cmd_client(args: argparse.Namespace) -> int:
+async def _connected_client(config: ClusterConfig, name: str, trace: bool,
+                            timeout: float) -> Any:
+    """A started Client with at least one replica connected, else OutcomeUnknown."""
     from .client import Client
 
+    client = Client(config, config.read_key(), name, trace=trace)
+    await client.start()
+    try:
+        await client.wait_connected(timeout, count=1)
+    except TimeoutError:
+        await client.close()
+        raise OutcomeUnknown(f"no replica of {config.path} answers (waited {timeout:g}s)",
+                             "is the cluster up (ftds status)? does --config name it?") from None
+    await asyncio.sleep(0.05)  # let the other replicas' welcomes arrive
+    return client
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    op = _op_from_args(args)  # a usage error must not wait for a connection
     config = _config(args)
     setup_logging(config.trace.color)
-    trace = not args.quiet
+    started = time.monotonic()
+    connect_timeout = min(args.connect_timeout or args.timeout, args.timeout)
 
-    async def main() -> int:
-        client = Client(config, config.read_key(), args.id, trace=trace)
-        await client.start()
+    async def main() -> dict[str, Any]:
+        client = await _connected_client(config, args.id, not args.quiet, connect_timeout)
+        call = asyncio.ensure_future(client.call(op))
         try:
-            await client.wait_connected(args.connect_timeout, count=1)
-            await asyncio.sleep(0.05)  # let the other replicas' welcomes arrive
-            reply = await asyncio.wait_for(client.call(_op_from_args(args)), args.timeout)
+            # One deadline for the whole command: connecting used part of it.
+            done, _ = await asyncio.wait({call}, timeout=max(
+                0.0, args.timeout - (time.monotonic() - started)))
         finally:
+            call.cancel()  # no-op once done; else no "exception never retrieved" at exit
             await client.close()
-        print(json.dumps(reply["res"]))
-        return 0 if reply["res"].get("ok") else 1
+        if call not in done:
+            raise OutcomeUnknown(
+                f"no reply within {args.timeout:g}s: the {args.op} may or may not have been "
+                f"applied", f"read {args.key!r} to see, or retry with a longer --timeout")
+        return call.result()
 
-    return _run(main())
+    reply = _run(main())
+    print(json.dumps(reply["res"]))
+    return EXIT_OK if reply["res"].get("ok") else EXIT_FAILED
 
 
 def cmd_workload(args: argparse.Namespace) -> int:
     from .runloop import tune_gc
     from .workload import run_workload
 
+    if args.history and not Path(args.history).resolve().parent.is_dir():
+        raise UsageError(f"--history {args.history}: its directory does not exist",
+                         "create it first, or write the history elsewhere")
     tune_gc()
     config = _config(args)
     setup_logging(config.trace.color, logging.WARNING if args.quiet else logging.INFO)
@@ -159,11 +288,16 @@ def cmd_workload(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Stop issuing; every session still finishes the request it has out.
             loop.add_signal_handler(sig, stop.set)
-        return await run_workload(
-            config, config.read_key(), name=args.id, clients=args.clients, rate=args.rate,
-            duration=args.duration, keys=args.keys, trace=not args.quiet, history=args.history,
-            mix=args.mix, seed=args.seed, stop=stop, prefix=args.prefix,
-            duplicate=args.duplicate)
+        client = await _connected_client(config, args.id, not args.quiet, args.connect_timeout)
+        client.duplicate_every = args.duplicate
+        try:
+            return await run_workload(
+                config, client.key, name=args.id, clients=args.clients, rate=args.rate,
+                duration=args.duration, keys=args.keys, trace=not args.quiet,
+                history=args.history, mix=args.mix, seed=args.seed, client=client, stop=stop,
+                prefix=args.prefix)
+        finally:
+            await client.close()
 
     summary = _run(main())
     print(json.dumps(summary, indent=2) if args.json else summary_text(summary))
@@ -184,7 +318,23 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     from . import ctl
     from .view import View
 
+    if args.ctl == "force-primary" and not args.accept_data_loss:
+        raise UsageError(f"force-primary makes {args.replica} the primary with only what it "
+                         "holds: writes acknowledged beyond it are lost",
+                         "if that is acceptable, add --accept-data-loss")
     config = _config(args)
+    # Every replica named must be in the cluster file, checked before anything is sent.
+    if args.ctl in ("reset-budget", "force-primary") or (
+            args.ctl == "promote" and args.replica):
+        _replica_ids(config, [args.replica])
+    if args.ctl == "promote":
+        _replica_ids(config, args.exclude)
+    members = _id_list(config, args.members) if args.ctl in ("members", "view") else []
+    if args.ctl == "view":
+        _replica_ids(config, [args.primary])
+        if args.primary not in members:
+            raise UsageError(f"the primary {args.primary} is not in --members {args.members}",
+                             "the ready set includes the primary")
     key = config.read_key()
 
     async def main() -> int:
@@ -194,37 +344,47 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                 print(json.dumps(status, indent=2))
             else:
                 print(replica_table(status))
-            return 0
+            if not any(status.values()):
+                raise OutcomeUnknown(f"no replica of {config.path} answers",
+                                     "are they running? does --config name this cluster?")
+            return EXIT_OK
         if args.ctl == "bootstrap":
             view = await ctl.bootstrap(config, key, args.lease)
         elif args.ctl == "promote":
             view = await ctl.promote(config, key, args.replica, tuple(args.exclude), args.lease)
         elif args.ctl == "members":
-            view = await ctl.set_members(config, key, args.members.split(","), args.lease)
+            view = await ctl.set_members(config, key, members, args.lease)
         elif args.ctl == "view":
-            view = View(args.epoch, args.version, args.primary,
-                        tuple(args.members.split(",")), args.lease)
-            await ctl.send_view(config, key, view)
+            view = View(args.epoch, args.version, args.primary, tuple(members), args.lease)
+            if not any((await ctl.send_view(config, key, view)).values()):
+                raise OutcomeUnknown(f"no replica took the view {view.describe()}",
+                                     "see ftds ctl status")
         elif args.ctl == "reset-budget":
             from .rmclient import rm_request
 
-            await rm_request(config, key, "reset_budget", {"replica": args.replica})
+            await rm_request(config, key, "reset_budget", {"replica": args.replica},
+                             timeout=args.timeout)
             print(f"restart budget of {args.replica} reset")
-            return 0
+            return EXIT_OK
+        elif args.ctl == "force-primary":
+            reply = await ctl.force_primary(config, key, args.replica, timeout=args.timeout)
+            if reply.get("t") != "ok":
+                raise OutcomeUnknown(f"the RM answered {reply.get('t')!r}, not ok",
+                                     "see ftds status: is the RM the version of this ftds?")
+            print(reply.get("message") or f"{args.replica} forced to be the primary of epoch "
+                  f"{reply.get('epoch')}")
+            return EXIT_OK
         elif args.ctl == "checkpoint":
-            ok = await ctl.checkpoint_now(config, key)
-            print("checkpoint requested" if ok else "no primary answered")
-            return 0 if ok else 1
+            if not await ctl.checkpoint_now(config, key):
+                raise CliError("no primary answered", "see ftds ctl status")
+            print("checkpoint requested")
+            return EXIT_OK
         else:  # pragma: no cover - argparse restricts the choices
-            return 2
+            return EXIT_USAGE
         print(view.describe())
-        return 0
+        return EXIT_OK
 
-    try:
-        return _run(main())
-    except RuntimeError as exc:
-        print(f"ftds ctl: {exc}", file=sys.stderr)
-        return 1
+    return _run(main())
 
 
 def replica_table(status: dict[str, dict[str, Any] | None]) -> str:
@@ -279,8 +439,8 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
     from . import ctl, local
 
     if local.read_pid(run_dir, "supervisor") is not None:
-        print(f"a local cluster is already running in {run_dir} (ftds local down to stop it)")
-        return 1
+        raise CliError(f"a local cluster is already running in {run_dir}",
+                       f"ftds local down --dir {run_dir} stops it")
     tunables = {}
     if args.heartbeat_interval:
         tunables["heartbeat_interval"] = args.heartbeat_interval
@@ -378,17 +538,63 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 # =========================================================================== parser ====
+STATUS_EPILOG = """\
+exit codes (the monitoring-plugin convention: Nagios, Icinga, Sensu):
+  0  OK        the primary (sequencer) and every backup present and ready
+  1  DEGRADED  a backup down or not ready, or a replica's restart budget exhausted
+  2  CRITICAL  no primary, or the primary not present or not ready
+  3  UNKNOWN   no verdict: the RM did not answer, or a bad argument or cluster file
+"""
+
+CLIENT_EPILOG = """\
+VALUE, EXPECTED and NEW are read as JSON (42, "text", [1, 2], null); anything else is a string.
+
+exit codes:
+  0  the request succeeded (its reply is printed as JSON)
+  1  the request is known to have failed: an error reply (e.g. incr of a string)
+  2  usage error: nothing was sent
+  3  outcome unknown: no replica reachable, or no reply within --timeout; the request
+     may or may not have been applied
+"""
+
+CTL_EPILOG = """\
+exit codes: 0 done, 1 refused or failed, 2 usage error (nothing was sent),
+3 no answer (the outcome is unknown: check with ftds status or ftds ctl status)
+"""
+
+FORCE_PRIMARY_DESCRIPTION = """\
+The last resort when the RM will not elect a primary without losing writes (it stays
+unavailable rather than lossy): the RM makes REPLICA the primary (sequencer) of a new
+epoch with only what REPLICA holds. Writes acknowledged beyond it are lost, so this
+refuses to run without --accept-data-loss. The RM's reply says what was decided.
+"""
+
+MAIN_EPILOG = """\
+exit codes: 0 success, 1 failure, 2 usage or cluster-file error, 3 no answer from the
+cluster (outcome unknown); ftds status follows the monitoring-plugin convention instead
+(see ftds status --help).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ftds", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = Parser(prog="ftds", description=__doc__, epilog=MAIN_EPILOG, formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"ftds {_version()}",
+                        help="print the version of ftds and exit")
+    config_help = (f"cluster file (default {DEFAULT_CONFIG}, or $FTDS_CONFIG); before or after "
+                   "the command")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", "-c", default=DEFAULT_CONFIG,
-                       help=f"cluster file (default {DEFAULT_CONFIG}, or $FTDS_CONFIG)")
+        # No default here: a subcommand's default would overwrite a -c given before it.
+        p.add_argument("--config", "-c", default=argparse.SUPPRESS, metavar="FILE",
+                       help=config_help)
         return p
 
+    with_config(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     p = with_config(sub.add_parser("replica", help="run a replica (S1, S2, ...)"))
-    p.add_argument("--id", required=True)
+    p.add_argument("--id", required=True, help="which replica of the cluster file (S1, ...)")
     p.set_defaults(func=cmd_replica)
 
     for name, func, text in (("lfd", cmd_lfd, "run the Local Fault Detector of a replica"),):
@@ -400,120 +606,175 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("rm", help="run the Replication Manager"))
     p.set_defaults(func=cmd_rm)
 
-    p = with_config(sub.add_parser("status", help="the cluster as the RM sees it"))
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--timeout", type=float, default=3.0)
+    p = with_config(sub.add_parser("status", help="the cluster as the RM sees it, and a "
+                                   "verdict (exit 0 OK, 1 degraded, 2 critical, 3 unknown)",
+                                   epilog=STATUS_EPILOG, formatter_class=raw))
+    p.add_argument("--json", action="store_true", help="the RM's raw status as JSON")
+    p.add_argument("--timeout", type=SECONDS, default=3.0, metavar="SECONDS",
+                   help="how long to wait for the RM (default 3)")
     p.set_defaults(func=cmd_status)
     p = with_config(sub.add_parser("incidents", help="faults and their recovery timings"))
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--last", type=int, default=0, help="only the last N")
-    p.add_argument("--timeout", type=float, default=3.0)
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.add_argument("--last", type=NON_NEGATIVE_INT, default=0, metavar="N",
+                   help="only the last N (default 0: all)")
+    p.add_argument("--timeout", type=SECONDS, default=3.0, metavar="SECONDS",
+                   help="how long to wait for the RM (default 3)")
     p.set_defaults(func=cmd_incidents)
 
-    p = with_config(sub.add_parser("client", help="send one request"))
+    p = with_config(sub.add_parser("client", help="send one request",
+                                   epilog=CLIENT_EPILOG, formatter_class=raw))
     p.add_argument("--id", default="C1", help="client id (default C1)")
     p.add_argument("--quiet", "-q", action="store_true", help="no course log lines")
-    p.add_argument("--timeout", type=float, default=30.0)
-    p.add_argument("--connect-timeout", type=float, default=5.0)
-    p.add_argument("op", choices=["get", "put", "incr", "delete", "cas"])
-    p.add_argument("key")
-    p.add_argument("values", nargs="*")
+    p.add_argument("--timeout", type=SECONDS, default=5.0, metavar="SECONDS",
+                   help="give up (exit 3) without a reply after this long, connecting "
+                   "included (default 5)")
+    p.add_argument("--connect-timeout", type=SECONDS, metavar="SECONDS",
+                   help="give up sooner when no replica accepts a connection in this long "
+                   "(default: --timeout)")
+    p.add_argument("op", choices=list(OP_VALUES), help="the operation")
+    p.add_argument("key", help="the key")
+    p.add_argument("values", nargs="*", metavar="VALUE",
+                   help="put: VALUE; incr: [DELTA] (default 1); cas: EXPECTED NEW")
     p.set_defaults(func=cmd_client)
 
     p = with_config(sub.add_parser("workload", help="clients sending requests at a rate"))
     p.add_argument("--id", default="C1", help="name prefix of the clients (C1 -> C1, C1.2..)")
-    p.add_argument("--clients", type=int, default=3)
-    p.add_argument("--rate", type=float, default=20.0, help="requests/s over all clients; "
-                   "0 = as fast as replies come")
-    p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--keys", type=int, default=4)
-    p.add_argument("--mix", default="incr", help="incr | rw (put/get/cas/incr)")
-    p.add_argument("--history", help="write every operation as JSON lines here")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--clients", type=COUNT, default=3,
+                   help="logical clients, each one request at a time (default 3)")
+    p.add_argument("--rate", type=NON_NEGATIVE, default=20.0, help="requests/s over all "
+                   "clients; 0 = as fast as replies come (default 20)")
+    p.add_argument("--duration", type=SECONDS, default=10.0, metavar="SECONDS",
+                   help="how long to send (default 10)")
+    p.add_argument("--keys", type=COUNT, default=4, help="how many keys (default 4)")
+    p.add_argument("--mix", default="incr", choices=["incr", "rw"],
+                   help="incr, or rw (put/get/cas/incr) (default incr)")
+    p.add_argument("--history", metavar="FILE", help="write every operation as JSON lines here")
+    p.add_argument("--seed", type=int, default=1, help="seed of the operation mix (default 1)")
     p.add_argument("--prefix", default="", help="key name prefix (fresh keys for a history "
                    "checked against an empty initial state)")
-    p.add_argument("--duplicate", type=int, default=0, metavar="N",
+    p.add_argument("--duplicate", type=NON_NEGATIVE_INT, default=0, metavar="N",
                    help="send every Nth request twice, as a retry (fault injection)")
-    p.add_argument("--quiet", "-q", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--connect-timeout", type=SECONDS, default=10.0, metavar="SECONDS",
+                   help="give up (exit 3) when no replica accepts a connection in this long "
+                   "(default 10)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no course log lines")
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
     p.set_defaults(func=cmd_workload)
 
-    p = with_config(sub.add_parser("ctl", help="operator commands on the replicas"))
-    ctl_sub = p.add_subparsers(dest="ctl", required=True)
-    q = ctl_sub.add_parser("status", help="every replica's status")
-    q.add_argument("--json", action="store_true")
+    p = with_config(sub.add_parser("ctl", help="operator commands on the replicas and the RM",
+                                   epilog=CTL_EPILOG, formatter_class=raw))
+    ctl_sub = p.add_subparsers(dest="ctl", required=True, metavar="COMMAND")
+
+    def ctl_parser(name: str, text: str, description: str = "") -> argparse.ArgumentParser:
+        return with_config(ctl_sub.add_parser(name, help=text, description=description or text,
+                                              epilog=CTL_EPILOG, formatter_class=raw))
+
+    q = ctl_parser("status", "every replica's status (exit 3 when none answers)")
+    q.add_argument("--json", action="store_true", help="as JSON")
     for name, text in (("bootstrap", "epoch 1 over the fresh replicas"),
                        ("promote", "epoch + 1 with a new primary / sequencer"),
                        ("members", "same epoch, new ready set"),
                        ("view", "send an explicit view"),
                        ("checkpoint", "ask the primary for a checkpoint now")):
-        q = ctl_sub.add_parser(name, help=text)
-        q.add_argument("--lease", type=float, default=0.0,
+        q = ctl_parser(name, text)
+        q.add_argument("--lease", type=NON_NEGATIVE, default=0.0, metavar="SECONDS",
                        help="lease (s) granted with the view")
         if name == "promote":
             q.add_argument("replica", nargs="?", help="who (default: highest applied seq)")
-            q.add_argument("--exclude", action="append", default=[])
+            q.add_argument("--exclude", action="append", default=[], metavar="REPLICA",
+                           help="never this one (repeatable)")
         if name == "members":
             q.add_argument("members", help="comma-separated ready set, e.g. S1,S2,S4")
         if name == "view":
-            q.add_argument("--epoch", type=int, required=True)
-            q.add_argument("--version", type=int, default=0)
-            q.add_argument("--primary", required=True)
-            q.add_argument("--members", required=True)
-    q = ctl_sub.add_parser("reset-budget", help="let the RM relaunch a replica again after it "
-                           "hit its restart budget")
-    q.add_argument("replica")
+            q.add_argument("--epoch", type=COUNT, required=True, help="the view's epoch (>= 1)")
+            q.add_argument("--version", type=NON_NEGATIVE_INT, default=0,
+                           help="the view's version within the epoch (default 0)")
+            q.add_argument("--primary", required=True, metavar="REPLICA",
+                           help="the primary (sequencer)")
+            q.add_argument("--members", required=True,
+                           help="comma-separated ready set, the primary included")
+    q = ctl_parser("reset-budget", "let the RM relaunch a replica again after it hit its "
+                   "restart budget")
+    q.add_argument("replica", help="whose budget (S1, ...)")
+    q.add_argument("--timeout", type=SECONDS, default=3.0, metavar="SECONDS",
+                   help="how long to wait for the RM (default 3)")
+    q = ctl_parser("force-primary", "make a replica the primary even if writes are lost "
+                   "(the last resort)", FORCE_PRIMARY_DESCRIPTION)
+    q.add_argument("replica", metavar="REPLICA", help="the replica to make primary (S1, ...)")
+    q.add_argument("--accept-data-loss", action="store_true",
+                   help="required: say that losing acknowledged writes is acceptable")
+    q.add_argument("--timeout", type=SECONDS, default=10.0, metavar="SECONDS",
+                   help="how long to wait for the RM (default 10)")
     p.set_defaults(func=cmd_ctl)
 
     p = sub.add_parser("local", help="a whole cluster as local processes")
-    local_sub = p.add_subparsers(dest="local", required=True)
-    for name in ("up", "down", "reload", "supervise", "demo"):
-        q = local_sub.add_parser(name)
-        q.add_argument("--dir", default=os.environ.get("FTDS_LOCAL_DIR", "run/local"))
+    local_sub = p.add_subparsers(dest="local", required=True, metavar="COMMAND")
+    for name, text in (("up", "start replicas, LFDs, GFD and RM as local processes"),
+                       ("down", "stop the local cluster"),
+                       ("reload", "every daemon re-reads the cluster file (like systemctl "
+                                  "reload)"),
+                       ("supervise", "the supervisor that up starts (not for direct use)"),
+                       ("demo", "the course's Milestone 5: faults while clients run")):
+        q = local_sub.add_parser(name, help=text, description=text)
+        q.add_argument("--dir", default=os.environ.get("FTDS_LOCAL_DIR", "run/local"),
+                       help="the cluster's directory: file, key, logs, pids (default "
+                       "run/local, or $FTDS_LOCAL_DIR)")
         q.add_argument("--no-managers", action="store_true",
                        help="replicas only (no LFD/GFD/RM; views by ftds ctl)")
         if name == "up":
-            q.add_argument("--replicas", type=int, default=3)
-            q.add_argument("--mode", choices=["passive", "active"], default="passive")
-            q.add_argument("--base-port", type=int)
-            q.add_argument("--heartbeat-interval", type=float)
+            q.add_argument("--replicas", type=_number(int, 1, high=99), default=3,
+                           help="how many replicas (default 3)")
+            q.add_argument("--mode", choices=["passive", "active"], default="passive",
+                           help="replication mode (default passive)")
+            q.add_argument("--base-port", type=_number(int, 1024, high=65535 - 300),
+                           metavar="PORT", help="ports from here on (default: the first free "
+                           "range from 7000)")
+            q.add_argument("--heartbeat-interval", type=SECONDS, metavar="SECONDS",
+                           help="LFD heartbeat interval (default 0.1)")
             q.add_argument("--quiet", action="store_true", help="no per-request log lines")
         if name == "demo":
-            q.add_argument("--mode", choices=["passive", "active"], default="passive")
-            q.add_argument("--faults", type=int, default=3)
+            q.add_argument("--mode", choices=["passive", "active"], default="passive",
+                           help="replication mode (default passive)")
+            q.add_argument("--faults", type=COUNT, default=3,
+                           help="how many faults to inject (default 3)")
     p.set_defaults(func=cmd_local)
 
     p = sub.add_parser("bench", help="benchmarks: core (throughput/latency) or recovery "
                        "(detection/failover/relaunch), each against PySyncObj")
-    p.add_argument("which", choices=["core", "recovery", "lab"])
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument("which", choices=["core", "recovery", "lab"], help="which benchmark")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...",
+                   help="the benchmark's own options (ftds bench WHICH --help)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("chaos", help="fault injection with a recorded history and a checker")
     chaos_sub = p.add_subparsers(dest="chaos", required=True)
     q = chaos_sub.add_parser("run", help="clients + nemesis, then the verdict")
-    q.add_argument("--target", choices=["local", "lab"], default="local")
+    q.add_argument("--target", choices=["local", "lab"], default="local",
+                   help="local: an embedded cluster here; lab: the deployed lab (default local)")
     q.add_argument("--mode", choices=["passive", "active"], default="passive",
                    help="local target: the cluster's mode (the lab runs what was deployed)")
     q.add_argument("--schedule", choices=["random", "milestone5", "kills", "pauses", "all"],
-                   default="random")
-    q.add_argument("--faults", type=int, default=10)
-    q.add_argument("--seed", type=int, default=1)
-    q.add_argument("--clients", type=int, default=3, help="client processes")
-    q.add_argument("--sessions", type=int, default=4, help="logical clients per process")
-    q.add_argument("--rate", type=float, default=100.0, help="requests/s per client process")
-    q.add_argument("--keys", type=int, default=6)
-    q.add_argument("--out", default="run/chaos")
-    q.add_argument("--heal-timeout", type=float, default=60.0,
+                   default="random", help="which faults, in which order (default random)")
+    q.add_argument("--faults", type=COUNT, default=10, help="how many faults (default 10)")
+    q.add_argument("--seed", type=int, default=1,
+                   help="seed of the schedule and the clients: a run can be repeated")
+    q.add_argument("--clients", type=COUNT, default=3, help="client processes")
+    q.add_argument("--sessions", type=COUNT, default=4, help="logical clients per process")
+    q.add_argument("--rate", type=SECONDS, default=100.0,
+                   help="requests/s per client process")
+    q.add_argument("--keys", type=COUNT, default=6, help="how many keys (default 6)")
+    q.add_argument("--out", default="run/chaos", metavar="DIR",
+                   help="where the report, timeline and histories go (default run/chaos)")
+    q.add_argument("--heal-timeout", type=SECONDS, default=60.0, metavar="SECONDS",
                    help="how long the cluster may take to heal after a fault")
-    q.add_argument("--duplicate", type=int, default=25, metavar="N",
+    q.add_argument("--duplicate", type=NON_NEGATIVE_INT, default=25, metavar="N",
                    help="clients send every Nth request twice (0: never)")
     q = chaos_sub.add_parser("check", help="judge a saved run's histories again")
     q.add_argument("dir")
     p.set_defaults(func=cmd_chaos)
 
     p = sub.add_parser("keygen", help="write a new cluster key file")
-    p.add_argument("file")
+    p.add_argument("file", help="where (never overwritten: it must not exist yet)")
     p.set_defaults(func=cmd_keygen)
 
     p = with_config(sub.add_parser("check-config", help="validate a cluster file"))
@@ -521,15 +782,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prog(args: argparse.Namespace) -> str:
+    """``ftds ctl reset-budget``: the command as typed, to begin each error line."""
+    parts = ["ftds", args.command]
+    if args.command in ("ctl", "local", "chaos"):  # their subcommand's dest is the command
+        parts.append(getattr(args, args.command))
+    return " ".join(parts)
+
+
+def _explain(exc: Exception) -> tuple[int, str, str] | None:
+    """(exit code, what went wrong, what to do) for an expected error; None for a bug."""
+    from .ctl import CtlError
+    from .rmclient import RMRefused, RMUnreachable
+
+    if isinstance(exc, CliError):
+        return exc.code, str(exc), exc.hint
+    if isinstance(exc, ConfigError):
+        return (EXIT_USAGE, str(exc),
+                "fix it, or name the cluster file with --config FILE or $FTDS_CONFIG")
+    if isinstance(exc, CtlError):
+        return EXIT_FAILED, str(exc), "see ftds ctl status"
+    if isinstance(exc, RMRefused):
+        todo = ("this RM does not know the command: upgrade ftds on the manager"
+                if exc.code == "unknown_type" else "see ftds status")
+        return EXIT_FAILED, f"the RM refused: {exc.message}", todo
+    if isinstance(exc, RMUnreachable):
+        return (EXIT_UNKNOWN, str(exc), "is the RM running (systemctl status ftds-rm on the "
+                "manager)? does --config name this cluster?")
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return (EXIT_UNKNOWN, str(exc) or "no answer in time",
+                "is the cluster up (ftds status)? does --config name it?")
+    if isinstance(exc, OSError):
+        what = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        todo = {FileExistsError: "choose another path, or remove it first",
+                FileNotFoundError: "check the path",
+                PermissionError: "check its permissions, or run as a user who may"}
+        return EXIT_FAILED, what, todo.get(type(exc), "")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    prog = "ftds"
     try:
+        args, extra = build_parser().parse_known_args(argv)
+        prog = _prog(args)
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}",
+                             f"see '{prog} --help'")
+        if not hasattr(args, "config"):
+            args.config = DEFAULT_CONFIG
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"ftds: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        explained = _explain(exc)
+        if explained is None:
+            raise  # a bug, not an operator error: its traceback is what we need
+        code, what, todo = explained
+        if isinstance(exc, UsageError) and exc.prog:
+            prog = exc.prog
+        line = f"{prog}: {what}" + (f"; {todo}" if todo else "")
+        print(" ".join(line.split()), file=sys.stderr)
+        # ftds status is a monitoring check: whatever keeps it from a verdict is UNKNOWN.
+        return EXIT_UNKNOWN if prog.split()[1:2] == ["status"] else code
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ from .view import View
 from .wire import Conn, connect
 
 
+class CtlError(RuntimeError):
+    """An operator command that cannot be carried out; the message says why."""
+
+
 async def admin_conn(config: ClusterConfig, key: bytes, spec: ReplicaSpec,
                      timeout: float = 2.0) -> Conn:
     conn = await connect(spec.host, spec.control_port, key, config.tunables.max_frame, "ctl",
@@ -69,10 +73,10 @@ async def bootstrap(config: ClusterConfig, key: bytes, lease: float = 0.0) -> Vi
     """Epoch 1 over every reachable fresh replica, the lowest id ordering."""
     status = await statuses(config, key)
     if current_view(status) is not None:
-        raise RuntimeError("the cluster already has a view; use promote")
+        raise CtlError("the cluster already has a view; use promote")
     fresh = [rid for rid, s in status.items() if s is not None and s["seq"] == 0]
     if not fresh:
-        raise RuntimeError("no replica answers")
+        raise CtlError("no replica answers on its control port (are they running?)")
     view = View(1, 0, fresh[0], tuple(fresh), lease)
     await send_view(config, key, view, fresh)
     return view
@@ -87,16 +91,16 @@ async def promote(config: ClusterConfig, key: bytes, primary: str | None = None,
     status = await statuses(config, key, timeout=1.0)
     view = current_view(status)
     if view is None:
-        raise RuntimeError("no replica has a view yet; bootstrap first")
+        raise CtlError("no replica has a view yet; bootstrap first")
     ready = [rid for rid, s in status.items()
              if s is not None and rid in view.members and rid not in exclude
              and (s["i_am_ready"] or s["caught_up"])]
     if primary is None:
         if not ready:
-            raise RuntimeError("no ready replica to promote")
+            raise CtlError("no ready replica to promote")
         primary = max(ready, key=lambda rid: (status[rid]["seq"], -int(rid[1:])))  # type: ignore[index]
     elif primary not in ready:
-        raise RuntimeError(f"{primary} is not a ready replica of {view.describe()}")
+        raise CtlError(f"{primary} is not a ready replica of {view.describe()}")
     new = View(view.epoch + 1, 0, primary, tuple(ready), lease)
     await send_view(config, key, new, [rid for rid, s in status.items() if s is not None])
     return new
@@ -108,7 +112,7 @@ async def set_members(config: ClusterConfig, key: bytes, members: list[str],
     status = await statuses(config, key, timeout=1.0)
     view = current_view(status)
     if view is None:
-        raise RuntimeError("no replica has a view yet; bootstrap first")
+        raise CtlError("no replica has a view yet; bootstrap first")
     if view.primary not in members:
         members = [view.primary, *members]
     new = View(view.epoch, view.version + 1, view.primary, tuple(members), lease)
@@ -125,6 +129,17 @@ async def checkpoint_now(config: ClusterConfig, key: bytes) -> bool:
         return False
     return await _ask(config, key, config.replica(view.primary), "checkpoint_now", None,
                       2.0) is not None
+
+
+async def force_primary(config: ClusterConfig, key: bytes, replica: str,
+                        timeout: float = 10.0) -> dict[str, Any]:
+    """Ask the RM to make ``replica`` the primary of a new epoch with whatever it holds.
+
+    The RM's reply: ``{"replica", "epoch", "message"}``; an RM refusal raises RMRefused."""
+    from .rmclient import rm_request
+
+    return await rm_request(config, key, "force_primary",
+                            {"replica": replica, "accept_data_loss": True}, timeout=timeout)
 
 
 async def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> Any:

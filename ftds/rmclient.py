@@ -1,24 +1,67 @@
-"""Asking the Replication Manager something (status, incidents, a budget reset)."""
+"""Asking the Replication Manager something: status, incidents, a budget reset, a forced primary."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .config import ClusterConfig
-from .wire import connect
+from .wire import Conn, Message, connect
+
+
+class RMUnreachable(ConnectionError):
+    """The RM did not answer: whatever was asked may or may not have happened."""
+
+
+class RMRefused(ConnectionError):
+    """The RM answered with an error: the request is known to have failed.
+
+    A ConnectionError still, as before, for the callers that catch those around every request.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code})")
+        self.code = code
+        self.message = message
 
 
 async def rm_request(config: ClusterConfig, key: bytes, kind: str,
                      fields: dict[str, Any] | None = None,
                      timeout: float = 3.0) -> dict[str, Any]:
+    """Send ``kind`` to the RM and return its reply.
+
+    Raises RMUnreachable when it does not answer and RMRefused on an ``error`` reply."""
     rm = config.rm
-    conn = await connect(rm.host, rm.port, key, config.tunables.max_frame, "ctl",
-                         timeout=timeout, label="ctl->RM")
+    where = f"the RM at {rm.host}:{rm.port}"
     try:
-        await conn.request("hello", {"role": "admin"}, timeout=timeout, expect=("welcome",))
-        return await conn.request(kind, fields, timeout=timeout)
+        conn = await connect(rm.host, rm.port, key, config.tunables.max_frame, "ctl",
+                             timeout=timeout, label="ctl->RM")
+    except TimeoutError:
+        raise RMUnreachable(f"{where} does not accept connections (waited {timeout:g}s)") \
+            from None
+    except OSError as exc:
+        raise RMUnreachable(f"{where} does not answer ({exc.strerror or exc})") from exc
+    try:
+        conn.send("hello", {"role": "admin"})
+        welcome = await _reply(conn, where, timeout)
+        if welcome["t"] != "welcome":
+            raise RMUnreachable(f"{where} answered hello with {welcome['t']!r}, not welcome")
+        conn.send(kind, fields)
+        return await _reply(conn, where, timeout)
     finally:
         conn.close()
+
+
+async def _reply(conn: Conn, where: str, timeout: float) -> Message:
+    try:
+        msg = await conn.recv(timeout)
+    except TimeoutError:
+        raise RMUnreachable(f"{where} did not reply within {timeout:g}s") from None
+    if msg is None:
+        # An RM on another cluster key drops us without a word we could authenticate.
+        raise RMUnreachable(f"{where} closed the connection (is its cluster key this one?)")
+    if msg.get("t") == "error":
+        raise RMRefused(str(msg.get("code")), str(msg.get("message")))
+    return msg
 
 
 async def reset_budgets(config: ClusterConfig, key: bytes) -> None:

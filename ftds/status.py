@@ -44,6 +44,42 @@ def status_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ``ftds status`` exit codes, the monitoring-plugin convention (Nagios, Icinga, Sensu).
+OK, DEGRADED, CRITICAL, UNKNOWN = 0, 1, 2, 3
+HEALTH_NAMES = {OK: "OK", DEGRADED: "DEGRADED", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+
+def health(s: dict[str, Any]) -> tuple[int, str]:
+    """The verdict on the RM's status: (exit code, why), worst finding first.
+
+    Critical: no primary (sequencer), or it is not present and ready. Degraded: a backup
+    down or not ready, or a replica whose restart budget is spent (the RM will not bring it
+    back after its next crash)."""
+    role = "sequencer" if s.get("mode") == "active" else "primary"
+    replicas: dict[str, dict[str, Any]] = s.get("replicas") or {}
+    primary = s.get("primary")
+    # When the RM waits rather than lose data, its reason is what the operator acts on.
+    waiting = f" (the RM waits: {s['unavailable']})" if s.get("unavailable") else ""
+    if not primary:
+        return CRITICAL, f"no {role}{waiting}"
+    p = replicas.get(primary)
+    if p is None or not p.get("present"):
+        return CRITICAL, f"{role} {primary} is not present{waiting}"
+    if not p.get("ready"):
+        return CRITICAL, f"{role} {primary} is not ready{waiting}"
+    problems = []
+    for rid, r in replicas.items():
+        if rid != primary and not r.get("present"):
+            problems.append(f"{rid} down")
+        elif rid != primary and not r.get("ready"):
+            problems.append(f"{rid} not ready")
+        if r.get("budget_exhausted"):
+            problems.append(f"{rid} restart budget exhausted")
+    if problems:
+        return DEGRADED, ", ".join(problems)
+    return OK, f"{role} {primary}, {len(replicas)} of {len(replicas)} replicas ready"
+
+
 def incidents_text(incidents: list[dict[str, Any]]) -> str:
     if not incidents:
         return "no incidents"
