@@ -30,6 +30,7 @@ class Op:
     seq: int | None = None
     epoch: int | None = None
     wall: float | None = None  # wall-clock time of the invocation, for timelines
+    request_num: int | None = None  # the client's request_num: matches the replicas' EXEC lines
 
     @property
     def latency(self) -> float | None:
@@ -77,7 +78,8 @@ def _op(index: int, start: dict[str, Any], end: dict[str, Any] | None) -> Op:
         outcome=outcome, result=end.get("result") if end is not None and outcome != "info"
         else None,
         replica=end.get("replica") if end else None, seq=end.get("seq") if end else None,
-        epoch=end.get("epoch") if end else None, wall=start.get("wall"))
+        epoch=end.get("epoch") if end else None, wall=start.get("wall"),
+        request_num=end.get("request_num") if end else None)
 
 
 def load(paths: list[Path]) -> list[Op]:

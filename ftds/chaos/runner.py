@@ -4,7 +4,8 @@
 injects the schedule's faults one after another (each held, recovered, then the cluster given
 time to heal), stops the clients, collects histories, replica logs and statuses, and judges
 them (``checks`` and ``linearizability``). Everything lands in the output directory: the
-histories (re-checkable with ``ftds chaos check DIR``), ``report.json``, ``report.txt`` and
+histories, the replicas' logs, their final statuses and the final counter values (all
+re-checkable with ``ftds chaos check DIR``), ``report.json``, ``report.txt`` and
 ``timeline.png``.
 """
 
@@ -27,8 +28,10 @@ from ..config import ClusterConfig, load_config
 from ..rmclient import reset_budgets, rm_request
 from .checks import (
     Problem,
+    check_acknowledged,
     check_counters,
     check_digests,
+    check_divergence_log,
     check_epochs,
     check_executions,
     parse_replica_logs,
@@ -290,6 +293,7 @@ def _run(s: RunSettings, env: LocalEnv | LabEnv, histories: Path, log: Any) -> d
     except (OSError, TimeoutError, ConnectionError):
         incidents = []
     env.stop()
+    save_inputs(s.out, logs, status, final)
     verdict = judge(ops, logs, status, final)
     report = build_report(s, events, ops, verdict, incidents, client_results, started)
     write_report(s.out, report, ops, events, incidents)
@@ -342,34 +346,70 @@ async def _read(config: ClusterConfig, key: bytes, keys: list[str]) -> dict[str,
         await client.close()
 
 
-def judge(ops: list[Op], logs: dict[str, str], status: dict[str, Any],
-          final: dict[str, Any] | None) -> dict[str, Any]:
-    traces, takeovers = parse_replica_logs(logs)
+# Each check by name, in report order, with what it judges.
+CHECKS = {
+    "linearizability": "per key, the client histories",
+    "counters": "acknowledged <= final <= attempted increments",
+    "executions": "what every replica executed, at every seq (EXEC/RESET lines)",
+    "acknowledgements": "every acknowledged write is in the history where it was acknowledged",
+    "epochs": "one takeover per epoch; nothing acknowledged after deposition",
+    "digests": "the ready replicas' final digests",
+    "divergence log": "DIVERGENCE lines in the replicas' logs",
+}
+
+
+def judge(ops: list[Op], logs: dict[str, str] | None, status: dict[str, Any] | None,
+          final: dict[str, Any] | None, *, final_expected: bool = True) -> dict[str, Any]:
+    """The verdict of every check; a check whose input is missing (``None``: a re-check of a
+    run saved without it) is SKIPPED, not passed. ``final`` None with ``final_expected`` means
+    the values could not be read: counters then fail as unavailable."""
     verdicts = check(ops)
     lin_problems = [Problem("linearizability", v.explanation, v.involved)
                     for v in verdicts if not v.ok]
-    problems = {
-        "linearizability": lin_problems,
-        "counters": check_counters(ops, final) if final is not None else [
-            Problem("unavailable", "the final counter values could not be read")],
-        "executions": check_executions(traces),
-        "epochs": check_epochs(takeovers, ops),
-        "digests": check_digests(status),
-    }
+    traces, takeovers = parse_replica_logs(logs or {})
+    groups: dict[str, list[Problem] | None] = {"linearizability": lin_problems}
+    if final is not None:
+        groups["counters"] = check_counters(ops, final)
+    elif final_expected:
+        groups["counters"] = [Problem("unavailable",
+                                      "the final counter values could not be read")]
+    else:
+        groups["counters"] = None
+    traced = logs is not None
+    groups["executions"] = check_executions(traces, takeovers) if traced else None
+    groups["acknowledgements"] = check_acknowledged(ops, traces, takeovers) if traced else None
+    groups["epochs"] = check_epochs(takeovers, ops, status) if traced else None
+    groups["digests"] = check_digests(status) if status is not None else None
+    groups["divergence log"] = check_divergence_log(traces) if traced else None
+    problems = {k: v for k, v in groups.items() if v is not None}
     flat = [p for group in problems.values() for p in group]
+    checks = []
+    for name, what in CHECKS.items():
+        found = groups[name]
+        kinds: dict[str, int] = {}
+        for p in found or []:
+            kinds[p.check] = kinds.get(p.check, 0) + 1
+        checks.append({"name": name, "judges": what, "problems": len(found or []),
+                       "kinds": kinds,
+                       "verdict": "SKIPPED" if found is None else "FAIL" if found else "PASS"})
     return {
         "valid": not flat,
+        "checks": checks,
         "keys_checked": len(verdicts),
         "problems": {k: [p.to_json() for p in v] for k, v in problems.items()},
         "first_violation": flat[0].to_json() if flat else None,
         "acked_lost": sum(1 for p in flat if p.check == "acknowledged lost"),
         "duplicates": sum(1 for p in flat if p.check == "executed twice"),
         "divergence": sum(1 for p in flat if p.check == "divergence"),
+        "moved_backward": sum(1 for p in flat if p.check == "state moved backward"),
         "split_brain": sum(1 for p in flat if p.check in ("split brain",
                                                           "acknowledged after deposed")),
         "linearizable": not lin_problems,
         "takeovers": [t.__dict__ for t in takeovers],
-        "executions_traced": {r: len(t.applied) for r, t in traces.items()},
+        "executions_traced": {r: len(t.execs) for r, t in traces.items()},
+        "refused_duplicates": sum(1 for t in traces.values() for e in t.execs
+                                  if not e.executed),
+        "resets": {r: t.resets for r, t in traces.items()},
     }
 
 
@@ -406,9 +446,11 @@ def render_text(report: dict[str, Any]) -> str:
         f"  operations: {report['operations']} ("
         + ", ".join(f"{k} {n}" for k, n in report["outcomes"].items()) + ")",
         f"  acked lost: {v['acked_lost']}   duplicates: {v['duplicates']}   divergence: "
-        f"{v['divergence']}   split brain: {v['split_brain']}   linearizable: "
+        f"{v['divergence']}   moved backward: {v.get('moved_backward', 0)}   split brain: "
+        f"{v['split_brain']}   linearizable: "
         f"{'yes' if v['linearizable'] else 'NO'} ({v['keys_checked']} keys)",
         f"  faults that did not heal: {report['faults_not_healed']}",
+        *render_checks(v),
     ]
     timings = [i for i in report["incidents"] if i.get("closed")]
     if timings:
@@ -427,6 +469,29 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_checks(verdict: dict[str, Any]) -> list[str]:
+    """The table of checks: one line each, its name, verdict and what it found."""
+    lines = [f"  {'check':18s} {'verdict':8s} problems"]
+    for c in verdict.get("checks", []):
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(c["kinds"].items()))
+        lines.append(f"  {c['name']:18s} {c['verdict']:8s} {c['problems']}"
+                     + (f" ({kinds})" if kinds else ""))
+    return lines
+
+
+def save_inputs(out: Path, logs: dict[str, str], status: dict[str, Any],
+                final: dict[str, Any] | None) -> None:
+    """What the verdict needs besides the histories, so ``ftds chaos check`` judges it all."""
+    replicas = out / "replicas"
+    if replicas.exists():
+        shutil.rmtree(replicas)
+    replicas.mkdir(parents=True)
+    for rid, text in logs.items():
+        (replicas / f"{rid}.log").write_text(text)
+    (out / "status.json").write_text(json.dumps(status, indent=2, default=str))
+    (out / "final.json").write_text(json.dumps(final, indent=2, default=str))
+
+
 def write_report(out: Path, report: dict[str, Any], ops: list[Op], events: list[FaultEvent],
                  incidents: list[dict[str, Any]]) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -438,9 +503,37 @@ def write_report(out: Path, report: dict[str, Any], ops: list[Op], events: list[
     plot(out / "timeline.png", ops, events, report["incidents"], report["settings"])
 
 
+class NothingToCheck(Exception):
+    """A re-check found no recorded operation to judge."""
+
+
 def recheck(out: Path) -> dict[str, Any]:
-    """Judge a saved run again from its files (histories; the verdict's other inputs)."""
-    ops = load(sorted((out / "histories").glob("*.jsonl")))
-    verdicts = check(ops)
-    return {"keys": len(verdicts), "linearizable": all(v.ok for v in verdicts),
-            "problems": [v.explanation for v in verdicts if not v.ok]}
+    """Judge a saved run again from its files: the histories, and when saved with them the
+    replicas' logs (``replicas/``), final statuses and counter values; a check without its
+    input is SKIPPED. No history at all is an error, never a valid run."""
+    if not out.is_dir():
+        raise NothingToCheck(f"no histories to check: {out} is not a directory")
+    histories = out / "histories"
+    if not histories.is_dir() and any(out.glob("*.jsonl")):
+        # Given the histories themselves: a run's other inputs sit beside its histories/.
+        histories = out
+        out = out.parent if out.name == "histories" else out
+    paths = sorted(histories.glob("*.jsonl"))
+    if not paths:
+        raise NothingToCheck(f"no histories to check: no .jsonl files in {histories}")
+    try:
+        ops = load(paths)
+    except (ValueError, KeyError, OSError) as exc:
+        raise NothingToCheck(f"unreadable history in {histories}: {exc}") from exc
+    if not ops:
+        raise NothingToCheck(f"no histories to check: the .jsonl files in {histories} hold no "
+                             "operation")
+    replicas = out / "replicas"
+    logs = ({p.stem: p.read_text(errors="replace") for p in sorted(replicas.glob("*.log"))}
+            if replicas.is_dir() else None)
+    status = json.loads((out / "status.json").read_text()) \
+        if (out / "status.json").is_file() else None
+    final_path = out / "final.json"
+    final = json.loads(final_path.read_text()) if final_path.is_file() else None
+    verdict = judge(ops, logs, status, final, final_expected=final_path.is_file())
+    return {"dir": str(out), "operations": len(ops), "keys": verdict["keys_checked"]} | verdict
