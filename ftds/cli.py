@@ -446,6 +446,8 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
         tunables["heartbeat_interval"] = args.heartbeat_interval
     path = local.write_cluster(run_dir, args.replicas, args.mode, args.base_port,
                                tunables=tunables, trace={"requests": not args.quiet})
+    if local.forget_previous_cluster(run_dir):
+        print(f"a new cluster in {run_dir}: the previous one's data (in memory) is gone")
     sup_args = ["local", "supervise", "--dir", str(run_dir)]
     if args.no_managers:
         sup_args.append("--no-managers")

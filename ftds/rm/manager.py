@@ -363,6 +363,8 @@ class ReplicationManager:
                 continue
             if change.get("kind") == "delete":
                 info.loss = change
+                # What it reported is stale: it is admitted again only on a new report.
+                info.report = {}
                 was_primary = self.view is not None and self.view.primary == rid
                 cause = "crash" if change.get("confirmed_dead") else "lost"
                 self.incidents.opened(rid, f"{cause}: {change.get('reason', '')}",

@@ -182,7 +182,7 @@ def test_a_daemon_whose_task_dies_exits_so_the_detectors_see_it(make_managed, tm
     import subprocess
     import sys
 
-    path = local.write_cluster(tmp_path / "solo", 1, base=43000)
+    path = local.write_cluster(tmp_path / "solo", 1)
     proc = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, asyncio\n"
