@@ -38,8 +38,9 @@ from ..statemachine import (
 )
 from ..supervise import spawn
 from ..view import View
-from ..wire import Conn, Message, WireError, broadcast, require
+from ..wire import Conn, Message, WireError, broadcast, encode_body, envelope, frame, require
 from .replog import ReplicationLog
+from .transfer import PartsCollector, checkpoint_bodies, limit_for, pack
 from .upstream import Upstream
 
 log = logging.getLogger("ftds.replica")
@@ -127,6 +128,8 @@ class Replica:
         self._lag_reported = 0.0
         # member side
         self.upstream: Upstream | None = None
+        self._parts = PartsCollector()  # a checkpoint arriving in parts from the orderer
+        self._fetch_parts = PartsCollector()  # one arriving during a view change's fetch
         self.member_commit = 0  # commit index reported by the orderer
         self.member_waiting: collections.deque[PendingReply] = collections.deque()
         # clients
@@ -464,7 +467,9 @@ class Replica:
             if DROP_ACKED_WRITE:
                 asyncio.get_running_loop().call_later(0.5, self._broadcast, "entries", fields)
             else:
-                self._broadcast("entries", fields)
+                commit = self.commit
+                self._broadcast_bodies(pack(entries, lambda part: self._body(
+                    "entries", {"entries": part, "commit": commit}), self._limit))
             self._commit_sent = self.commit
         self._advance_commit()
         self._flush_replies()
@@ -474,6 +479,23 @@ class Replica:
         if receivers:
             broadcast((s.conn for s in receivers), kind, fields, self.id, self.epoch, self.key)
         return [s.id for s in receivers]
+
+    def _broadcast_bodies(self, bodies: list[bytes]) -> list[str]:
+        """Encoded bodies, in order, to every synced subscriber (each framed once)."""
+        receivers = [s for s in self.subs.values() if s.synced]
+        if receivers:
+            for body in bodies:
+                data = frame(body, self.key)
+                for sub in receivers:
+                    sub.conn.send_frame(data)
+        return [s.id for s in receivers]
+
+    def _body(self, kind: str, fields: dict[str, Any]) -> bytes:
+        return encode_body(envelope(kind, self.id, self.epoch, fields))
+
+    @property
+    def _limit(self) -> int:
+        return limit_for(self.tunables.max_frame)
 
     def _advance_commit(self) -> None:
         if not self.serving:
@@ -582,12 +604,23 @@ class Replica:
                 entries = self.log.entries_after(sub.seq)
         held = sub.seq
         if entries is None:
-            payload["checkpoint"] = self._snapshot()
-            entries = []
+            cp = self._snapshot()
             held = 0  # what it had is not known to be ours: only its ack counts
-            self._log_checkpoint(payload["checkpoint"], [sub.id], "catch-up")
-        payload["entries"] = entries
-        sub.conn.send("catchup", payload)
+            self._log_checkpoint(cp, [sub.id], "catch-up")
+            bodies = checkpoint_bodies(cp, "catchup", {**payload, "entries": []}, self.id,
+                                       self.epoch, self._limit)
+        else:
+            whole = self._body("catchup", {**payload, "entries": entries})
+            if len(whole) <= self._limit:
+                bodies = [whole]
+            else:  # the catch-up itself, then the log in slices that fit a frame
+                commit = self.commit
+                bodies = [self._body("catchup", {**payload, "entries": []}), *pack(
+                    entries, lambda part: self._body("entries", {"entries": part,
+                                                                 "commit": commit}),
+                    self._limit)]
+        for body in bodies:
+            sub.conn.send_raw(body)
         sub.synced = True
         if sub.id in self.sync_set:
             self.acked[sub.id] = max(self.acked.get(sub.id, 0), held)
@@ -626,6 +659,7 @@ class Replica:
                     key=lambda s: s.seq, default=None)
         if ahead is not None and ahead.seq > self.sm.seq:
             self._fetch_from = ahead.id
+            self._fetch_parts.reset()
             log.info("%s: view change: fetching entries %d..%d from %s", self.id,
                      self.sm.seq + 1, ahead.seq, ahead.id, extra={"kind": "decision"})
             ahead.conn.send("fetch", {"from": self.sm.seq})
@@ -660,6 +694,11 @@ class Replica:
     def _handle_fetched(self, conn: Conn, msg: Message) -> None:
         if not self.recovering or conn.peer_id != self._fetch_from:
             return
+        if msg["t"] == "cp_part":
+            self._fetch_parts.add(msg)
+            return
+        if msg.get("checkpoint") is not None:
+            msg = {**msg, "checkpoint": self._fetch_parts.complete(msg["checkpoint"])}
         self._install_payload(msg)
         self._fetch_from = None
         self._continue_recovery()
@@ -672,7 +711,8 @@ class Replica:
             return
         self._ship()  # entries before the checkpoint, in stream order
         cp = self._snapshot()
-        receivers = self._broadcast("checkpoint", {"checkpoint": cp})
+        receivers = self._broadcast_bodies(checkpoint_bodies(cp, "checkpoint", {}, self.id,
+                                                             self.epoch, self._limit))
         if receivers:
             self.stats.checkpoints_sent += 1
             self._log_checkpoint(cp, receivers, "periodic")
@@ -691,7 +731,7 @@ class Replica:
     # ===================================================================== member side ====
     def on_upstream_message(self, conn: Conn, msg: Message) -> None:
         kind = msg["t"]
-        if kind in ("entries", "catchup", "checkpoint", "commit", "fetch", "view"):
+        if kind in ("entries", "catchup", "checkpoint", "cp_part", "commit", "fetch", "view"):
             if msg["e"] < self.epoch:
                 return  # a deposed orderer's stream: fenced off
             self.submit(self._handle_upstream, conn, msg)
@@ -709,7 +749,12 @@ class Replica:
             return
         if msg["e"] != self.epoch:
             return
+        if kind == "cp_part":
+            self._parts.add(msg)
+            return
         if kind == "catchup":
+            if msg.get("checkpoint") is not None:
+                msg = {**msg, "checkpoint": self._parts.complete(msg["checkpoint"])}
             self._install_payload(msg)
             self.caught_up = True
             self.member_commit = max(self.member_commit, require(msg, "commit", int))
@@ -734,14 +779,19 @@ class Replica:
             self._member_commit(require(msg, "commit", int))
             return
         elif kind == "checkpoint":
-            self._install_checkpoint_from_stream(require(msg, "checkpoint", dict))
+            cp = self._parts.complete(require(msg, "checkpoint", dict))
+            self._install_checkpoint_from_stream(cp)
         elif kind == "fetch":
             since = require(msg, "from", int)
             entries = self.log.entries_after(since)
             if entries is None:
-                conn.send("fetched", {"checkpoint": self.sm.snapshot(self.epoch), "entries": []})
-            else:
-                conn.send("fetched", {"entries": entries})
+                bodies = checkpoint_bodies(self.sm.snapshot(self.epoch), "fetched",
+                                           {"entries": []}, self.id, self.epoch, self._limit)
+            else:  # the first slice that fits: the new orderer fetches again for the rest
+                bodies = pack(entries, lambda part: self._body("fetched", {"entries": part}),
+                              self._limit)[:1]
+            for body in bodies:
+                conn.send_raw(body)
             return
         conn.send("ack", {"seq": self.sm.seq})
 
@@ -951,6 +1001,7 @@ class Replica:
             self.upstream.close()
         if not (self.trusted and self.caught_up):
             self.caught_up = False  # an untrusted subscriber always starts from a checkpoint
+        self._parts.reset()
         target = self.config.replica(self.view.primary)
         self.upstream = Upstream(self, target)
         self.upstream.start()
@@ -965,6 +1016,7 @@ class Replica:
     def upstream_lost(self) -> None:
         """The stream to the orderer broke; a trusted member keeps its state and resumes."""
         self.member_waiting.clear()
+        self._parts.reset()  # a checkpoint cut off mid-transfer starts over
 
     def on_lease(self, conn: Conn, msg: Message) -> None:
         n = require(msg, "n", int)

@@ -150,7 +150,7 @@ class ReplicaDaemon:
             conn.send("ok", {})
         elif role == "member" and kind == "ack":
             r.on_member_ack(conn, msg)
-        elif role == "member" and kind == "fetched":
+        elif role == "member" and kind in ("fetched", "cp_part"):
             r.on_fetched(conn, msg)
         else:
             raise WireError("unknown_type", f"{kind!r} is not accepted from a {role} connection")

@@ -196,3 +196,41 @@ def test_a_daemon_whose_task_dies_exits_so_the_detectors_see_it(make_managed, tm
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 70, out.decode()[-2000:]
     assert b"task applier died" in out
+
+
+def test_state_larger_than_a_frame_is_checkpointed_and_caught_up_in_parts(make_managed):
+    """Checkpoints, catch-up and fetched histories travel in frames of bounded size: a store
+    five times ``max_frame`` is checkpointed, a relaunched backup catches up, a new primary
+    takes over, and nothing is lost."""
+    cluster = make_managed(tunables={"max_frame": 65536, "checkpoint_interval": 0.2})
+    start = cluster.up()
+    cfg, key = cluster.config, cluster.key
+
+    async def fill() -> None:
+        client = Client(cfg, key, "filler", trace=False)
+        await client.start()
+        try:
+            await client.wait_connected(10, count=1)
+            for n in range(40):
+                op = {"op": "put", "key": f"big{n}", "value": f"{n:04d}" * 2000}
+                reply = await asyncio.wait_for(client.call(op), 10)
+                assert reply["res"]["ok"], reply
+        finally:
+            await client.close()
+
+    run(fill())  # 40 x 8 kB: five frames' worth
+    backup = next(r for r in IDS if r != start["primary"])
+    old_pid = cluster.signal(backup, signal.SIGKILL)
+    cluster.wait(lambda: local.read_pid(cluster.dir, backup) not in (None, old_pid), 20,
+                 f"{backup} relaunched")
+    cluster.wait_healthy(30)
+    status = cluster.wait_converged(IDS)
+    assert len({s["digest"] for s in status.values()}) == 1
+    assert status[backup]["keys"] == 40
+    cluster.signal(start["primary"], signal.SIGKILL)
+    cluster.wait(lambda: (h := cluster.healthy()) and h["primary"] != start["primary"], 30,
+                 "a new primary, the old one back as a backup")
+    value = run(call(cfg, key, {"op": "get", "key": "big39"}))["res"]["value"]
+    assert value == "0039" * 2000
+    status = cluster.wait_converged(IDS)
+    assert len({s["digest"] for s in status.values()}) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from ftds import local
@@ -28,6 +29,10 @@ class FakeConn:
 
     def send(self, kind, fields=None):
         self.sent.append((kind, fields or {}))
+
+    def send_raw(self, body):
+        msg = orjson.loads(body)
+        self.sent.append((msg["t"], msg))
 
     def send_frame(self, data):
         self.frames += 1
