@@ -40,7 +40,7 @@ from ..supervise import spawn
 from ..view import View
 from ..wire import Conn, Message, WireError, broadcast, encode_body, envelope, frame, require
 from .replog import ReplicationLog
-from .transfer import PartsCollector, checkpoint_bodies, limit_for, pack
+from .transfer import STATE_FIELDS, PartsCollector, checkpoint_bodies, limit_for, pack
 from .upstream import Upstream
 
 log = logging.getLogger("ftds.replica")
@@ -52,6 +52,7 @@ DROP_ACKED_WRITE = faults.on("drop_acked_write")
 REORDER = faults.on("reorder")
 ACK_AFTER_DEPOSED = faults.on("ack_after_deposed")
 EARLY_COMMIT = faults.on("early_commit")
+FULL_CHECKPOINT_EVERY = 20  # of a state that takes several frames; the others carry its digest
 
 
 @dataclass
@@ -129,6 +130,8 @@ class Replica:
         # member side
         self.upstream: Upstream | None = None
         self._parts = PartsCollector()  # a checkpoint arriving in parts from the orderer
+        self._state_parts = 0  # frames the last whole checkpoint took
+        self._checkpoints_taken = 0
         self._fetch_parts = PartsCollector()  # one arriving during a view change's fetch
         self.member_commit = 0  # commit index reported by the orderer
         self.member_waiting: collections.deque[PendingReply] = collections.deque()
@@ -609,6 +612,7 @@ class Replica:
             self._log_checkpoint(cp, [sub.id], "catch-up")
             bodies = checkpoint_bodies(cp, "catchup", {**payload, "entries": []}, self.id,
                                        self.epoch, self._limit)
+            self._state_parts = len(bodies) - 1
         else:
             whole = self._body("catchup", {**payload, "entries": entries})
             if len(whole) <= self._limit:
@@ -711,11 +715,22 @@ class Replica:
             return
         self._ship()  # entries before the checkpoint, in stream order
         cp = self._snapshot()
-        receivers = self._broadcast_bodies(checkpoint_bodies(cp, "checkpoint", {}, self.id,
-                                                             self.epoch, self._limit))
+        self._checkpoints_taken += 1
+        if self._state_parts > 1 and self._checkpoints_taken % FULL_CHECKPOINT_EVERY:
+            # A state of many frames: members hold it already (they applied the stream), so
+            # they verify the digest at this seq and only a member that differs is sent the
+            # state (it subscribes again). Every Nth checkpoint is whole, to notice shrinking.
+            meta = {k: v for k, v in cp.items() if k not in STATE_FIELDS}
+            bodies = [self._body("checkpoint", {"checkpoint": meta, "digest_only": True})]
+            why = "periodic, digest only"
+        else:
+            bodies = checkpoint_bodies(cp, "checkpoint", {}, self.id, self.epoch, self._limit)
+            self._state_parts = len(bodies) - 1
+            why = "periodic"
+        receivers = self._broadcast_bodies(bodies)
         if receivers:
             self.stats.checkpoints_sent += 1
-            self._log_checkpoint(cp, receivers, "periodic")
+            self._log_checkpoint(cp, receivers, why)
         self._truncate_at(cp["seq"])
 
     def _log_checkpoint(self, cp: dict[str, Any], receivers: list[str], why: str) -> None:
@@ -779,8 +794,12 @@ class Replica:
             self._member_commit(require(msg, "commit", int))
             return
         elif kind == "checkpoint":
-            cp = self._parts.complete(require(msg, "checkpoint", dict))
-            self._install_checkpoint_from_stream(cp)
+            if msg.get("digest_only"):
+                if not self._verify_checkpoint_digest(conn, require(msg, "checkpoint", dict)):
+                    return
+            else:
+                cp = self._parts.complete(require(msg, "checkpoint", dict))
+                self._install_checkpoint_from_stream(cp)
         elif kind == "fetch":
             since = require(msg, "from", int)
             entries = self.log.entries_after(since)
@@ -852,6 +871,31 @@ class Replica:
     def _trace_reset(self, seq: int) -> None:
         if self.config.trace.executions:
             exec_log.info("RESET %s seq=%d (state replaced by a checkpoint)", self.id, seq)
+
+    def _verify_checkpoint_digest(self, conn: Conn, cp: dict[str, Any]) -> bool:
+        """A checkpoint without its state: compare digests at its seq. A member that differs
+        (it diverged, or missed entries) takes the whole state again: it subscribes anew."""
+        seq, digest, count = cp.get("seq"), cp.get("digest"), cp.get("checkpoint_count")
+        if not isinstance(seq, int) or not isinstance(digest, str) or not isinstance(count, int):
+            raise WireError("malformed", "checkpoint: seq, digest and checkpoint_count needed")
+        self.stats.checkpoints_received += 1
+        if seq == self.sm.seq and digest == self.sm.digest():
+            self.sm.checkpoint_count = count
+            log.info("[CHECKPOINT %d] %s -> %s received (seq %d, digest matches my state)",
+                     count, self.view.primary if self.view else "?", self.id, seq,
+                     extra={"kind": "checkpoint"})
+            self._truncate_at(seq)
+            return True
+        if seq == self.sm.seq:
+            self.stats.divergences += 1
+            log.error("%s: DIVERGENCE at seq %d: my digest %s, primary's %s; taking its state",
+                      self.id, seq, self.sm.digest()[:12], digest[:12])
+        else:
+            log.error("%s: checkpoint at seq %d while I am at %d; taking the primary's state",
+                      self.id, seq, self.sm.seq)
+        self.caught_up = False  # subscribe again, untrusted: a whole checkpoint comes
+        conn.close()
+        return False
 
     def _install_checkpoint_from_stream(self, cp: dict[str, Any]) -> None:
         problem = validate_checkpoint(cp)

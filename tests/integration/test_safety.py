@@ -227,6 +227,16 @@ def test_state_larger_than_a_frame_is_checkpointed_and_caught_up_in_parts(make_m
     status = cluster.wait_converged(IDS)
     assert len({s["digest"] for s in status.values()}) == 1
     assert status[backup]["keys"] == 40
+    # Periodic checkpoints of a state this size carry its digest only; the members verify it.
+    primary_log = cluster.dir / "logs" / f"{start['primary']}.log"
+
+    def digest_only_checkpoint() -> bool:
+        run(call(cfg, key, {"op": "incr", "key": "tick"}))  # something new to checkpoint
+        return "periodic, digest only" in primary_log.read_text()
+
+    cluster.wait(digest_only_checkpoint, 15, "a digest-only checkpoint")
+    logs = "".join((cluster.dir / "logs" / f"{r}.log").read_text() for r in IDS)
+    assert "digest matches my state" in logs and "DIVERGENCE" not in logs
     cluster.signal(start["primary"], signal.SIGKILL)
     cluster.wait(lambda: (h := cluster.healthy()) and h["primary"] != start["primary"], 30,
                  "a new primary, the old one back as a backup")

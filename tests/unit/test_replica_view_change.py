@@ -99,3 +99,24 @@ def test_planted_early_commit_is_what_the_test_catches(tmp_path, monkeypatch):
         assert replica.commit == 5 and replied(replica, client)
 
     asyncio.run(scenario())
+
+
+def test_member_that_differs_from_a_digest_only_checkpoint_takes_the_state_again(tmp_path):
+    async def scenario():
+        config = load_config(local.write_cluster(tmp_path, 3, base=44100))
+        member = Replica(config, "S2", config.read_key())
+        for n in range(1, 4):
+            member._apply({"s": n, "e": 1, "c": "C1", "r": n, "op": op(n)}, announce=False)
+        member.caught_up = True
+        upstream = FakeConn("upstream", "S1")
+        closed = []
+        upstream.close = lambda: closed.append(True)
+        good = {"seq": 3, "digest": member.sm.digest(), "checkpoint_count": 7, "epoch": 1}
+        assert member._verify_checkpoint_digest(upstream, good)
+        assert member.caught_up and not closed and member.sm.checkpoint_count == 7
+        bad = {**good, "digest": "0" * 64, "checkpoint_count": 8}
+        assert not member._verify_checkpoint_digest(upstream, bad)
+        assert not member.caught_up and closed, "a diverged member kept its state"
+        assert member.stats.divergences == 1
+
+    asyncio.run(scenario())
