@@ -1,0 +1,176 @@
+"""Big state: what a checkpoint and a newborn's catch-up cost when the store is large.
+
+Two parts, medians over repeats:
+- **in process**, per store size: the primary's snapshot (with its digest), encoding the state
+  into frames of ``max_frame/2``, and the receiver's decoding and joining, digest check and
+  install. These run on a replica's event loop, so each is also how long that loop is busy;
+- **on the embedded cluster**: a store of ``--mib`` filled through clients, then kill -9 of a
+  backup; relaunch -> ready (the RM's incident) is the newborn's catch-up end to end, with the
+  replicas' logs telling whether a loop stalled past failure detection meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import local
+from ..client import Client
+from ..config import load_config
+from ..replica.transfer import PartsCollector, checkpoint_bodies
+from ..rmclient import rm_request
+from ..statemachine import StateMachine, validate_checkpoint
+from ..wire import decode_body
+
+VALUE_BYTES = 4000
+
+
+def in_process(mib: int, repeats: int, max_frame: int) -> dict[str, float]:
+    keys = mib * 1024 * 1024 // VALUE_BYTES
+    sm = StateMachine()
+    value = "v" * VALUE_BYTES
+    for n in range(1, keys + 1):
+        sm.apply({"s": n, "e": 1, "c": f"C{n % 64}", "r": n // 64 + 1,
+                  "op": {"op": "put", "key": f"key{n:08d}", "value": value}})
+    timings: dict[str, list[float]] = {k: [] for k in (
+        "snapshot_ms", "encode_ms", "decode_join_ms", "verify_ms", "install_ms")}
+    frames = 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        cp = sm.snapshot(1)
+        t1 = time.perf_counter()
+        bodies = checkpoint_bodies(cp, "catchup", {"commit": sm.seq}, "S1", 1, max_frame // 2)
+        t2 = time.perf_counter()
+        collector = PartsCollector()
+        for body in bodies[:-1]:
+            collector.add(decode_body(body))
+        whole = collector.complete(decode_body(bodies[-1])["checkpoint"])
+        t3 = time.perf_counter()
+        assert validate_checkpoint(whole) is None
+        t4 = time.perf_counter()
+        StateMachine().install(whole)
+        t5 = time.perf_counter()
+        frames = len(bodies)
+        for name, (a, b) in zip(timings, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)),
+                                strict=True):
+            timings[name].append((b - a) * 1000)
+    out = {name: statistics.median(v) for name, v in timings.items()}
+    out.update(keys=keys, frames=frames, mib=mib)
+    return out
+
+
+async def fill(config_path: Path, mib: int, sessions: int = 32) -> float:
+    config = load_config(config_path)
+    client = Client(config, config.read_key(), "bigfill", trace=False)
+    await client.start()
+    keys = mib * 1024 * 1024 // VALUE_BYTES
+    value = "v" * VALUE_BYTES
+    started = time.perf_counter()
+    try:
+        await client.wait_connected(20)
+
+        async def writer(k: int) -> None:
+            session = client.session(f"bigfill-{k}")
+            for n in range(k, keys, sessions):
+                reply = await asyncio.wait_for(
+                    session.call({"op": "put", "key": f"key{n:08d}", "value": value}), 60)
+                assert reply["res"]["ok"], reply
+
+        await asyncio.gather(*(writer(k) for k in range(sessions)))
+    finally:
+        await client.close()
+    return time.perf_counter() - started
+
+
+def on_cluster(mib: int, misses: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ftds-bigstate-") as tmp:
+        run_dir = Path(tmp)
+        path = local.write_cluster(run_dir, 3, trace={"requests": False},
+                                   tunables={"heartbeat_misses": misses,
+                                             "checkpoint_interval": 5.0})
+        config = load_config(path)
+        key = config.read_key()
+        local.spawn(run_dir, "supervisor", ["local", "supervise", "--dir", str(run_dir)])
+        try:
+            status = wait_status(config, key, lambda s: s["primary"] and all(
+                r["ready"] for r in s["replicas"].values()), 60)
+            fill_s = asyncio.run(fill(path, mib))
+            primary = status["primary"]
+            victim = next(r for r in config.replica_ids if r != primary)
+            killed_at = time.time()
+            pid = local.read_pid(run_dir, victim)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            def closed(s: dict[str, Any]) -> bool:
+                return s["replicas"][victim]["ready"] and s["replicas"][victim]["pid"] != pid
+
+            end = wait_status(config, key, closed, 300)
+            incidents = asyncio.run(rm_request(config, key, "incidents_req"))["incidents"]
+            mine = [i for i in incidents
+                    if i["replica"] == victim and i["detected"] >= killed_at - 1]
+            logs = "".join(p.read_text() for p in (run_dir / "logs").glob("*.log"))
+            return {"mib": mib, "fill_s": round(fill_s, 1), "epoch_after": end["epoch"],
+                    "failovers": end["epoch"] - status["epoch"],
+                    "relaunch_to_ready_ms": mine[-1]["relaunch_to_ready_ms"] if mine else None,
+                    "heartbeat_misses": misses,
+                    "hang_reports": logs.count("no reply to"),
+                    "catchup_frames": logs.count("catch-up:")}
+        finally:
+            local.stop_cluster(run_dir)
+
+
+def wait_status(config: Any, key: bytes, done: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = asyncio.run(rm_request(config, key, "status_req", timeout=5))
+            if done(status):
+                return status
+        except (OSError, TimeoutError, ConnectionError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("the cluster did not get there in time")
+        time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ftds bench bigstate", description=__doc__)
+    parser.add_argument("--sizes", default="50,100,200", help="store sizes in MiB, in process")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per size (median)")
+    parser.add_argument("--mib", type=int, default=200, help="store size on the cluster")
+    parser.add_argument("--misses", type=int, default=3,
+                        help="heartbeat_misses on the cluster (detection = 100 ms x this)")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args(argv)
+    report: dict[str, Any] = {"in_process": [], "cluster": None}
+    print(f"{'MiB':>5s} {'keys':>7s} {'frames':>6s} {'snapshot':>9s} {'encode':>8s} "
+          f"{'decode':>8s} {'verify':>8s} {'install':>8s}   (ms, median of {args.repeats})")
+    for mib in (int(s) for s in args.sizes.split(",")):
+        row = in_process(mib, args.repeats, 16 * 1024 * 1024)
+        report["in_process"].append(row)
+        print(f"{mib:5d} {row['keys']:7d} {row['frames']:6d} {row['snapshot_ms']:9.0f} "
+              f"{row['encode_ms']:8.0f} {row['decode_join_ms']:8.0f} {row['verify_ms']:8.0f} "
+              f"{row['install_ms']:8.0f}")
+    if args.mib:
+        report["cluster"] = cluster = on_cluster(args.mib, args.misses)
+        print(f"cluster, {args.mib} MiB: filled in {cluster['fill_s']} s; kill -9 of a backup: "
+              f"relaunch -> ready {cluster['relaunch_to_ready_ms']} ms; failovers meanwhile "
+              f"{cluster['failovers']} (heartbeat_misses {args.misses})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
