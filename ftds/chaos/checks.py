@@ -13,7 +13,15 @@
   the next epoch did not keep after it was deposed;
 - **digests**: the ready replicas' state digests are equal at the end;
 - **divergence log**: no replica reported ``DIVERGENCE`` (its digest differed from the
-  primary's checkpoint at the same sequence number).
+  primary's checkpoint at the same sequence number);
+- **hostile input**: every request of the hostile session (overflowing ``incr``, values too
+  deep or too large, keys too long, unknown operations, a reused ``request_num`` with another
+  operation) was refused with an error; none was acknowledged.
+
+An operator override (``force_primary`` with accepted data loss, which the nemesis uses after
+``primary_crash_backups_out``) is the one sanctioned loss: ``excuse_forced_loss`` turns into
+unknown outcomes exactly the operations the old primary acknowledged alone that the forced
+epoch did not keep, and lists them; everything else is judged as always.
 
 Entries a later epoch *abandoned* (it took over at a lower sequence number, so it never had
 them) were never committed: a deposed or crashed orderer's tail, or what a member applied from
@@ -24,6 +32,8 @@ acknowledged write.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,6 +49,8 @@ DIVERGENCE_RE = re.compile(
     r"(S\d+): DIVERGENCE at seq (\d+)(?:: my digest (\w+), primary's (\w+))?")
 ORDERER_ROLES = ("primary", "sequencer")
 LIMIT = 50  # problems listed per kind: the first ones say what happened
+# A reply the killed primary had sent may reach its client a little after the kill.
+KILL_SLACK = 1.0
 
 
 @dataclass
@@ -345,3 +357,55 @@ def check_digests(statuses: dict[str, dict[str, Any] | None]) -> list[Problem]:
         problems.append(Problem("divergence", "ready replicas did not converge to one seq: "
                                 + ", ".join(f"{r} {s['seq']}" for r, s in sorted(ready.items()))))
     return problems
+
+
+def excuse_forced_loss(ops: list[Op], takeovers: list[Takeover],
+                       overrides: list[dict[str, Any]]) -> tuple[list[Op], list[Op]]:
+    """The history as the checks judge it after operator overrides, and the operations excused.
+
+    An override (``force_primary`` with accepted data loss) names the old primary, its epoch,
+    when its backups were stopped and when it was killed, and the forced replica and epoch. An
+    operation is excused only when all of these hold: acknowledged by that old primary in that
+    epoch, completed between the stop of its backups and its kill, and at a seq beyond the one
+    the forced epoch took over at (its takeover line), so the forced replica never held it:
+    the old primary acknowledged it alone, after its backups were dropped. Such an operation
+    becomes an unknown outcome (it may be lost, or its effect seen by reads acknowledged
+    alone); everything acknowledged before the backups were dropped is still required. An
+    override whose forced takeover is not in the logs excuses nothing."""
+    rules = []
+    for o in overrides:
+        t = next((t for t in takeovers if t.epoch == o.get("forced_epoch")
+                  and t.replica == o.get("forced")), None)
+        if t is None or o.get("killed_at") is None or o.get("stopped_at") is None:
+            continue
+        rules.append((o["old_primary"], o["old_epoch"], t.seq, float(o["stopped_at"]),
+                      float(o["killed_at"]) + KILL_SLACK))
+    if not rules:
+        return ops, []
+    judged: list[Op] = []
+    excused: list[Op] = []
+    for op in ops:
+        if op.outcome == "ok" and op.seq and any(
+                op.replica == primary and op.epoch == epoch and op.seq > floor
+                and stopped <= op.complete <= killed
+                for primary, epoch, floor, stopped, killed in rules):
+            excused.append(op)
+            op = dataclasses.replace(op, outcome="info", complete=math.inf, result=None)
+        judged.append(op)
+    return judged, excused
+
+
+def check_hostile(ops: list[Op], excused: list[Op]) -> list[Problem]:
+    """Every hostile request refused: an acknowledged one is a problem. The one exception is a
+    reused request_num whose original an operator override lost (``excused``): the number was
+    free again, so executing the new operation was right."""
+    lost = {(o.process, o.request_num) for o in excused}
+    problems = []
+    for op in ops:
+        if not op.hostile or op.outcome != "ok":
+            continue
+        if op.hostile == "reused_request_num" and (op.process, op.reuses) in lost:
+            continue
+        problems.append(Problem("hostile accepted",
+                                f"{op.hostile} request acknowledged: {op.describe()}", [op]))
+    return problems[:LIMIT]

@@ -2,7 +2,8 @@
 
 ``ok`` and ``fail`` are definite (``fail``: answered with an error, so it had no effect);
 ``info`` means the outcome is unknown (the client gave up or the run ended first): the operation
-may or may not have taken effect, at any time after its invocation.
+may or may not have taken effect, at any time after its invocation. An invocation may carry
+``hostile: KIND`` (a request the replicas must refuse; ``reuses``: the request_num it resent).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Op:
     epoch: int | None = None
     wall: float | None = None  # wall-clock time of the invocation, for timelines
     request_num: int | None = None  # the client's request_num: matches the replicas' EXEC lines
+    hostile: str | None = None  # a request that must be refused: which kind
+    reuses: int | None = None  # hostile reused_request_num: the request_num it sent again
 
     @property
     def latency(self) -> float | None:
@@ -79,7 +82,8 @@ def _op(index: int, start: dict[str, Any], end: dict[str, Any] | None) -> Op:
         else None,
         replica=end.get("replica") if end else None, seq=end.get("seq") if end else None,
         epoch=end.get("epoch") if end else None, wall=start.get("wall"),
-        request_num=end.get("request_num") if end else None)
+        request_num=end.get("request_num") if end else None, hostile=start.get("hostile"),
+        reuses=start.get("reuses"))
 
 
 def load(paths: list[Path]) -> list[Op]:

@@ -170,9 +170,17 @@ def _counterexample(key: str, ops: list[Op], op_of: list[int], stuck_at: int, st
                    explored)
 
 
+KNOWN = ("get", "put", "delete", "incr", "cas")
+
+
 def check(ops: list[Op]) -> list[Verdict]:
+    """Every key's verdict. Refused operations had no effect, and an unknown operation is
+    refused before it is ordered (unless acknowledged, which the hostile check reports): only
+    the keys something may have changed or read are judged."""
     by_key: dict[str, list[Op]] = {}
     for op in ops:
+        if op.outcome == "fail" or op.f not in KNOWN:
+            continue
         by_key.setdefault(op.key, []).append(op)
     return [check_key(k, v) for k, v in sorted(by_key.items())]
 

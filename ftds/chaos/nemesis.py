@@ -4,20 +4,42 @@ Two targets: the embedded cluster (processes on this machine) and the lab (syste
 over SSH, host faults through ``scripts/lab``). Each fault kind is a pair of actions (inject,
 recover) plus how long the fault is held; kills need no recovery action, the RM brings the
 replica back. Every injection is timed on the wall clock for the report and the timeline.
+
+*Compound* kinds overlap faults: they are scripts (``run_compound``) that watch the RM's status
+and strike again while the cluster is still recovering, built from each target's primitives
+(kill, pause, resume a replica; kill a manager daemon):
+
+- ``fault_during_recovery``: kill -9 of the primary, then, as soon as the RM announced the new
+  primary (or once the relaunched replica is up but still catching up), kill -9 of the new
+  primary or of a backup;
+- ``primary_crash_backups_out``: SIGSTOP of every backup until the RM dropped them from the
+  ready set, the primary acknowledging alone for a moment, kill -9 of the primary, SIGCONT of
+  the backups. No replica then holds every acknowledged write: the RM must refuse to promote
+  (``unavailable``); the nemesis records that and heals it as an operator would, with
+  ``force_primary`` and ``accept_data_loss``, and hands the checker the override (which old
+  primary, which epoch, when its backups stopped and when it was killed) so that exactly the
+  writes acknowledged by the lone primary may be lost (``checks.excuse_forced_loss``);
+- ``rm_restart_with_replica_crash`` / ``gfd_restart_with_replica_crash``: kill -9 of the RM (or
+  GFD) and of a replica at the same moment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import local
+from .. import ctl, local
+from ..config import ClusterConfig
 from ..labenv import Lab
+from ..rmclient import RMRefused, rm_request
 
 
 @dataclass
@@ -31,6 +53,8 @@ class FaultEvent:
     epoch_before: int = 0
     epoch_after: int = 0
     note: str = ""
+    # Compound faults: the second victim, the RM's outcome, an operator override, timings.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -42,6 +66,7 @@ class Kind:
     victim: str  # primary | backup | any | manager
     hold: tuple[float, float] = (0.0, 0.0)  # seconds the fault lasts before recovery
     weight: float = 1.0
+    compound: bool = False  # a script of several faults (run_compound), not inject/recover
 
 
 class Target(Protocol):
@@ -51,6 +76,23 @@ class Target(Protocol):
     def inject(self, kind: Kind, victim: str, primary: str) -> str: ...
     def recover(self, kind: Kind, victim: str) -> None: ...
     def heal_all(self) -> None: ...
+    # The primitives compound faults are built from.
+    def kill_replica(self, rid: str) -> str: ...
+    def pause_replica(self, rid: str) -> str: ...
+    def resume_replica(self, rid: str) -> str: ...
+    def kill_manager(self, daemon: str) -> str: ...
+
+
+COMPOUND_KINDS = {
+    # Not held: each is a script that waits on the RM's status between its steps.
+    "fault_during_recovery": Kind("fault_during_recovery", "primary", compound=True),
+    "primary_crash_backups_out": Kind("primary_crash_backups_out", "primary", (0.2, 0.5),
+                                      compound=True),
+}
+RESTART_WITH_CRASH = {
+    "rm_restart_with_replica_crash": Kind("rm_restart_with_replica_crash", "any"),
+    "gfd_restart_with_replica_crash": Kind("gfd_restart_with_replica_crash", "any"),
+}
 
 
 # ===================================================================== local target ====
@@ -63,6 +105,8 @@ LOCAL_KINDS = {
     "kill_lfd": Kind("kill_lfd", "any", weight=1),
     "kill_gfd": Kind("kill_gfd", "manager", weight=1),
     "kill_rm": Kind("kill_rm", "manager", weight=1),
+    **RESTART_WITH_CRASH,
+    **COMPOUND_KINDS,
 }
 
 
@@ -73,6 +117,7 @@ class LocalTarget:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._paused: set[int] = set()
+        self._paused_by: dict[str, int] = {}
 
     def _pid(self, name: str) -> int:
         pid = local.read_pid(self.run_dir, name)
@@ -80,11 +125,41 @@ class LocalTarget:
             raise RuntimeError(f"{name} is not running")
         return pid
 
+    def kill_replica(self, rid: str) -> str:
+        os.kill(self._pid(rid), signal.SIGKILL)
+        return f"kill -9 {rid}"
+
+    def pause_replica(self, rid: str) -> str:
+        pid = self._pid(rid)
+        os.kill(pid, signal.SIGSTOP)
+        self._paused.add(pid)
+        self._paused_by[rid] = pid
+        return f"SIGSTOP {rid}"
+
+    def resume_replica(self, rid: str) -> str:
+        pid = self._paused_by.pop(rid, None)  # the process stopped, not what the pid file says now
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            self._paused.discard(pid)
+        return f"SIGCONT {rid}"
+
+    def kill_manager(self, daemon: str) -> str:
+        os.kill(self._pid(daemon.upper()), signal.SIGKILL)
+        return f"kill -9 {daemon.upper()}"
+
     def inject(self, kind: Kind, victim: str, primary: str) -> str:
         name = kind.name
         if name in ("kill", "kill_primary"):
             os.kill(self._pid(victim), signal.SIGKILL)
             return f"kill -9 {victim}"
+        if name in RESTART_WITH_CRASH:
+            # Both at once: the replica's loss reaches a manager that is itself restarting.
+            daemon = name.split("_")[0]
+            pids = (self._pid(daemon.upper()), self._pid(victim))
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            return f"kill -9 {daemon.upper()} and kill -9 {victim} together"
         if name == "stop":
             os.kill(self._pid(victim), signal.SIGTERM)
             return f"SIGTERM {victim}"
@@ -111,11 +186,14 @@ class LocalTarget:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
             self._paused.discard(pid)
+        self._paused_by.clear()
 
 
 # ======================================================================= lab target ====
 LAB_KINDS = {
-    **{k: v for k, v in LOCAL_KINDS.items() if k not in ("stop",)},
+    # primary_crash_backups_out stays local: its override is judged against the clients'
+    # monotonic clock, which only the embedded cluster shares with the nemesis.
+    **{k: v for k, v in LOCAL_KINDS.items() if k not in ("stop", "primary_crash_backups_out")},
     "systemctl_stop": Kind("systemctl_stop", "any", weight=2),
     "power_cut": Kind("power_cut", "any", (0.5, 1.5), weight=2),
     "host_stop": Kind("host_stop", "any", (0.5, 1.5), weight=1),
@@ -139,6 +217,28 @@ class LabTarget:
         self._down: set[str] = set()
         self._partitioned = False
 
+    def kill_replica(self, rid: str) -> str:
+        host = self.lab.replica_hosts[rid]
+        self.lab.ssh(host, f"systemctl kill --signal=SIGKILL ftds-replica@{rid}.service")
+        return f"{host}: systemctl kill -s KILL ftds-replica@{rid}"
+
+    def pause_replica(self, rid: str) -> str:
+        host = self.lab.replica_hosts[rid]
+        self.lab.ssh(host, f"systemctl kill --signal=SIGSTOP ftds-replica@{rid}.service")
+        self._paused.add(rid)
+        return f"{host}: SIGSTOP ftds-replica@{rid}"
+
+    def resume_replica(self, rid: str) -> str:
+        host = self.lab.replica_hosts[rid]
+        self.lab.ssh(host, f"systemctl kill --signal=SIGCONT ftds-replica@{rid}.service",
+                     check=False)
+        self._paused.discard(rid)
+        return f"{host}: SIGCONT ftds-replica@{rid}"
+
+    def kill_manager(self, daemon: str) -> str:
+        self.lab.ssh(self.manager, f"systemctl kill --signal=SIGKILL ftds-{daemon}.service")
+        return f"{self.manager}: kill -9 ftds-{daemon}"
+
     def inject(self, kind: Kind, victim: str, primary: str) -> str:
         name = kind.name
         lab = self.lab
@@ -147,6 +247,10 @@ class LabTarget:
         if name in ("kill", "kill_primary"):
             lab.ssh(host, f"systemctl kill --signal=SIGKILL {unit}")
             return f"{host}: systemctl kill -s KILL {unit}"
+        if name in RESTART_WITH_CRASH:
+            # One SSH round trip apart: the manager restarts while the replica's loss arrives.
+            daemon = name.split("_")[0]
+            return f"{self.kill_manager(daemon)}; {self.kill_replica(victim)}"
         if name == "systemctl_stop":
             lab.ssh(host, f"systemctl stop {unit}")
             return f"{host}: systemctl stop {unit}"
@@ -225,7 +329,13 @@ class Schedule:
             # every kind in turn, as many rounds as needed
             names = list(target.kinds)
             return Schedule([names[i % len(names)] for i in range(faults)], seed, rng)
-        raise ValueError(f"unknown schedule {name!r} (milestone5, kills, pauses, random, all)")
+        # Fault kinds by name (``fault_during_recovery``, ``kill,pause``): in turn.
+        names = [n.strip() for n in name.split(",") if n.strip()]
+        if names and all(n in target.kinds for n in names):
+            return Schedule([names[i % len(names)] for i in range(max(faults, 1))], seed, rng)
+        raise ValueError(f"unknown schedule {name!r} (milestone5, kills, pauses, random, all, "
+                         f"or fault kinds of the {target.name} target, comma-separated: "
+                         f"{', '.join(target.kinds)})")
 
     def pick_victim(self, kind: Kind, status: dict[str, Any]) -> tuple[str, str]:
         primary = status["primary"]
@@ -241,3 +351,142 @@ class Schedule:
         low, high = kind.hold
         return self.rng.uniform(low, high) if high else 0.0
 
+
+
+# ================================================================= compound faults ====
+StatusTest = Callable[[dict[str, Any]], Any]
+
+
+async def _rm_status(config: ClusterConfig, key: bytes) -> dict[str, Any] | None:
+    try:
+        return await rm_request(config, key, "status_req", timeout=1.0)
+    except (OSError, TimeoutError, ConnectionError):
+        return None
+
+
+async def wait_status(config: ClusterConfig, key: bytes, test: StatusTest,
+                      timeout: float) -> dict[str, Any] | None:
+    """The RM's first status that passes ``test``, or None after ``timeout`` seconds."""
+    async def probe() -> dict[str, Any] | None:
+        status = await _rm_status(config, key)
+        return status if status is not None and test(status) else None
+    try:
+        return await ctl.wait_for(probe, timeout, 0.01)
+    except TimeoutError:
+        return None
+
+
+async def run_compound(target: Target, kind: Kind, status: dict[str, Any],
+                       config: ClusterConfig, key: bytes, rng: random.Random, hold: float,
+                       event: FaultEvent) -> None:
+    """Run one compound fault from a healthy ``status``; fills ``event`` (note, extra)."""
+    if kind.name == "fault_during_recovery":
+        await _fault_during_recovery(target, status, config, key, rng, event)
+    elif kind.name == "primary_crash_backups_out":
+        await _primary_crash_backups_out(target, status, config, key, hold, event)
+    else:
+        raise ValueError(f"{kind.name} is not a compound fault")
+
+
+async def _fault_during_recovery(target: Target, status: dict[str, Any], config: ClusterConfig,
+                                 key: bytes, rng: random.Random, event: FaultEvent) -> None:
+    first, epoch = status["primary"], status["epoch"]
+    notes = [target.kill_replica(first)]
+    # Strike again right after the RM announced the new primary (its view change may still
+    # run), or once the relaunched replica is back but still catching up.
+    stage = rng.choice(["new primary announced", "relaunched replica catching up"])
+    announced = await wait_status(
+        config, key, lambda s: s["epoch"] > epoch and s["primary"] not in (None, first), 5.0)
+    if announced is None:
+        event.note = f"{notes[0]}; no new primary within 5s: second fault not injected"
+        return
+    now = announced
+    if stage.startswith("relaunched"):
+        catching_up = await wait_status(
+            config, key, lambda s: first in s["membership"] and not s["replicas"][first]["ready"]
+            and s["primary"] not in (None, first), 3.0)
+        if catching_up is None:
+            stage = "new primary announced (the relaunched replica was never seen catching up)"
+        else:
+            now = catching_up
+    new = now["primary"]
+    others = [m for m in now["members"] if m != new]
+    if others and rng.random() < 0.5:
+        second, role = new, "new primary"
+    elif others:
+        second, role = rng.choice(others), "backup"
+    else:
+        # The new primary is alone in its ready set: killing it would lose the only holder.
+        second, role = rng.choice([r for r in sorted(now["replicas"]) if r not in (new, first)]
+                                  or [first]), "replica outside the ready set"
+    notes.append(target.kill_replica(second))
+    event.extra.update(second_victim=second, second_role=role, stage=stage,
+                       first_epoch=epoch, epoch_at_second=now["epoch"],
+                       gap_s=round(time.time() - event.injected, 3))
+    event.note = (f"{notes[0]}; {stage} ({new} primary of epoch {now['epoch']}): "
+                  f"{notes[1]} ({role}) {event.extra['gap_s'] * 1000:.0f} ms after the first")
+
+
+async def _primary_crash_backups_out(target: Target, status: dict[str, Any],
+                                     config: ClusterConfig, key: bytes, hold: float,
+                                     event: FaultEvent) -> None:
+    primary, epoch = status["primary"], status["epoch"]
+    backups = [r for r in sorted(status["replicas"]) if r != primary]
+    notes: list[str] = []
+    stopped_at = time.monotonic()
+    killed_at: float | None = None
+    try:
+        notes.extend(target.pause_replica(b) for b in backups)
+        dropped = await wait_status(
+            config, key, lambda s: s["epoch"] == epoch and s["members"] == [primary], 4.0)
+        if dropped is None:
+            event.note = ("; ".join(notes) + "; the RM did not drop the backups within 4s: "
+                          "the primary was not killed")
+            return
+        dropped_at = time.monotonic()
+        await asyncio.sleep(hold)  # the primary acknowledges alone, under its lease
+        killed_at = time.monotonic()
+        notes.append(target.kill_replica(primary))
+    finally:
+        notes.extend(target.resume_replica(b) for b in backups)
+    event.extra.update(stopped_at=stopped_at, dropped_at=dropped_at, killed_at=killed_at,
+                       alone_s=round(killed_at - dropped_at, 3))
+    # Nobody holds every acknowledged write now: the RM must wait, not promote.
+    verdict = await wait_status(
+        config, key, lambda s: s.get("unavailable") or (s["epoch"] > epoch and s["primary"]),
+        5.0)
+    if verdict is None or not verdict.get("unavailable"):
+        promoted = verdict["primary"] if verdict else None
+        event.extra["rm_outcome"] = f"promoted {promoted}" if promoted else "no answer in 5s"
+        event.note = "; ".join(notes) + (
+            f"; UNEXPECTED: the RM promoted {promoted} although no replica held every "
+            "acknowledged write" if promoted else "; the RM said neither unavailable nor who")
+        return
+    event.extra["rm_outcome"] = "unavailable"
+    event.extra["rm_unavailable"] = verdict["unavailable"]
+    # Heal it as an operator would: the backup holding the most, forced with data loss.
+    await asyncio.sleep(0.2)  # the resumed backups drain what reached them before the kill
+    seqs = await ctl.statuses(config, key, timeout=1.0)
+    forced = max(backups, key=lambda b: ((seqs.get(b) or {}).get("seq") or -1, -int(b[1:])))
+    reply: dict[str, Any] | None = None
+    deadline = time.monotonic() + 5.0
+    while reply is None:
+        try:
+            reply = await rm_request(config, key, "force_primary",
+                                     {"replica": forced, "accept_data_loss": True})
+        except (RMRefused, OSError, TimeoutError, ConnectionError) as exc:
+            if time.monotonic() > deadline:
+                event.note = ("; ".join(notes) + "; RM unavailable (expected); force_primary "
+                              f"{forced} failed: {exc}")
+                event.extra["force_error"] = str(exc)
+                return
+            await asyncio.sleep(0.1)  # not present yet: its LFD has not seen it resume
+    event.extra["override"] = {
+        "kind": "force_primary", "old_primary": primary, "old_epoch": epoch,
+        "forced": forced, "forced_epoch": reply.get("epoch"),
+        "forced_seq": (seqs.get(forced) or {}).get("seq"),
+        "stopped_at": stopped_at, "killed_at": killed_at, "message": reply.get("message"),
+    }
+    event.note = "; ".join(notes) + (
+        f"; RM unavailable as expected; operator override: force_primary {forced} "
+        f"(epoch {reply.get('epoch')}, accept_data_loss)")

@@ -2,8 +2,12 @@
 
 ``ftds chaos run --target local|lab --schedule random --faults K --seed S`` runs the clients,
 injects the schedule's faults one after another (each held, recovered, then the cluster given
-time to heal), stops the clients, collects histories, replica logs and statuses, and judges
-them (``checks`` and ``linearizability``). Everything lands in the output directory: the
+time to heal; a compound fault overlaps several inside one step), stops the clients, collects
+histories, replica logs and statuses, and judges them (``checks`` and ``linearizability``).
+On the local target a hostile client process runs beside the others (``RunSettings.hostile``):
+its refused requests are in the history and judged by the ``hostile input`` check. An operator
+override a fault needed (``primary_crash_backups_out``) is saved as ``overrides.json`` and
+excuses exactly the writes it may lose. Everything lands in the output directory: the
 histories, the replicas' logs, their final statuses and the final counter values (all
 re-checkable with ``ftds chaos check DIR``), ``report.json``, ``report.txt`` and
 ``timeline.png``.
@@ -34,11 +38,13 @@ from .checks import (
     check_divergence_log,
     check_epochs,
     check_executions,
+    check_hostile,
+    excuse_forced_loss,
     parse_replica_logs,
 )
 from .history import Op, load
 from .linearizability import check
-from .nemesis import FaultEvent, LabTarget, LocalTarget, Schedule, Target
+from .nemesis import FaultEvent, LabTarget, LocalTarget, Schedule, Target, run_compound
 
 
 @dataclass
@@ -60,6 +66,8 @@ class RunSettings:
     run_dir: Path | None = None  # local target: where the cluster runs
     env: dict[str, str] = field(default_factory=dict)  # e.g. FTDS_FAULT for planted bugs
     tunables: dict[str, float] = field(default_factory=dict)  # local target's cluster file
+    hostile: bool = True  # local target: a hostile client process among the others
+    hostile_rate: float = 10.0  # its normal session's requests/s (one hostile request each)
 
 
 # ========================================================================= environments ====
@@ -93,6 +101,13 @@ class LocalEnv:
                  "--duplicate", str(self.s.duplicate),
                  "--history", str(histories / f"C{k}.jsonl"),
                  "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        if self.s.hostile:
+            self.workloads.append(subprocess.Popen(
+                [sys.executable, "-m", "ftds.chaos.hostile", "--config", str(self.path),
+                 "--id", "H", "--rate", str(self.s.hostile_rate), "--keys", str(self.s.keys),
+                 "--seed", str(self.s.seed), "--prefix", self.s.prefix,
+                 "--history", str(histories / "H.jsonl")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE))
 
     def stop_workloads(self) -> list[dict[str, Any]]:
         for proc in self.workloads:
@@ -144,6 +159,9 @@ class LabEnv:
                                     shared=True).stdout.strip()
         # The lab keeps its state between runs: this run's keys are its own.
         s.prefix = s.prefix or f"r{int(time.time())}-"
+        # The hostile client runs on the local target only (the lab's client hosts run the
+        # deployed ``ftds workload``, which has no hostile session yet).
+        s.hostile = False
         self.workloads: list[subprocess.Popen[str]] = []
 
     def start(self) -> None:
@@ -249,10 +267,14 @@ def _run(s: RunSettings, env: LocalEnv | LabEnv, histories: Path, log: Any) -> d
             asyncio.run(reset_budgets(env.config, env.key))
             victim, role = schedule.pick_victim(kind, status)
             event = FaultEvent(name, victim, role, time.time(), epoch_before=status["epoch"])
-            event.note = env.target.inject(kind, victim, status["primary"])
             hold = schedule.hold(kind)
-            if hold:
-                time.sleep(hold)
+            if kind.compound:
+                asyncio.run(run_compound(env.target, kind, status, env.config, env.key,
+                                         schedule.rng, hold, event))
+            else:
+                event.note = env.target.inject(kind, victim, status["primary"])
+                if hold:
+                    time.sleep(hold)
             env.target.recover(kind, victim)
             event.recovered = time.time()
             asyncio.run(_noticed(env.config, env.key, victim, event.injected))
@@ -281,7 +303,7 @@ def _run(s: RunSettings, env: LocalEnv | LabEnv, histories: Path, log: Any) -> d
     status = asyncio.run(_converged(env.config, env.key))
     logs = env.replica_logs()
     ops = load(sorted(histories.glob("*.jsonl")))
-    counters = sorted({o.key for o in ops if o.f == "incr"})
+    counters = sorted({o.key for o in ops if o.f == "incr" and not o.hostile})
     final: dict[str, Any] | None
     try:
         final = asyncio.run(_read(env.config, env.key, counters))
@@ -293,8 +315,9 @@ def _run(s: RunSettings, env: LocalEnv | LabEnv, histories: Path, log: Any) -> d
     except (OSError, TimeoutError, ConnectionError):
         incidents = []
     env.stop()
-    save_inputs(s.out, logs, status, final)
-    verdict = judge(ops, logs, status, final)
+    overrides = [e.extra["override"] for e in events if "override" in e.extra]
+    save_inputs(s.out, logs, status, final, overrides)
+    verdict = judge(ops, logs, status, final, overrides=overrides)
     report = build_report(s, events, ops, verdict, incidents, client_results, started)
     write_report(s.out, report, ops, events, incidents)
     return report
@@ -349,6 +372,7 @@ async def _read(config: ClusterConfig, key: bytes, keys: list[str]) -> dict[str,
 # Each check by name, in report order, with what it judges.
 CHECKS = {
     "linearizability": "per key, the client histories",
+    "hostile input": "every hostile request refused with an error, none acknowledged",
     "counters": "acknowledged <= final <= attempted increments",
     "executions": "what every replica executed, at every seq (EXEC/RESET lines)",
     "acknowledgements": "every acknowledged write is in the history where it was acknowledged",
@@ -359,15 +383,22 @@ CHECKS = {
 
 
 def judge(ops: list[Op], logs: dict[str, str] | None, status: dict[str, Any] | None,
-          final: dict[str, Any] | None, *, final_expected: bool = True) -> dict[str, Any]:
+          final: dict[str, Any] | None, *, final_expected: bool = True,
+          overrides: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The verdict of every check; a check whose input is missing (``None``: a re-check of a
     run saved without it) is SKIPPED, not passed. ``final`` None with ``final_expected`` means
-    the values could not be read: counters then fail as unavailable."""
+    the values could not be read: counters then fail as unavailable.
+
+    ``overrides``: the operator overrides the nemesis used (``force_primary`` with accepted data
+    loss). The operations the lone old primary acknowledged that the forced epoch did not keep
+    are judged as unknown outcomes (``checks.excuse_forced_loss``), and listed as excused."""
+    traces, takeovers = parse_replica_logs(logs or {})
+    ops, excused = excuse_forced_loss(ops, takeovers, overrides or [])
     verdicts = check(ops)
     lin_problems = [Problem("linearizability", v.explanation, v.involved)
                     for v in verdicts if not v.ok]
-    traces, takeovers = parse_replica_logs(logs or {})
     groups: dict[str, list[Problem] | None] = {"linearizability": lin_problems}
+    groups["hostile input"] = check_hostile(ops, excused)
     if final is not None:
         groups["counters"] = check_counters(ops, final)
     elif final_expected:
@@ -410,7 +441,20 @@ def judge(ops: list[Op], logs: dict[str, str] | None, status: dict[str, Any] | N
         "refused_duplicates": sum(1 for t in traces.values() for e in t.execs
                                   if not e.executed),
         "resets": {r: t.resets for r, t in traces.items()},
+        "overrides": overrides or [],
+        "excused": [o.describe() for o in excused],
+        "hostile": hostile_summary(ops),
     }
+
+
+def hostile_summary(ops: list[Op]) -> dict[str, dict[str, int]]:
+    """Per kind of hostile request: how many were refused, accepted, left unanswered."""
+    found: dict[str, dict[str, int]] = {}
+    for op in ops:
+        if op.hostile:
+            row = found.setdefault(op.hostile, {"fail": 0, "ok": 0, "info": 0})
+            row[op.outcome] += 1
+    return found
 
 
 def build_report(s: RunSettings, events: list[FaultEvent], ops: list[Op],
@@ -452,6 +496,14 @@ def render_text(report: dict[str, Any]) -> str:
         f"  faults that did not heal: {report['faults_not_healed']}",
         *render_checks(v),
     ]
+    if v.get("hostile"):
+        lines.append("  hostile requests (refused/accepted/unanswered): " + ", ".join(
+            f"{k} {n['fail']}/{n['ok']}/{n['info']}" for k, n in sorted(v["hostile"].items())))
+    for o in v.get("overrides", []):
+        lines.append(f"  operator override after {o['old_primary']} (epoch {o['old_epoch']}) "
+                     f"died alone: force_primary {o['forced']} -> epoch {o['forced_epoch']}; "
+                     f"{len(v.get('excused', []))} operations it acknowledged alone excused "
+                     "as possibly lost")
     timings = [i for i in report["incidents"] if i.get("closed")]
     if timings:
         def med(name: str) -> str:
@@ -480,7 +532,8 @@ def render_checks(verdict: dict[str, Any]) -> list[str]:
 
 
 def save_inputs(out: Path, logs: dict[str, str], status: dict[str, Any],
-                final: dict[str, Any] | None) -> None:
+                final: dict[str, Any] | None,
+                overrides: list[dict[str, Any]] | None = None) -> None:
     """What the verdict needs besides the histories, so ``ftds chaos check`` judges it all."""
     replicas = out / "replicas"
     if replicas.exists():
@@ -490,6 +543,7 @@ def save_inputs(out: Path, logs: dict[str, str], status: dict[str, Any],
         (replicas / f"{rid}.log").write_text(text)
     (out / "status.json").write_text(json.dumps(status, indent=2, default=str))
     (out / "final.json").write_text(json.dumps(final, indent=2, default=str))
+    (out / "overrides.json").write_text(json.dumps(overrides or [], indent=2))
 
 
 def write_report(out: Path, report: dict[str, Any], ops: list[Op], events: list[FaultEvent],
@@ -535,5 +589,8 @@ def recheck(out: Path) -> dict[str, Any]:
         if (out / "status.json").is_file() else None
     final_path = out / "final.json"
     final = json.loads(final_path.read_text()) if final_path.is_file() else None
-    verdict = judge(ops, logs, status, final, final_expected=final_path.is_file())
+    overrides_path = out / "overrides.json"
+    overrides = json.loads(overrides_path.read_text()) if overrides_path.is_file() else None
+    verdict = judge(ops, logs, status, final, final_expected=final_path.is_file(),
+                    overrides=overrides)
     return {"dir": str(out), "operations": len(ops), "keys": verdict["keys_checked"]} | verdict

@@ -6,9 +6,13 @@ breaks one promise, and the run's verdict must name that broken promise.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from ftds.chaos.history import load
 from ftds.chaos.runner import RunSettings, run_chaos
+from ftds.workload import HOSTILE_KINDS
 
 
 def chaos(tmp_path, **kwargs):
@@ -61,3 +65,69 @@ def test_planted_bug_is_caught(tmp_path, bug, mode, schedule, faults, expected):
     check = next(c for c in v["checks"] if c["name"] == group)
     assert check["verdict"] == "FAIL"
     assert v["first_violation"]["text"]
+
+
+# ================================================================ compound faults ====
+COMPOUND = ("fault_during_recovery,primary_crash_backups_out,rm_restart_with_replica_crash,"
+            "gfd_restart_with_replica_crash")
+
+
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_seeded_compound_faults_are_valid(tmp_path, mode):
+    """Overlapping faults, each kind once: a second kill while the cluster recovers from the
+    first; the primary dying alone after its backups were dropped (the RM must say
+    unavailable, the nemesis forces a primary as an operator would, and the checker excuses
+    only what the lone primary acknowledged); RM or GFD killed with a replica."""
+    report = chaos(tmp_path, mode=mode, schedule=COMPOUND, faults=4, seed=5)
+    v = report["verdict"]
+    assert v["valid"], v["first_violation"]
+    assert report["faults"] == 4 and report["faults_not_healed"] == 0
+    assert set(report["faults_by_kind"]) == set(COMPOUND.split(","))
+    events = {e["kind"]: e for e in report["events"]}
+    during = events["fault_during_recovery"]["extra"]
+    assert during["second_victim"] and during["epoch_at_second"] > during["first_epoch"]
+    lone = events["primary_crash_backups_out"]["extra"]
+    # Since the RM keeps its promise, no replica held every acknowledged write: unavailable.
+    assert lone["rm_outcome"] == "unavailable", events["primary_crash_backups_out"]["note"]
+    override = lone["override"]
+    assert override["kind"] == "force_primary" and override["forced_epoch"] > override["old_epoch"]
+    assert v["overrides"] == [override]
+    # Whatever it excused was acknowledged by the lone old primary in its epoch, after its
+    # backups stopped and before (just after) its kill.
+    for text in v["excused"]:
+        assert f"by {override['old_primary']} " in text and f"epoch {override['old_epoch']}" in text
+    assert report["outcomes"]["ok"] > 500
+    assert all(row["ok"] == 0 for row in v["hostile"].values())
+    assert "VERDICT: VALID" in (tmp_path / "chaos" / "report.txt").read_text()
+
+
+def test_hostile_session_is_refused_every_time(tmp_path):
+    """Overflowing incr, too deep, too large, key too long, unknown op, reused request_num with
+    another op: each gets an error reply and changes nothing; the checks still pass."""
+    report = chaos(tmp_path, mode="passive", schedule="kills", faults=1, seed=4,
+                   hostile_rate=20)
+    v = report["verdict"]
+    assert v["valid"], v["first_violation"]
+    ops = load(sorted((tmp_path / "chaos" / "histories").glob("*.jsonl")))
+    hostile = [o for o in ops if o.hostile]
+    assert {o.hostile for o in hostile} == set(HOSTILE_KINDS)
+    assert all(o.outcome == "fail" for o in hostile), [o.describe() for o in hostile
+                                                        if o.outcome != "fail"]
+    why = {"incr_overflow": "overflow", "deep_value": "nested deeper",
+           "huge_value": "larger than", "long_key": "key must be", "unknown_op": "unknown op"}
+    for o in hostile:
+        assert o.result is not None and o.result["ok"] is False
+        if o.hostile == "reused_request_num":
+            assert o.result.get("stale") and o.request_num == o.reuses
+        else:
+            assert why[o.hostile] in o.result["error"], o.describe()
+    # Failed operations are never counted as acknowledged writes; its counter stayed at 1
+    # through every overflowing incr.
+    counter = next(o for o in ops if o.key.endswith("hostile.n") and o.outcome == "ok")
+    final = json.loads((tmp_path / "chaos" / "final.json").read_text())
+    assert final[counter.key] == 1
+    check = {c["name"]: c for c in v["checks"]}
+    assert check["hostile input"]["verdict"] == "PASS"
+    assert check["linearizability"]["verdict"] == "PASS"
+    assert check["counters"]["verdict"] == "PASS"
+    assert sum(v["hostile"][k]["fail"] for k in HOSTILE_KINDS) == len(hostile)
