@@ -13,6 +13,8 @@ fault on says so loudly at start. Never set it on a real cluster.
   answering, acknowledges alone (two primaries acknowledging);
 - ``early_commit``: a new primary counts its whole history committed at the end of the view
   change, before its backups hold it, and answers held retries at once;
+- ``stall_applier``: once it has ordered a write of the key ``__stall__``, an orderer's applier
+  stops taking work while its loop still answers heartbeats (the LFD must see the stall);
 - ``empty_primary_keeps_epoch`` (RM): views name no incarnations and a restarted primary is
   taken for the one that was lost: its empty relaunch orders again in the same epoch.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import os
 
 KNOWN = frozenset({"skip_reply_cache", "drop_acked_write", "reorder", "ack_after_deposed",
-                   "early_commit", "empty_primary_keeps_epoch"})
+                   "early_commit", "empty_primary_keeps_epoch", "stall_applier"})
 ACTIVE = frozenset(f for f in os.environ.get("FTDS_FAULT", "").split(",") if f)
 
 

@@ -47,6 +47,7 @@ class LocalFaultDetector:
         self._replica_conn: Conn | None = None
         self._gfd_conn: Conn | None = None
         self._outstanding: set[int] = set()
+        self.stalled_seen = False  # the replica said its applier is stalled
         self._tasks: list[asyncio.Task[None]] = []
         self._replica_lost = asyncio.Event()
 
@@ -113,7 +114,8 @@ class LocalFaultDetector:
             if self._outstanding:
                 misses += 1
                 if misses >= tun.heartbeat_misses:
-                    self._declare_failed(f"no heartbeat reply for {misses} intervals "
+                    what = "applier stalled" if self.stalled_seen else "no heartbeat reply"
+                    self._declare_failed(f"{what} for {misses} intervals "
                                          f"({misses * tun.heartbeat_interval * 1000:.0f} ms)",
                                          confirmed=False)
                     conn.abort()
@@ -139,6 +141,14 @@ class LocalFaultDetector:
             return
         if kind == "hb_ack":
             n = require(msg, "n", int)
+            if msg.get("stalled") is True:
+                # The loop answers but the applier does not take its work: as good as a hang.
+                if not self.stalled_seen:
+                    log.warning("%s: %s answers heartbeats but its applier is stalled",
+                                self.name, self.replica_id)
+                self.stalled_seen = True
+                return
+            self.stalled_seen = False
             self._outstanding.discard(n)
             self.last_ack = time.time()
             self.replica_state = msg

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"in_process": [], "cluster": None}
     print(f"{'MiB':>5s} {'keys':>7s} {'frames':>6s} {'snapshot':>9s} {'encode':>8s} "
           f"{'decode':>8s} {'verify':>8s} {'install':>8s}   (ms, median of {args.repeats})")
-    for mib in (int(s) for s in args.sizes.split(",")):
+    for mib in (int(s) for s in args.sizes.split(",") if s.strip()):
         row = in_process(mib, args.repeats, 16 * 1024 * 1024)
         report["in_process"].append(row)
         print(f"{mib:5d} {row['keys']:7d} {row['frames']:6d} {row['snapshot_ms']:9.0f} "

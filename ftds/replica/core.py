@@ -52,6 +52,7 @@ DROP_ACKED_WRITE = faults.on("drop_acked_write")
 REORDER = faults.on("reorder")
 ACK_AFTER_DEPOSED = faults.on("ack_after_deposed")
 EARLY_COMMIT = faults.on("early_commit")
+STALL_APPLIER = faults.on("stall_applier")
 FULL_CHECKPOINT_EVERY = 20  # of a state that takes several frames; the others carry its digest
 
 
@@ -147,6 +148,8 @@ class Replica:
         self.watchers: set[Conn] = set()
         self._reply_out: dict[Conn, list[dict[str, Any]]] = {}
         self._inbox: list[tuple[Callable[[Conn, Message], None], Conn, Message]] = []
+        self._applied_at = time.monotonic()  # when the applier last took its inbox
+        self._stall_planted = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_report = 0.0
@@ -210,12 +213,21 @@ class Replica:
 
     def submit(self, handler: Callable[[Conn, Message], None], conn: Conn, msg: Message) -> None:
         """Queue an event for the applier task (keeps arrival order)."""
+        if not self._inbox:
+            self._applied_at = time.monotonic()  # the wait for the applier starts now
         self._inbox.append((handler, conn, msg))
         self._wake.set()
+
+    def applier_stalled(self) -> bool:
+        """Work has waited longer than a heartbeat interval without the applier taking it:
+        the LFD counts such a heartbeat as missed (a stalled primary is a hung one)."""
+        return bool(self._inbox) and \
+            time.monotonic() - self._applied_at > self.tunables.heartbeat_interval
 
     async def _applier(self) -> None:
         while True:
             await self._wake.wait()
+            self._applied_at = time.monotonic()
             self._wake.clear()
             while self._inbox:
                 batch, self._inbox = self._inbox, []
@@ -228,6 +240,9 @@ class Replica:
                         self.stats.rejected_frames += 1
                         conn.reject(exc.code, exc.detail)
             self._ship()
+            if STALL_APPLIER and self._stall_planted:
+                log.critical("%s: PLANTED BUG: the applier stops taking work", self.id)
+                await asyncio.Event().wait()
 
     async def _ticker(self) -> None:
         """Checkpoints, lease renewal, recovery deadlines and reports, on their own clocks."""
@@ -381,6 +396,8 @@ class Replica:
         self.recorded.pop(client, None)
         entry = {"s": self.sm.seq + 1, "e": self.epoch, "c": client, "r": request_num, "op": op}
         result = self._apply(entry, announce=True)
+        if STALL_APPLIER and op.get("key") == "__stall__":
+            self._stall_planted = True  # planted bug: this orderer's applier stops after this
         self._entries_out.append(entry)
         self.stats.ordered += 1
         self.waiting.append(PendingReply(entry["s"], conn, {

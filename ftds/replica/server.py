@@ -179,4 +179,5 @@ class ReplicaDaemon:
             log.info("[%d] %s receives heartbeat from %s", n, r.id, conn.peer_id,
                      extra={"kind": "heartbeat"})
         conn.send("hb_ack", {"n": n, "i_am_ready": int(r.ready), "seq": r.sm.seq,
+                             "stalled": r.applier_stalled(),
                              "role": r.role_name, "pid": os.getpid()})

@@ -9,6 +9,7 @@ primaries that never acknowledged, and a reused client id that got another opera
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 
@@ -244,3 +245,21 @@ def test_state_larger_than_a_frame_is_checkpointed_and_caught_up_in_parts(make_m
     assert value == "0039" * 2000
     status = cluster.wait_converged(IDS)
     assert len({s["digest"] for s in status.values()}) == 1
+
+
+def test_a_primary_whose_applier_stalls_is_replaced_like_a_hung_one(make_managed):
+    """Its loop still answers heartbeats; the acks say the applier is stalled, so the LFD
+    reports a hang and the RM fails over once the lease ran out."""
+    cluster = make_managed(tunables={"lease": 0.5}, env={"FTDS_FAULT": "stall_applier"})
+    start = cluster.up()
+    cfg, key = cluster.config, cluster.key
+    assert run(call(cfg, key, {"op": "put", "key": "x", "value": 1}))["res"]["ok"]
+    old = start["primary"]
+    with contextlib.suppress(TimeoutError):  # the put that stalls it may go unanswered
+        run(call(cfg, key, {"op": "put", "key": "__stall__", "value": 1}, name="T2",
+                 timeout=1.0))
+    cluster.wait(lambda: (s := cluster.rm_status()) and s["primary"] not in (None, old), 20,
+                 "a new primary")
+    assert run(call(cfg, key, {"op": "get", "key": "x"}, name="T3"))["res"]["value"] == 1
+    cluster.wait(lambda: any("applier stalled" in i["cause"] for i in cluster.incidents()
+                             if i["replica"] == old), 10, "the stall in the incident's cause")
