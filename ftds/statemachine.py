@@ -26,6 +26,11 @@ MAX_KEY_LEN = 256
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 MAX_DEPTH = 32
 MAX_VALUE_BYTES = 1 << 20
+# The reply cache keeps a client's record while the client is active, and for REPLY_CACHE_TTL
+# seconds of the orderer's clock after its last request (the time each entry carries, so every
+# replica prunes the same records at the same seq). A retry later than that runs again.
+REPLY_CACHE_TTL = 3600
+PRUNE_EVERY = 4096  # entries between two sweeps of the reply cache
 
 Result = dict[str, Any]
 Entry = dict[str, Any]  # {"s": seq, "e": epoch, "c": client, "r": request_num, "op": {...}}
@@ -130,10 +135,11 @@ def execute(kv: dict[str, Any], op: dict[str, Any]) -> Result:
 
 
 class StateMachine:
-    def __init__(self) -> None:
+    def __init__(self, reply_cache_ttl: float = REPLY_CACHE_TTL) -> None:
         self.kv: dict[str, Any] = {}
+        self.reply_cache_ttl = reply_cache_ttl
         # client id -> [high watermark request_num, cached result, seq of that request,
-        #               fingerprint of its operation]
+        #               fingerprint of its operation, orderer's time of that request]
         self.clients: dict[str, list[Any]] = {}
         self.seq = 0  # last applied sequence number
         self.last_epoch = 0  # epoch of the last applied entry
@@ -177,9 +183,21 @@ class StateMachine:
             return {"ok": False, "error": "stale request"}, False
         op = entry["op"]
         result = execute(self.kv, op)
-        self.clients[client] = [request_num, result, seq, fingerprint(op)]
+        at = entry.get("t", 0)
+        self.clients[client] = [request_num, result, seq, fingerprint(op), at]
         self.executed += 1
+        if seq % PRUNE_EVERY == 0 and at:
+            self.prune(at)
         return result, True
+
+    def prune(self, now: int) -> int:
+        """Drop the records of clients idle past the TTL (by the entries' time: deterministic
+        on every replica). Returns how many went."""
+        horizon = now - self.reply_cache_ttl
+        idle = [c for c, rec in self.clients.items() if len(rec) > 4 and rec[4] < horizon]
+        for client in idle:
+            del self.clients[client]
+        return len(idle)
 
     # -- checkpoints -----------------------------------------------------------------------
     def digest(self) -> str:
@@ -230,8 +248,9 @@ def validate_checkpoint(cp: Any) -> str | None:
         if not isinstance(cp.get(name), kind):
             return f"checkpoint field {name!r} missing or wrong type"
     for client, rec in cp["clients"].items():
-        if not (isinstance(rec, list) and len(rec) in (3, 4) and isinstance(rec[0], int)
-                and isinstance(rec[2], int) and (len(rec) == 3 or isinstance(rec[3], int))):
+        if not (isinstance(rec, list) and 3 <= len(rec) <= 5 and isinstance(rec[0], int)
+                and isinstance(rec[2], int)
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in rec[3:])):
             return f"checkpoint client record of {client!r} is malformed"
     if state_digest(cp["my_state"], cp["clients"]) != cp["digest"]:
         return "checkpoint digest does not match its state"

@@ -150,6 +150,7 @@ class Replica:
         self._inbox: list[tuple[Callable[[Conn, Message], None], Conn, Message]] = []
         self._applied_at = time.monotonic()  # when the applier last took its inbox
         self._stall_planted = False
+        self._now_s = int(time.time())
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_report = 0.0
@@ -228,6 +229,7 @@ class Replica:
         while True:
             await self._wake.wait()
             self._applied_at = time.monotonic()
+            self._now_s = int(time.time())  # the orderer's clock, carried by each entry
             self._wake.clear()
             while self._inbox:
                 batch, self._inbox = self._inbox, []
@@ -394,7 +396,8 @@ class Replica:
                                      "res": {"ok": False, "error": problem}})
             return
         self.recorded.pop(client, None)
-        entry = {"s": self.sm.seq + 1, "e": self.epoch, "c": client, "r": request_num, "op": op}
+        entry = {"s": self.sm.seq + 1, "e": self.epoch, "c": client, "r": request_num, "op": op,
+                 "t": self._now_s}
         result = self._apply(entry, announce=True)
         if STALL_APPLIER and op.get("key") == "__stall__":
             self._stall_planted = True  # planted bug: this orderer's applier stops after this
@@ -844,7 +847,8 @@ class Replica:
             conn.close()
             return
         if validate_op(entry.get("op")) is not None or not isinstance(entry.get("c"), str) \
-                or not isinstance(entry.get("r"), int) or not isinstance(entry.get("e"), int):
+                or not isinstance(entry.get("r"), int) or not isinstance(entry.get("e"), int) \
+                or not isinstance(entry.get("t", 0), int):
             raise WireError("malformed", f"entries: entry {seq} is malformed")
         replies = self.active and self.ready
         result = self._apply(entry, announce=replies)

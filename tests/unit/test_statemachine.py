@@ -140,3 +140,32 @@ def test_log_entries_after_and_truncate():
         pass
     else:
         raise AssertionError("gap accepted")
+
+
+def test_reply_cache_forgets_clients_idle_past_the_ttl_the_same_way_everywhere():
+    from ftds.statemachine import PRUNE_EVERY
+
+    a, b = StateMachine(reply_cache_ttl=10), StateMachine(reply_cache_ttl=10)
+    a.apply({"s": 1, "e": 1, "c": "idle", "r": 1, "t": 1000,
+             "op": {"op": "put", "key": "x", "value": 1}})
+    for seq in range(2, PRUNE_EVERY + 1):
+        entry = {"s": seq, "e": 1, "c": "busy", "r": seq, "t": 1000 + seq // 100,
+                 "op": {"op": "incr", "key": "n"}}
+        a.apply(entry)
+        if seq == PRUNE_EVERY // 2:
+            b.install(a.snapshot(1))  # a member that joined half way prunes the same
+        elif seq > PRUNE_EVERY // 2:
+            b.apply(dict(entry))
+    assert "idle" not in a.clients and "busy" in a.clients
+    assert a.digest() == b.digest() and a.clients == b.clients
+    assert a.watermark("idle") == 0  # a retry this late runs again: the documented window
+
+
+def test_reply_cache_keeps_clients_within_the_ttl():
+    from ftds.statemachine import PRUNE_EVERY
+
+    sm = StateMachine(reply_cache_ttl=3600)
+    for seq in range(1, PRUNE_EVERY + 1):
+        sm.apply({"s": seq, "e": 1, "c": f"C{seq % 3}", "r": seq // 3 + 1, "t": 5000 + seq,
+                  "op": {"op": "incr", "key": "n"}})
+    assert set(sm.clients) == {"C0", "C1", "C2"}
