@@ -314,6 +314,17 @@ class Schedule:
 
     @staticmethod
     def named(name: str, target: Target, faults: int, seed: int) -> Schedule:
+        return Schedule.for_kinds(name, target.kinds, target.name, faults, seed)
+
+    @staticmethod
+    def check_name(name: str, target: str) -> None:
+        """Raise ValueError (naming the choices) unless ``name`` is a schedule of ``target``
+        (local or lab): called before anything is started."""
+        Schedule.for_kinds(name, LOCAL_KINDS if target == "local" else LAB_KINDS, target, 1, 0)
+
+    @staticmethod
+    def for_kinds(name: str, kinds: dict[str, Kind], target: str, faults: int,
+                  seed: int) -> Schedule:
         rng = random.Random(seed)
         if name == "milestone5":
             return Schedule(["kill_primary", "kill", "kill_primary"], seed, rng)
@@ -321,21 +332,21 @@ class Schedule:
             step = "kill_primary" if name == "kills" else "pause"
             return Schedule([step] * max(faults, 1), seed, rng)
         if name == "random":
-            kinds = list(target.kinds.values())
-            weights = [k.weight for k in kinds]
-            steps = [rng.choices(kinds, weights)[0].name for _ in range(faults)]
+            choices = list(kinds.values())
+            weights = [k.weight for k in choices]
+            steps = [rng.choices(choices, weights)[0].name for _ in range(faults)]
             return Schedule(steps, seed, rng)
         if name == "all":
             # every kind in turn, as many rounds as needed
-            names = list(target.kinds)
+            names = list(kinds)
             return Schedule([names[i % len(names)] for i in range(faults)], seed, rng)
         # Fault kinds by name (``fault_during_recovery``, ``kill,pause``): in turn.
         names = [n.strip() for n in name.split(",") if n.strip()]
-        if names and all(n in target.kinds for n in names):
+        if names and all(n in kinds for n in names):
             return Schedule([names[i % len(names)] for i in range(max(faults, 1))], seed, rng)
         raise ValueError(f"unknown schedule {name!r} (milestone5, kills, pauses, random, all, "
-                         f"or fault kinds of the {target.name} target, comma-separated: "
-                         f"{', '.join(target.kinds)})")
+                         f"or fault kinds of the {target} target, comma-separated: "
+                         f"{', '.join(kinds)})")
 
     def pick_victim(self, kind: Kind, status: dict[str, Any]) -> tuple[str, str]:
         primary = status["primary"]
@@ -434,7 +445,7 @@ async def _primary_crash_backups_out(target: Target, status: dict[str, Any],
     backups = [r for r in sorted(status["replicas"]) if r != primary]
     notes: list[str] = []
     stopped_at = time.monotonic()
-    killed_at: float | None = None
+    dropped_at = killed_at = 0.0
     try:
         notes.extend(target.pause_replica(b) for b in backups)
         dropped = await wait_status(

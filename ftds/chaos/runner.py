@@ -233,6 +233,7 @@ async def wait_healthy(config: ClusterConfig, key: bytes, timeout: float) -> dic
 
 
 def run_chaos(s: RunSettings, log: Any = print) -> dict[str, Any]:
+    Schedule.check_name(s.schedule, s.target)  # ValueError before anything starts
     s.out.mkdir(parents=True, exist_ok=True)
     histories = s.out / "histories"
     if histories.exists():

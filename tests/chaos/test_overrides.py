@@ -110,3 +110,14 @@ def test_compound_kinds_are_scheduled_by_name_all_and_random(tmp_path: Path):
     assert set(COMPOUND_KINDS) <= set(Schedule.named("random", target, 200, 1).steps)
     # The lab gets the kinds built from its own verbs; the override's clock is local only.
     assert "fault_during_recovery" in LAB_KINDS and "primary_crash_backups_out" not in LAB_KINDS
+
+
+def test_an_unknown_schedule_is_refused_before_anything_starts(tmp_path: Path):
+    import pytest
+
+    from ftds.chaos.runner import RunSettings, run_chaos
+
+    with pytest.raises(ValueError, match="fault kinds of the local target"):
+        run_chaos(RunSettings(out=tmp_path / "chaos", schedule="power_cut"))
+    assert not (tmp_path / "chaos").exists()
+    Schedule.check_name("power_cut,fault_during_recovery", "lab")
