@@ -452,7 +452,7 @@ async def _primary_crash_backups_out(target: Target, status: dict[str, Any],
             config, key, lambda s: s["epoch"] == epoch and s["members"] == [primary], 4.0)
         if dropped is None:
             event.note = ("; ".join(notes) + "; the RM did not drop the backups within 4s: "
-                          "the primary was not killed")
+                          "the primary was not killed; the backups were resumed")
             return
         dropped_at = time.monotonic()
         await asyncio.sleep(hold)  # the primary acknowledges alone, under its lease
