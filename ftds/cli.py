@@ -295,7 +295,7 @@ def cmd_workload(args: argparse.Namespace) -> int:
                 config, client.key, name=args.id, clients=args.clients, rate=args.rate,
                 duration=args.duration, keys=args.keys, trace=not args.quiet,
                 history=args.history, mix=args.mix, seed=args.seed, client=client, stop=stop,
-                prefix=args.prefix)
+                prefix=args.prefix, hostile=args.hostile)
         finally:
             await client.close()
 
@@ -516,11 +516,14 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         target=args.target, mode=args.mode, schedule=args.schedule, faults=args.faults,
         seed=args.seed, clients=args.clients, sessions=args.sessions, rate=args.rate,
         keys=args.keys, out=Path(args.out), heal_timeout=args.heal_timeout,
-        duplicate=args.duplicate)
+        duplicate=args.duplicate, hostile=args.hostile)
     planted = os.environ.get("FTDS_FAULT")
     if planted:
         settings.env["FTDS_FAULT"] = planted
-    report = runner.run_chaos(settings)
+    try:
+        report = runner.run_chaos(settings)
+    except ValueError as exc:  # an unknown schedule or fault kind, refused before anything ran
+        raise UsageError(str(exc)) from None
     print(runner.render_text(report))
     print(f"report: {args.out}/report.txt, report.json, timeline.png; histories in "
           f"{args.out}/histories/")
@@ -664,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=SECONDS, default=10.0, metavar="SECONDS",
                    help="give up (exit 3) when no replica accepts a connection in this long "
                    "(default 10)")
+    p.add_argument("--hostile", action="store_true",
+                   help="add a session <id>.hostile whose requests must all be refused")
     p.add_argument("--quiet", "-q", action="store_true", help="no course log lines")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
     p.set_defaults(func=cmd_workload)
@@ -761,8 +766,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: an embedded cluster here; lab: the deployed lab (default local)")
     q.add_argument("--mode", choices=["passive", "active"], default="passive",
                    help="local target: the cluster's mode (the lab runs what was deployed)")
-    q.add_argument("--schedule", choices=["random", "milestone5", "kills", "pauses", "all"],
-                   default="random", help="which faults, in which order (default random)")
+    q.add_argument("--schedule", default="random", metavar="SCHEDULE",
+                   help="which faults, in which order: random (default), all, milestone5, "
+                        "kills, pauses, or fault kinds by name, comma-separated (e.g. "
+                        "fault_during_recovery,primary_crash_backups_out)")
     q.add_argument("--faults", type=COUNT, default=10, help="how many faults (default 10)")
     q.add_argument("--seed", type=int, default=1,
                    help="seed of the schedule and the clients: a run can be repeated")
@@ -777,6 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the cluster may take to heal after a fault")
     q.add_argument("--duplicate", type=NON_NEGATIVE_INT, default=25, metavar="N",
                    help="clients send every Nth request twice (0: never)")
+    q.add_argument("--no-hostile", dest="hostile", action="store_false",
+                   help="no hostile client (local target; on by default)")
     q = chaos_sub.add_parser("check", help="judge a saved run's histories again")
     q.add_argument("dir")
     p.set_defaults(func=cmd_chaos)
