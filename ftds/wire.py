@@ -235,6 +235,13 @@ class Conn(asyncio.Protocol):
                       self.transport.get_write_buffer_size())
             self.transport.abort()
 
+    def pending_bytes(self) -> int:
+        """What is queued for this peer and not yet taken by the kernel."""
+        queued = sum(len(chunk) for chunk in self._out)
+        if self.transport is not None and not self.transport.is_closing():
+            queued += self.transport.get_write_buffer_size()
+        return queued
+
     def flush_now(self) -> None:
         self._flush()
 

@@ -40,7 +40,14 @@ from ..supervise import spawn
 from ..view import View
 from ..wire import Conn, Message, WireError, broadcast, encode_body, envelope, frame, require
 from .replog import ReplicationLog
-from .transfer import STATE_FIELDS, PartsCollector, checkpoint_bodies, limit_for, pack
+from .transfer import (
+    STATE_FIELDS,
+    PartsCollector,
+    checkpoint_bodies,
+    limit_for,
+    pack,
+    send_paced,
+)
 from .upstream import Upstream
 
 log = logging.getLogger("ftds.replica")
@@ -53,7 +60,6 @@ REORDER = faults.on("reorder")
 ACK_AFTER_DEPOSED = faults.on("ack_after_deposed")
 EARLY_COMMIT = faults.on("early_commit")
 STALL_APPLIER = faults.on("stall_applier")
-FULL_CHECKPOINT_EVERY = 20  # of a state that takes several frames; the others carry its digest
 
 
 @dataclass
@@ -131,8 +137,8 @@ class Replica:
         # member side
         self.upstream: Upstream | None = None
         self._parts = PartsCollector()  # a checkpoint arriving in parts from the orderer
-        self._state_parts = 0  # frames the last whole checkpoint took
-        self._checkpoints_taken = 0
+        self._state_parts = 0  # frames the state took when last measured
+        self._state_keys = 0  # its keys then
         self._fetch_parts = PartsCollector()  # one arriving during a view change's fetch
         self.member_commit = 0  # commit index reported by the orderer
         self.member_waiting: collections.deque[PendingReply] = collections.deque()
@@ -632,7 +638,7 @@ class Replica:
             self._log_checkpoint(cp, [sub.id], "catch-up")
             bodies = checkpoint_bodies(cp, "catchup", {**payload, "entries": []}, self.id,
                                        self.epoch, self._limit)
-            self._state_parts = len(bodies) - 1
+            self._state_parts, self._state_keys = len(bodies) - 1, len(self.sm.kv)
         else:
             whole = self._body("catchup", {**payload, "entries": entries})
             if len(whole) <= self._limit:
@@ -643,11 +649,39 @@ class Replica:
                     entries, lambda part: self._body("entries", {"entries": part,
                                                                  "commit": commit}),
                     self._limit)]
-        for body in bodies:
-            sub.conn.send_raw(body)
+        if len(bodies) == 1:
+            sub.conn.send_raw(bodies[0])
+            self._mark_synced(sub, held)
+            return
+        # Many frames: paced by what the link drains, then what was ordered meanwhile.
+        upto = entries[-1]["s"] if entries else (sub.seq if held else self.sm.seq)
+        spawn(self._transfer(sub, bodies, upto, held), f"transfer-{sub.id}")
+
+    def _mark_synced(self, sub: Subscriber, held: int) -> None:
         sub.synced = True
         if sub.id in self.sync_set:
             self.acked[sub.id] = max(self.acked.get(sub.id, 0), held)
+
+    async def _transfer(self, sub: Subscriber, bodies: list[bytes], upto: int,
+                        held: int) -> None:
+        """A catch-up of many frames, sent as the link drains (a burst of the whole would
+        overflow the write buffer), then the entries ordered since ``upto``, then the stream."""
+        if not await send_paced(sub.conn, bodies):
+            return
+        if self.subs.get(sub.id) is not sub or not self.is_orderer:
+            return
+        rest = self.log.entries_after(upto)
+        if rest is None:  # the log moved past it meanwhile: it subscribes again
+            sub.conn.close()
+            return
+        if rest:
+            commit = self.commit
+            for body in pack(rest, lambda part: self._body("entries", {
+                    "entries": part, "commit": commit}), self._limit):
+                sub.conn.send_raw(body)
+        self._mark_synced(sub, held)
+        log.info("%s: catch-up of %s sent in %d frames (+%d entries ordered meanwhile)",
+                 self.id, sub.id, len(bodies), len(rest))
 
     def watch_member_close(self, conn: Conn) -> None:
         previous = conn.on_close
@@ -735,18 +769,18 @@ class Replica:
             return
         self._ship()  # entries before the checkpoint, in stream order
         cp = self._snapshot()
-        self._checkpoints_taken += 1
-        if self._state_parts > 1 and self._checkpoints_taken % FULL_CHECKPOINT_EVERY:
-            # A state of many frames: members hold it already (they applied the stream), so
-            # they verify the digest at this seq and only a member that differs is sent the
-            # state (it subscribes again). Every Nth checkpoint is whole, to notice shrinking.
+        # A state of many frames is not broadcast whole: the members hold it already (they
+        # applied the stream), so they verify its digest at this seq, and only a member that
+        # differs is sent the state (it subscribes again). Measured again once it halved.
+        bodies = []
+        if self._state_parts <= 1 or len(self.sm.kv) < self._state_keys // 2:
+            bodies = checkpoint_bodies(cp, "checkpoint", {}, self.id, self.epoch, self._limit)
+            self._state_parts, self._state_keys = len(bodies) - 1, len(self.sm.kv)
+        why = "periodic"
+        if self._state_parts > 1:
             meta = {k: v for k, v in cp.items() if k not in STATE_FIELDS}
             bodies = [self._body("checkpoint", {"checkpoint": meta, "digest_only": True})]
             why = "periodic, digest only"
-        else:
-            bodies = checkpoint_bodies(cp, "checkpoint", {}, self.id, self.epoch, self._limit)
-            self._state_parts = len(bodies) - 1
-            why = "periodic"
         receivers = self._broadcast_bodies(bodies)
         if receivers:
             self.stats.checkpoints_sent += 1
@@ -829,8 +863,10 @@ class Replica:
             else:  # the first slice that fits: the new orderer fetches again for the rest
                 bodies = pack(entries, lambda part: self._body("fetched", {"entries": part}),
                               self._limit)[:1]
-            for body in bodies:
-                conn.send_raw(body)
+            if len(bodies) == 1:
+                conn.send_raw(bodies[0])
+            else:
+                spawn(send_paced(conn, bodies), "fetched")
             return
         conn.send("ack", {"seq": self.sm.seq})
 

@@ -15,10 +15,13 @@ key per piece at worst, and those are bounded by the value limits of the state m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..wire import Message, WireError, encode_body, envelope
+from ..wire import Conn, Message, WireError, encode_body, envelope
+
+PACE_BUFFER = 4 * 1024 * 1024  # bytes a paced transfer lets wait in the link before pausing
 
 STATE_FIELDS = ("my_state", "clients")
 
@@ -54,6 +57,21 @@ def checkpoint_bodies(cp: dict[str, Any], final_kind: str, final_fields: Message
     final = encode_body(envelope(final_kind, sender, epoch,
                                  {**final_fields, "checkpoint": meta}))
     return [*parts, final]
+
+
+async def send_paced(conn: Conn, bodies: Iterable[bytes]) -> bool:
+    """Send ``bodies`` in order, each once the link drained below ``PACE_BUFFER`` (the peer
+    reads as fast as it can: a burst would overflow the write buffer). False if it closed."""
+    for body in bodies:
+        while conn.pending_bytes() > PACE_BUFFER:
+            if conn.is_closing():
+                return False
+            await asyncio.sleep(0.002)
+        if conn.is_closing():
+            return False
+        conn.send_raw(body)
+        await asyncio.sleep(0)  # the frame is written on the next turn of the loop
+    return not conn.is_closing()
 
 
 class PartsCollector:
