@@ -91,6 +91,7 @@ class ReplicationManager:
         self.lease_expiry = time.monotonic() + max(self.record.lease_max,
                                                    self.config.tunables.lease)
         self.unavailable = ""  # why no primary can be chosen without losing data, if so
+        self.adopted = False  # the view in force was reported to us, not made by us
         self.failover: Failover | None = None
         self.decisions: dict[str, str] = {}
         self.last_decision = "starting"
@@ -232,6 +233,11 @@ class ReplicationManager:
             info.incarnation = inc
         info.report = msg
         info.report_at = time.monotonic()
+        if self.adopted and self.view is not None and info.spec.id in self.view.members \
+                and self._same_process(info.spec.id, self.view):
+            # A member of a view we found (we restarted) is confirmed once it reports as the
+            # process that view counts: its primary admitted it before, maybe before dying.
+            self.confirmed.add(info.spec.id)
         reported = msg.get("view")
         if reported:
             try:
@@ -268,6 +274,7 @@ class ReplicationManager:
         # reporting now is the one the view counts.
         self.confirmed = {m for m in view.members if self._same_process(m, view)}
         self.unavailable = ""
+        self.adopted = True
         self._persist(view)
         log.info("RM: adopted view %s (%s)", view.describe(), why, extra={"kind": "decision"})
 
@@ -502,6 +509,8 @@ class ReplicationManager:
                 self._decide_note(old, f"{role} lost ({reason}); waiting out its lease "
                                        f"({max(0.0, wait_until - now) * 1000:.0f} ms) first")
             log.warning("RM: %s", self.last_decision, extra={"kind": "decision"})
+        elif now < self.failover.not_before and self.replicas[old].loss.get("confirmed_dead"):
+            self.failover.not_before = now  # its exit is confirmed since: no lease to wait out
         if now < self.failover.not_before:
             return
         candidates = [m for m in view.members if m != old and m in present
@@ -576,6 +585,7 @@ class ReplicationManager:
     def _issue(self, view: View, why: str, primary_first: bool = False) -> None:
         self._persist(view)  # on disk before anyone hears of it
         self.view = view
+        self.adopted = False
         self.unavailable = ""
         self.last_decision = why
         log.info("RM: %s -> view %s", why, view.describe(), extra={"kind": "decision"})

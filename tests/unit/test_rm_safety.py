@@ -234,3 +234,17 @@ def test_new_local_cluster_forgets_the_previous_record(tmp_path):
     assert local.forget_previous_cluster(tmp_path)
     assert not RmStore(tmp_path).load().data_may_exist
     assert json.dumps(RmStore(tmp_path).load().__dict__)
+
+
+def test_restarted_rm_promotes_a_holder_when_the_primary_dies_before_reporting(make_rm):
+    """RM restart together with a primary crash: the backups' own reports of the view (as the
+    processes it counts) make them electable; the dead primary never confirms them again."""
+    old = View(3, 1, "S1", tuple(IDS), incs=(("S1", "a"), ("S2", "b"), ("S3", "c")))
+    rm = make_rm(RmRecord(epoch=3, view=old.to_wire()))
+    stable(rm, ["S2", "S3"])
+    report(rm, "S2", inc="b", seq=40, view=old)
+    report(rm, "S3", inc="c", seq=41, view=old)
+    rm._on_membership({"members": ["S2", "S3"], "stable": True, "view": 2, "changes": [
+        {"kind": "delete", "replica": "S1", "confirmed_dead": True, "reason": "exited"}]})
+    assert rm.view.epoch == 4 and rm.view.primary == "S3", rm.view
+    assert not rm.unavailable
