@@ -882,7 +882,8 @@ class Replica:
             self.caught_up = False
             conn.close()
             return
-        if validate_op(entry.get("op")) is not None or not isinstance(entry.get("c"), str) \
+        if validate_op(entry.get("op"), values=False) is not None \
+                or not isinstance(entry.get("c"), str) \
                 or not isinstance(entry.get("r"), int) or not isinstance(entry.get("e"), int) \
                 or not isinstance(entry.get("t", 0), int):
             raise WireError("malformed", f"entries: entry {seq} is malformed")
