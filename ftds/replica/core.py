@@ -38,7 +38,7 @@ from ..statemachine import (
 )
 from ..supervise import spawn
 from ..view import View
-from ..wire import Conn, Message, WireError, broadcast, encode_body, envelope, frame, require
+from ..wire import Conn, Message, WireError, encode_body, envelope, frame, require
 from .replog import ReplicationLog
 from .transfer import (
     STATE_FIELDS,
@@ -496,18 +496,13 @@ class Replica:
             if DROP_ACKED_WRITE:
                 asyncio.get_running_loop().call_later(0.5, self._broadcast, "entries", fields)
             else:
-                commit = self.commit
-                self._broadcast_bodies(pack(entries, lambda part: self._body(
-                    "entries", {"entries": part, "commit": commit}), self._limit))
+                self._broadcast_bodies(self._entries_bodies(entries))
             self._commit_sent = self.commit
         self._advance_commit()
         self._flush_replies()
 
     def _broadcast(self, kind: str, fields: dict[str, Any]) -> list[str]:
-        receivers = [s for s in self.subs.values() if s.synced]
-        if receivers:
-            broadcast((s.conn for s in receivers), kind, fields, self.id, self.epoch, self.key)
-        return [s.id for s in receivers]
+        return self._broadcast_bodies([self._body(kind, fields)])
 
     def _broadcast_bodies(self, bodies: list[bytes]) -> list[str]:
         """Encoded bodies, in order, to every synced subscriber (each framed once)."""
@@ -521,6 +516,13 @@ class Replica:
 
     def _body(self, kind: str, fields: dict[str, Any]) -> bytes:
         return encode_body(envelope(kind, self.id, self.epoch, fields))
+
+    def _entries_bodies(self, entries: list[dict[str, Any]]) -> list[bytes]:
+        """``entries`` messages for a run of the log, in slices that fit a frame."""
+        commit = self.commit
+        return pack(entries, lambda part: self._body("entries", {"entries": part,
+                                                                 "commit": commit}),
+                    self._limit)
 
     @property
     def _limit(self) -> int:
@@ -644,11 +646,8 @@ class Replica:
             if len(whole) <= self._limit:
                 bodies = [whole]
             else:  # the catch-up itself, then the log in slices that fit a frame
-                commit = self.commit
-                bodies = [self._body("catchup", {**payload, "entries": []}), *pack(
-                    entries, lambda part: self._body("entries", {"entries": part,
-                                                                 "commit": commit}),
-                    self._limit)]
+                bodies = [self._body("catchup", {**payload, "entries": []}),
+                          *self._entries_bodies(entries)]
         if len(bodies) == 1:
             sub.conn.send_raw(bodies[0])
             self._mark_synced(sub, held)
@@ -674,11 +673,8 @@ class Replica:
         if rest is None:  # the log moved past it meanwhile: it subscribes again
             sub.conn.close()
             return
-        if rest:
-            commit = self.commit
-            for body in pack(rest, lambda part: self._body("entries", {
-                    "entries": part, "commit": commit}), self._limit):
-                sub.conn.send_raw(body)
+        for body in self._entries_bodies(rest) if rest else ():
+            sub.conn.send_raw(body)
         self._mark_synced(sub, held)
         log.info("%s: catch-up of %s sent in %d frames (+%d entries ordered meanwhile)",
                  self.id, sub.id, len(bodies), len(rest))
