@@ -316,7 +316,10 @@ async def connect(
         return Conn(key, max_frame, sender, epoch_fn, on_message, on_close,
                     label or f"{host}:{port}")
 
-    _, conn = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
+    # asyncio.timeout, not wait_for: on Python 3.11, wait_for cancelled just as the connect
+    # fails raises the connect's OSError and loses the cancellation (a close never returns).
+    async with asyncio.timeout(timeout):
+        _, conn = await loop.create_connection(factory, host, port)
     return conn
 
 
@@ -340,6 +343,9 @@ async def stay_connected(
         try:
             conn = await dial()
         except (OSError, TimeoutError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc  # cancelled as the dial failed: stop
             if not outage and on_unreachable is not None:
                 on_unreachable(exc)
             outage = True
