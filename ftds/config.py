@@ -75,6 +75,11 @@ class Tunables:
     relaunch_backoff: float = 0.2
     relaunch_backoff_max: float = 5.0
     relaunch_timeout: float = 5.0
+    # Strangers on a listening port: a hello within hello_timeout (and 64 KiB before it), and
+    # at most this many connections per port and per source address (see docs/design.md).
+    hello_timeout: float = 2.0
+    max_conns_per_port: int = 1024
+    max_conns_per_source: int = 256
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,9 @@ TUNABLE_LIMITS: dict[str, tuple[float, float]] = {
     "relaunch_backoff": (0.01, 600),
     "relaunch_backoff_max": (0.01, 3600),
     "relaunch_timeout": (0.1, 3600),
+    "hello_timeout": (0.05, 600),
+    "max_conns_per_port": (1, 1_000_000),
+    "max_conns_per_source": (1, 1_000_000),
 }
 
 

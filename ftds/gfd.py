@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ConfigError, describe_changes, load_config
+from .gate import Gate
 from .log import members_line
 from .supervise import spawn
 from .wire import Conn, Message, WireError, connect, require, stay_connected
@@ -55,6 +56,8 @@ class GlobalFaultDetector:
         self._rm_conn: Conn | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._hb_count = 0
+        gfd = self.config.gfd
+        self.gate = Gate(f"GFD port {gfd.host}:{gfd.port}", lambda: self.config.tunables)
 
     @property
     def tunables(self):
@@ -84,6 +87,7 @@ class GlobalFaultDetector:
             link.conn.close()
         if self._rm_conn is not None:
             self._rm_conn.close()
+        self.gate.close()
 
     def reload(self) -> None:
         try:
@@ -145,7 +149,7 @@ class GlobalFaultDetector:
     # =========================================================================== LFDs ====
     def _new_conn(self) -> Conn:
         return Conn(self.key, self.tunables.max_frame, "GFD", on_message=self._on_message,
-                    on_close=self._on_close, label="GFD<-?")
+                    on_close=self._on_close, label="GFD<-?", gate=self.gate)
 
     def _on_message(self, conn: Conn, msg: Message) -> None:
         kind = msg["t"]

@@ -19,15 +19,23 @@ import hmac
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from .gate import Gate
 
 PROTOCOL_VERSION = 1
 MAC_LEN = 32
 HEADER = struct.Struct(">I")
 # A peer that stops reading while we keep writing is cut off past this many buffered bytes.
 MAX_WRITE_BUFFER = 64 * 1024 * 1024
+# What a peer on a listening port may make us buffer before its hello is accepted.
+PRE_AUTH_LIMIT = 64 * 1024
+# A hello deadline that fires this late means a busy loop: bytes may wait unread, so read first.
+HELLO_LATE = 0.05
+HELLO_LATE_CHECKS = 3
 
 log = logging.getLogger("ftds.wire")
 
@@ -76,16 +84,27 @@ def decode_body(body: bytes | memoryview) -> Message:
 
 
 class FrameDecoder:
-    """Turns a TCP byte stream into authenticated messages, however the reads were split."""
+    """Turns a TCP byte stream into authenticated messages, however the reads were split.
 
-    def __init__(self, key: bytes, max_frame: int) -> None:
+    With ``pre_auth`` (a connection a listening port accepted) frames may announce at most
+    PRE_AUTH_LIMIT bytes and come out one per ``feed`` until ``authenticated()``: the frame
+    after a hello is judged by the limit that hello earned, not by the stranger's.
+    """
+
+    def __init__(self, key: bytes, max_frame: int, *, pre_auth: bool = False) -> None:
         self._key = key
         self._max_frame = max_frame
+        self._limit = min(PRE_AUTH_LIMIT, max_frame) if pre_auth else max_frame
+        self.pre_auth = pre_auth
         self._buf = bytearray()
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    def authenticated(self) -> None:
+        self.pre_auth = False
+        self._limit = self._max_frame
 
     def feed(self, data: bytes) -> list[Message]:
         if self._buf:
@@ -98,9 +117,14 @@ class FrameDecoder:
         end = len(buf)
         unpack_from = HEADER.unpack_from
         key = self._key
+        limit = self._limit
+        one = self.pre_auth
         while end - pos >= 4:
             (length,) = unpack_from(buf, pos)
-            if length > self._max_frame:
+            if length > limit:
+                if one:
+                    raise WireError("oversize", f"frame of {length} bytes before hello (at "
+                                                f"most {limit} until a hello is accepted)")
                 raise WireError(
                     "oversize", f"frame of {length} bytes exceeds max_frame {self._max_frame}"
                 )
@@ -116,6 +140,8 @@ class FrameDecoder:
                 raise WireError("auth", "HMAC does not match the cluster key")
             out.append(decode_body(body))
             pos = stop
+            if one:
+                break
         if buf is self._buf:
             del self._buf[:pos]
         elif pos < end:
@@ -136,6 +162,10 @@ class Conn(asyncio.Protocol):
     Incoming messages go to ``on_message(conn, msg)`` when given, else to a queue read with
     ``recv()``. A frame that cannot be accepted is logged, answered with an ``error`` message
     where possible, and the connection is closed; nothing of it reaches the handler.
+
+    A connection a listening port accepted has a ``gate`` (and an ``on_message``): it is a
+    stranger until its handler gives it a ``role`` (accepts its hello), which must happen
+    within the gate's hello timeout, with at most PRE_AUTH_LIMIT bytes buffered meanwhile.
     """
 
     def __init__(
@@ -147,6 +177,7 @@ class Conn(asyncio.Protocol):
         on_message: Callable[[Conn, Message], None] | None = None,
         on_close: Callable[[Conn], None] | None = None,
         label: str = "peer",
+        gate: Gate | None = None,
     ) -> None:
         self.key = key
         self.sender = sender
@@ -159,7 +190,14 @@ class Conn(asyncio.Protocol):
         self.attrs: dict[str, Any] = {}
         self.transport: asyncio.Transport | None = None
         self.closed = asyncio.get_running_loop().create_future()
-        self._decoder = FrameDecoder(key, max_frame)
+        self.gate = gate
+        self.peer_host = ""  # the remote end's address, and with its port
+        self.peer_addr = ""
+        self._decoder = FrameDecoder(key, max_frame, pre_auth=gate is not None)
+        self._admitted = False  # counted by the gate
+        self._hello_timer: asyncio.TimerHandle | None = None
+        self._hello_deadline = 0.0
+        self._late_checks = 0
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._queue: asyncio.Queue[Message | None] | None = (
@@ -171,30 +209,58 @@ class Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
-        if peer and self.label == "peer":
-            self.label = f"{peer[0]}:{peer[1]}"
+        if peer:
+            host = str(peer[0])
+            self.peer_host = host
+            self.peer_addr = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+            if self.label == "peer":
+                self.label = self.peer_addr
+        gate = self.gate
+        if gate is None:
+            return
+        self.label = f"{self.label} from {self.peer_addr}"
+        if not gate.admit(self.peer_host, self.peer_addr):
+            transport.abort()  # refused at once: nothing read, nothing said
+            return
+        self._admitted = True
+        self._arm_hello(gate.hello_timeout())
 
     def data_received(self, data: bytes) -> None:
-        try:
-            messages = self._decoder.feed(data)
-        except WireError as exc:
-            self.reject(exc.code, exc.detail)
+        if self.gate is not None and not self._admitted:
             return
-        for msg in messages:
-            if self.is_closing():
+        while True:
+            pre_auth = self._decoder.pre_auth
+            try:
+                messages = self._decoder.feed(data)
+            except WireError as exc:
+                self.reject(exc.code, exc.detail)
                 return
-            if self.on_message is not None:
-                try:
-                    self.on_message(self, msg)
-                except WireError as exc:
-                    self.reject(exc.code, exc.detail)
+            for msg in messages:
+                if self.is_closing():
                     return
-            else:
-                assert self._queue is not None
-                self._queue.put_nowait(msg)
+                if self.on_message is not None:
+                    try:
+                        self.on_message(self, msg)
+                    except WireError as exc:
+                        self.reject(exc.code, exc.detail)
+                        return
+                else:
+                    assert self._queue is not None
+                    self._queue.put_nowait(msg)
+            if not pre_auth or not messages or self.is_closing():
+                return
+            if self.role is not None:  # its hello was accepted: no longer a stranger
+                self._authenticated()
+            data = b""  # frames after the hello wait in the decoder
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._out.clear()
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+        if self._admitted and self.gate is not None:
+            self._admitted = False
+            self.gate.release(self.peer_host)
         if self._queue is not None:
             self._queue.put_nowait(None)
         if not self.closed.done():
@@ -202,6 +268,35 @@ class Conn(asyncio.Protocol):
         if self.on_close is not None:
             callback, self.on_close = self.on_close, None
             callback(self)
+
+    # -- strangers -------------------------------------------------------------------------
+    def _authenticated(self) -> None:
+        self._decoder.authenticated()
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+
+    def _arm_hello(self, timeout: float) -> None:
+        self._hello_deadline = self._loop.time() + timeout
+        self._hello_timer = self._loop.call_at(self._hello_deadline, self._hello_expired)
+
+    def _hello_expired(self) -> None:
+        self._hello_timer = None
+        if self.role is not None or self.is_closing() or self.gate is None:
+            return
+        if self._loop.time() - self._hello_deadline > HELLO_LATE and \
+                self._late_checks < HELLO_LATE_CHECKS:
+            # The loop was busy past the deadline: a hello that came meanwhile may be unread
+            # (uvloop runs timers before polling), so judge on a timer that fires on time.
+            self._late_checks += 1
+            self._arm_hello(HELLO_LATE)
+            return
+        timeout = self.gate.hello_timeout()
+        self.gate.stranger_closed(self.peer_host, self.peer_addr,
+                                  f"no hello within {timeout:g} s (tunables.hello_timeout)")
+        self._out.clear()
+        self.send("error", {"code": "timeout", "message": f"no hello within {timeout:g} s"})
+        self.close()
 
     # -- sending ---------------------------------------------------------------------------
     def is_closing(self) -> bool:
@@ -247,7 +342,11 @@ class Conn(asyncio.Protocol):
 
     def reject(self, code: str, detail: str) -> None:
         """Refuse what the peer sent: log, tell the peer why, close. State is untouched."""
-        log.error("%s: %s: %s; closing the connection", self.label, code, detail)
+        if self.gate is not None and self.role is None:
+            # A stranger's garbage is logged by its gate, which sums up floods.
+            self.gate.stranger_closed(self.peer_host, self.peer_addr, f"{code}: {detail}")
+        else:
+            log.error("%s: %s: %s; closing the connection", self.label, code, detail)
         if self.transport is not None and not self.transport.is_closing():
             self._out.clear()
             self.send("error", {"code": code, "message": detail})

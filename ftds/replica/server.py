@@ -16,7 +16,8 @@ import os
 from typing import Any
 
 from .. import faults
-from ..config import ConfigError, describe_changes, load_config
+from ..config import ConfigError, Tunables, describe_changes, load_config
+from ..gate import Gate
 from ..wire import Conn, Message, WireError, require
 from .core import _NO_CONN, Replica
 
@@ -34,10 +35,18 @@ class ReplicaDaemon:
         self._servers: list[asyncio.base_events.Server] = []
         self._conns: set[Conn] = set()
         self._hb_count = 0
+        spec = self.replica.spec
+        self.client_gate = Gate(f"{replica_id} client port {spec.host}:{spec.port}",
+                                self._tunables)
+        self.control_gate = Gate(f"{replica_id} control port {spec.host}:{spec.control_port}",
+                                 self._tunables)
 
     @property
     def config(self):
         return self.replica.config
+
+    def _tunables(self) -> Tunables:
+        return self.config.tunables  # read at each use: a reload replaces the config
 
     def status_line(self) -> str:
         r = self.replica
@@ -72,6 +81,8 @@ class ReplicaDaemon:
             conn.close()
         for server in self._servers:
             await server.wait_closed()
+        self.client_gate.close()
+        self.control_gate.close()
 
     def reload(self) -> None:
         try:
@@ -94,10 +105,10 @@ class ReplicaDaemon:
                  "; ".join(changes) if changes else "no change")
 
     # ==================================================================== connections ====
-    def _new_conn(self, on_message: Any, label: str) -> Conn:
+    def _new_conn(self, on_message: Any, label: str, gate: Gate) -> Conn:
         r = self.replica
         conn = Conn(r.key, self.config.tunables.max_frame, r.id, lambda: r.epoch, on_message,
-                    self._closed, label)
+                    self._closed, label, gate)
         self._conns.add(conn)
         return conn
 
@@ -111,10 +122,10 @@ class ReplicaDaemon:
             log.warning("%s: %s disconnected", self.name, conn.peer_id)
 
     def _client_conn(self) -> Conn:
-        return self._new_conn(self._on_client_message, "client")
+        return self._new_conn(self._on_client_message, "client", self.client_gate)
 
     def _control_conn(self) -> Conn:
-        return self._new_conn(self._on_control_message, "control")
+        return self._new_conn(self._on_control_message, "control", self.control_gate)
 
     def _on_client_message(self, conn: Conn, msg: Message) -> None:
         kind = msg["t"]

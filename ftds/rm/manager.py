@@ -33,6 +33,7 @@ from typing import Any
 
 from .. import faults
 from ..config import ClusterConfig, ConfigError, ReplicaSpec, describe_changes, load_config
+from ..gate import Gate
 from ..log import members_line
 from ..supervise import spawn
 from ..view import View
@@ -104,6 +105,8 @@ class ReplicationManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._gfd_waiters: list[asyncio.Future[dict[str, Any]]] = []
         self._deciding = False
+        rm = self.config.rm
+        self.gate = Gate(f"RM port {rm.host}:{rm.port}", lambda: self.config.tunables)
 
     # ====================================================================== lifecycle ====
     def status_line(self) -> str:
@@ -138,6 +141,7 @@ class ReplicationManager:
         for info in self.replicas.values():
             if info.conn is not None:
                 info.conn.close()
+        self.gate.close()
 
     def reload(self) -> None:
         try:
@@ -323,7 +327,7 @@ class ReplicationManager:
     # ========================================================================== GFD ====
     def _new_conn(self) -> Conn:
         return Conn(self.key, self.config.tunables.max_frame, "RM", on_message=self._on_message,
-                    on_close=self._on_close, label="RM<-?")
+                    on_close=self._on_close, label="RM<-?", gate=self.gate)
 
     def _on_message(self, conn: Conn, msg: Message) -> None:
         kind = msg["t"]
