@@ -494,10 +494,10 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bigstate_bench, core_bench, lab_bench, recovery_bench
+    from .bench import bigstate_bench, core_bench, flood_bench, lab_bench, recovery_bench
 
     module = {"core": core_bench, "recovery": recovery_bench, "lab": lab_bench,
-              "bigstate": bigstate_bench}[args.which]
+              "bigstate": bigstate_bench, "flood": flood_bench}[args.which]
     return module.main(args.rest)
 
 
@@ -753,7 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: core (throughput/latency) or recovery "
                        "(detection/failover/relaunch), each against PySyncObj")
-    p.add_argument("which", choices=["core", "recovery", "lab", "bigstate"],
+    p.add_argument("which", choices=["core", "recovery", "lab", "bigstate", "flood"],
                    help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...",
                    help="the benchmark's own options (ftds bench WHICH --help)")

@@ -20,6 +20,9 @@ from .config import Tunables
 
 log = logging.getLogger("ftds.gate")
 
+# The accept queue of every listening port: a burst of strangers' connects must not leave a
+# client's or a daemon's connect waiting for a SYN retransmit (1 s) behind them.
+LISTEN_BACKLOG = 1024
 LOG_WINDOW = 10.0  # seconds: after LOG_BURST lines in a window, the rest is summed at its end
 LOG_BURST = 3
 
@@ -61,12 +64,14 @@ class Throttle:
         count = sum(self._suppressed.values())
         if not count:
             return
+        now = asyncio.get_running_loop().time()
+        span = min(self.window, now - (self._window_end - self.window))  # early when closing
         top = ", ".join(f"{src} x{n}" for src, n in self._suppressed.most_common(3))
         more = len(self._suppressed) - 3
         if more > 0:
             top += f" and {more} more sources"
         log.log(self.level, "%s: %d more in the last %g s (%s)", self.what, count,
-                self.window, top)
+                round(span, 1), top)
         self._suppressed.clear()
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ConfigError, describe_changes, load_config
-from .gate import Gate
+from .gate import LISTEN_BACKLOG, Gate
 from .log import members_line
 from .supervise import spawn
 from .wire import Conn, Message, WireError, connect, require, stay_connected
@@ -70,7 +70,7 @@ class GlobalFaultDetector:
         loop = asyncio.get_running_loop()
         gfd = self.config.gfd
         self._server = await loop.create_server(self._new_conn, gfd.host, gfd.port,
-                                                reuse_address=True)
+                                                reuse_address=True, backlog=LISTEN_BACKLOG)
         log.info("GFD: listening on %s:%d, heartbeating LFDs every %.0f ms", gfd.host, gfd.port,
                  self.tunables.gfd_heartbeat_interval * 1000)
         log.info(members_line("GFD", []), extra={"kind": "membership"})

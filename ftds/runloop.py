@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 from typing import Protocol
 
@@ -89,8 +90,22 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+def raise_fd_limit(want: int = 65536) -> None:
+    """The soft open-file limit up to ``want`` (as the units' LimitNOFILE): a shell's soft
+    limit is often 1024, below one port's connection cap, and EMFILE would then refuse
+    clients and daemons alike instead of the gates refusing strangers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+
+
 def run(daemon: Daemon) -> int:
     tune_gc()
+    raise_fd_limit()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; stdlib loop still works

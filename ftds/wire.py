@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import logging
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -277,15 +278,21 @@ class Conn(asyncio.Protocol):
             self._hello_timer = None
 
     def _arm_hello(self, timeout: float) -> None:
-        self._hello_deadline = self._loop.time() + timeout
-        self._hello_timer = self._loop.call_at(self._hello_deadline, self._hello_expired)
+        # Real time, not loop.time(): uvloop's clock is cached per iteration, so a deadline
+        # taken late in a busy iteration would fire early.
+        self._hello_deadline = time.monotonic() + timeout
+        self._hello_timer = self._loop.call_later(timeout, self._hello_expired)
 
     def _hello_expired(self) -> None:
         self._hello_timer = None
         if self.role is not None or self.is_closing() or self.gate is None:
             return
-        if self._loop.time() - self._hello_deadline > HELLO_LATE and \
-                self._late_checks < HELLO_LATE_CHECKS:
+        now = time.monotonic()
+        if now < self._hello_deadline:
+            self._hello_timer = self._loop.call_later(self._hello_deadline - now,
+                                                      self._hello_expired)
+            return
+        if now - self._hello_deadline > HELLO_LATE and self._late_checks < HELLO_LATE_CHECKS:
             # The loop was busy past the deadline: a hello that came meanwhile may be unread
             # (uvloop runs timers before polling), so judge on a timer that fires on time.
             self._late_checks += 1

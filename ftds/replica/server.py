@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import faults
 from ..config import ConfigError, Tunables, describe_changes, load_config
-from ..gate import Gate
+from ..gate import LISTEN_BACKLOG, Gate
 from ..wire import Conn, Message, WireError, require
 from .core import _NO_CONN, Replica
 
@@ -59,9 +59,9 @@ class ReplicaDaemon:
         self.replica.start()
         self._servers = [
             await loop.create_server(self._client_conn, spec.host, spec.port,
-                                     reuse_address=True),
+                                     reuse_address=True, backlog=LISTEN_BACKLOG),
             await loop.create_server(self._control_conn, spec.host, spec.control_port,
-                                     reuse_address=True),
+                                     reuse_address=True, backlog=LISTEN_BACKLOG),
         ]
         if faults.ACTIVE:
             log.critical("%s: PLANTED BUGS ON (FTDS_FAULT=%s): this replica is broken on "

@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import faults
 from ..config import ClusterConfig, ConfigError, ReplicaSpec, describe_changes, load_config
-from ..gate import Gate
+from ..gate import LISTEN_BACKLOG, Gate
 from ..log import members_line
 from ..supervise import spawn
 from ..view import View
@@ -119,7 +119,7 @@ class ReplicationManager:
         rm = self.config.rm
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._server = await loop.create_server(self._new_conn, rm.host, rm.port,
-                                                reuse_address=True)
+                                                reuse_address=True, backlog=LISTEN_BACKLOG)
         log.info("RM: listening on %s:%d (%s mode, launcher %s, last epoch %d)", rm.host,
                  rm.port, self.config.mode, self.config.launcher, self.epoch_floor)
         if self.config.rm_metrics_port:

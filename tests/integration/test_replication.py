@@ -6,6 +6,7 @@ shows one mechanism of the core: ordering, failover by promotion, catch-up, host
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import struct
@@ -205,3 +206,52 @@ def test_flood_of_garbage_connections_while_clients_are_served(make_cluster, tmp
     check_counters(cluster, [tmp_path / "C1.jsonl"], ids=ids)
     for rid in ids:
         assert cluster.procs[rid].poll() is None, f"{rid} died under the flood"
+
+
+def test_idle_and_half_frame_strangers_are_closed_and_cost_little_while_clients_are_served(
+        make_cluster, tmp_path):
+    """500 connections that say nothing and 100 that stop one byte short of the largest frame
+    a stranger may send (64 KiB), on the primary's two ports from three other hosts of the
+    loopback network: each is closed by the replica once tunables.hello_timeout has passed,
+    the clients are served meanwhile, and the replica's memory stays bounded."""
+    from ftds.bench.flood_bench import Flood, memory_kib
+
+    ids = ["S1", "S2", "S3"]
+    cluster = make_cluster()  # default tunables: hello within 2 s, 1024 per port, 256 a source
+    start(cluster, ids)
+    cluster.bootstrap()
+    hello_timeout = cluster.config.tunables.hello_timeout
+    primary = cluster.config.replica("S1")
+    pid = cluster.procs["S1"].pid
+    proc = cluster.workload("C1", tmp_path / "C1.jsonl", clients=3, rate=200, duration=6)
+    flood = Flood([primary.port, primary.control_port], idle=500, half=100)
+
+    async def main() -> int:
+        opened = asyncio.Event()
+        flooding = asyncio.create_task(flood.run(opened))
+        async with asyncio.timeout(60):
+            await opened.wait()
+        rss = memory_kib(pid)["VmRSS"]  # all 600 held, the half frames sent
+        async with asyncio.timeout(hello_timeout + 30):
+            await flooding  # returns once the replica closed every one of them
+        return rss
+
+    rss_flooded = run(main())
+    assert len(flood.strangers) == 600 and flood.refused == 0, flood.refused
+    held = sorted(s.held for s in flood.strangers if s.held is not None)
+    assert len(held) == 600, "a stranger was never closed"
+    assert held[0] >= hello_timeout, f"closed before hello_timeout: {held[:5]}"
+    result = finish(proc)
+    assert result["failed"] == 0 and result["acked"] > 500, result
+    check_counters(cluster, [tmp_path / "C1.jsonl"], ids=ids)
+    for rid in ids:
+        assert cluster.procs[rid].poll() is None, f"{rid} died under the flood"
+    peak = max(memory_kib(pid)["VmHWM"], rss_flooded)  # the kernel's counters lag a little
+    assert peak < 200 * 1024, f"S1 peaked at {peak // 1024} MiB (flooded: " \
+                              f"{rss_flooded // 1024} MiB)"
+    print(f"S1 RSS with 600 strangers held: {rss_flooded / 1024:.1f} MiB, peak "
+          f"{peak / 1024:.1f} MiB; held {held[0]:.2f}-{held[-1]:.2f} s")
+    cluster.kill("S1", signal.SIGTERM)  # its gates sum up what they did not log one by one
+    log = (cluster.dir / "logs" / "S1.log").read_text()
+    assert "before hello: no hello within 2 s (tunables.hello_timeout)" in log
+    assert "strangers closed: " in log and " more in the last " in log
