@@ -53,8 +53,10 @@ class SshLauncher:
     user: str = "ftds-launch"
     port: int = 22
     key_file: str = "/etc/ftds/rm_ssh_key"  # root-only; the unit passes it as a credential
-    known_hosts: str = ""  # "" = accept the host key on first use and remember it (see docs)
-    connect_timeout: float = 3.0
+    # The replica hosts' pinned host keys (OpenSSH format): any other key is refused.
+    known_hosts: str = "/etc/ftds/known_hosts"
+    connect_timeout: float = 3.0  # each of: TCP connect, banner, key exchange, authentication
+    command_timeout: float = 15.0  # the command, from opening its channel to its exit status
     command: str = "sudo -n /usr/bin/systemctl start ftds-replica@{id}.service"
 
 
@@ -316,8 +318,14 @@ def _ssh(check: _Checker, data: dict[str, Any]) -> SshLauncher:
             values[name] = check.port(raw, where)
         elif name == "connect_timeout":
             values[name] = check.number(raw, where, low=0.1, high=120)
+        elif name == "command_timeout":
+            values[name] = check.number(raw, where, low=0.1, high=3600)
         elif name == "known_hosts" and raw == "":
-            values[name] = ""
+            # It used to mean "accept any host key": now the keys are always pinned.
+            raise check.fail(where, "must name the file of the replica hosts' pinned SSH host "
+                                    "keys (the ftds_rm role writes /etc/ftds/known_hosts; by "
+                                    "hand: `ssh-keyscan -t ed25519 HOST >> FILE` once its "
+                                    "fingerprint is checked); unknown host keys are refused")
         else:
             values[name] = check.string(raw, where)
     ssh = replace(defaults, **values)

@@ -1,25 +1,35 @@
 """How the Replication Manager brings a replica back: local processes or SSH to its host.
 
-Both run off the RM's event loop (a subprocess / a worker thread), so a slow or dead host never
-blocks membership decisions. ``start`` is idempotent where the platform is (``systemctl start`` of
-a running unit does nothing); ``restart`` replaces a process that is there but not answering.
+Both run off the RM's event loop (a subprocess / a thread of each attempt's own), so a slow or
+dead host never blocks membership decisions. ``start`` is idempotent where the platform is
+(``systemctl start`` of a running unit does nothing); ``restart`` replaces a process that is
+there but not answering.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import ClusterConfig, ReplicaSpec, SshLauncher, secret_path
 from ..local import pid_alive
 
 log = logging.getLogger("ftds.rm")
+# A failed attempt is one LaunchError line in the RM's log; paramiko's transport thread would
+# add its own lines and tracebacks for the same failure.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 class LaunchError(Exception):
@@ -100,12 +110,184 @@ class LocalLauncher:
         return f"{'restarted' if restart else 'started'} {spec.id} (pid {proc.pid})"
 
 
+class UnknownHostKey(Exception):
+    """A host offered a key that known_hosts does not pin (raised inside paramiko's connect)."""
+
+    def __init__(self, hostname: str, key_type: str, fingerprint: str) -> None:
+        super().__init__(f"{hostname}: {key_type} {fingerprint} not pinned")
+        self.hostname = hostname
+        self.key_type = key_type
+        self.fingerprint = fingerprint
+
+
+def _fingerprint(key: Any) -> str:
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
+
+
+class _Unpinned:
+    """paramiko's missing-host-key policy: refuse, with what is needed to pin the key."""
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        raise UnknownHostKey(hostname, key.get_name(), _fingerprint(key))
+
+
+class _SshAttempt:
+    """One login and one command on one host, run in a thread of its own.
+
+    It goes through phases (connect, login, command), each with a deadline the RM's loop
+    watches; past it the loop shuts the socket down, which ends whatever paramiko was blocked
+    in, and gives up on the attempt. paramiko's own timeouts bound the steps it offers them for
+    (TCP connect, banner, key exchange, authentication, channel open); the deadlines bound the
+    rest (an exec request or an exit status that never comes from a host cut mid-command).
+    """
+
+    def __init__(self, settings: SshLauncher, host: str, command: str) -> None:
+        self.settings = settings
+        self.host = host
+        self.command = command
+        self.target = f"{settings.user}@{host}"
+        self.phase = ""
+        self.budget = 0.0
+        self.deadline = 0.0
+        self.aborted = False
+        self._sock: socket.socket | None = None
+        self._enter("connect", settings.connect_timeout)
+
+    def _enter(self, phase: str, budget: float) -> None:
+        self.phase = phase
+        self.budget = budget
+        self.deadline = time.monotonic() + budget
+
+    def abort(self) -> None:
+        """From the RM's loop: make the thread's blocking call fail now."""
+        self.aborted = True
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def run(self) -> str:
+        import paramiko
+
+        s = self.settings
+        fail = self.error
+        key_file = secret_path(s.key_file, "ssh_key")
+        try:
+            with open(key_file, "rb"):
+                pass
+        except OSError as exc:
+            raise fail(f"cannot read the RM's SSH key {key_file}: {exc.strerror}") from exc
+        client = paramiko.SSHClient()
+        try:
+            # Read at every attempt (a key pinned since applies at once); never written to.
+            client.get_host_keys().load(s.known_hosts)
+        except OSError as exc:
+            raise fail(f"cannot read the pinned host keys {s.known_hosts} "
+                       f"(launcher.ssh.known_hosts): {exc.strerror}; {self._how_to_pin()}"
+                       ) from exc
+        client.set_missing_host_key_policy(_Unpinned())
+        try:
+            try:
+                sock = socket.create_connection((self.host, s.port), timeout=s.connect_timeout)
+            except OSError as exc:  # refused, timed out, no route
+                raise fail(f"unreachable: {exc}", unreachable=True) from exc
+            self._sock = sock
+            if self.aborted:
+                raise fail("given up", unreachable=True)
+            # Banner, key exchange and authentication each have connect_timeout.
+            self._enter("login", 3 * s.connect_timeout)
+            self._login(client, sock, key_file)
+            self._enter("command", s.command_timeout)
+            return self._exec(client)
+        finally:
+            client.close()
+            if self._sock is not None:
+                self._sock.close()
+
+    def _login(self, client: Any, sock: socket.socket, key_file: str) -> None:
+        import paramiko
+
+        s = self.settings
+        fail = self.error
+        try:
+            client.connect(self.host, port=s.port, username=s.user, key_filename=key_file,
+                           sock=sock, timeout=s.connect_timeout,
+                           banner_timeout=s.connect_timeout, auth_timeout=s.connect_timeout,
+                           channel_timeout=s.command_timeout, allow_agent=False,
+                           look_for_keys=False)
+        except UnknownHostKey as exc:
+            raise fail(f"host key {exc.key_type} {exc.fingerprint} of {exc.hostname} is not "
+                       f"pinned in {s.known_hosts}: refusing to log in. "
+                       f"{self._how_to_pin(exc.key_type)}") from None
+        except paramiko.BadHostKeyException as exc:
+            raise fail(f"host key of {self.host} changed: it offers {exc.key.get_name()} "
+                       f"{_fingerprint(exc.key)}, {s.known_hosts} pins "
+                       f"{_fingerprint(exc.expected_key)}. Someone may be impersonating it; "
+                       "if the host was reinstalled, replace its line there (re-run the "
+                       "playbook)") from None
+        except paramiko.AuthenticationException as exc:
+            raise fail(f"authentication refused ({exc}): is the RM's public key "
+                       f"({key_file}.pub) in {s.user}'s authorized_keys on {self.host}?"
+                       ) from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            # The host took the connection but did not complete a login: cut off, or sshd
+            # not answering. Either way it says nothing about the replica.
+            transport = client.get_transport()
+            cause = (transport.get_exception() if transport is not None else None) or exc
+            if str(cause) == "No existing session":  # paramiko's words for a slow handshake
+                cause = f"no SSH banner and key exchange within {s.connect_timeout:g}s"
+            raise fail(f"login failed: {cause}", unreachable=True) from exc
+
+    def _exec(self, client: Any) -> str:
+        import paramiko
+
+        fail = self.error
+        try:
+            transport = client.get_transport()
+            channel = transport.open_session(timeout=self.budget)
+            channel.settimeout(max(0.01, self.deadline - time.monotonic()))
+            channel.exec_command(self.command)
+            if not channel.status_event.wait(max(0.0, self.deadline - time.monotonic())):
+                raise fail(f"'{self.command}' gave no exit status within "
+                           f"{self.settings.command_timeout:g}s (launcher.ssh.command_timeout);"
+                           " the host may be cut off", unreachable=True)
+            status = channel.exit_status
+            err = b""
+            with contextlib.suppress(OSError, TimeoutError):
+                while channel.recv_stderr_ready() and len(err) < 4096:
+                    err += channel.recv_stderr(4096)
+        except LaunchError:
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise fail(f"running '{self.command}': {exc.__class__.__name__}: {exc}",
+                       unreachable=True) from exc
+        if status != 0:
+            detail = err.decode(errors="replace").strip()[:300]
+            raise fail(f"'{self.command}' exited {status}: {detail}")
+        return f"ran '{self.command}' on {self.host}"
+
+    def error(self, what: str, unreachable: bool = False) -> LaunchError:
+        return LaunchError(f"ssh {self.target}: {what}", unreachable=unreachable)
+
+    def _how_to_pin(self, key_type: str = "ssh-ed25519") -> str:
+        s = self.settings
+        short = next((t for t in ("ed25519", "ecdsa", "rsa") if t in key_type), key_type)
+        port = f"-p {s.port} " if s.port != 22 else ""
+        return (f"Pin the host's key: re-run the playbook (the ftds_rm role writes the replica "
+                f"hosts' keys to {s.known_hosts}), or check its fingerprint on the host "
+                f"(`ssh-keygen -lf /etc/ssh/ssh_host_{short}_key.pub`) and append the output "
+                f"of `ssh-keyscan {port}-t {short} {self.host}` to that file")
+
+
 class SshLauncherImpl:
     """Real clusters: ``sudo systemctl start ftds-replica@S2`` on the replica's host over SSH.
 
-    Key authentication only, with connect, banner and auth timeouts (a powered-off host would
-    otherwise hang the attempt for minutes). The remote account may run nothing but the
-    systemctl verbs its sudoers rule allows.
+    Key authentication only, against pinned host keys (``launcher.ssh.known_hosts``; any
+    other key is refused, with how to pin it). Each attempt runs in a thread of its own, never
+    a shared pool, and every step of it has a timeout (see ``_SshAttempt``), so a host cut off
+    mid-command holds neither another replica's relaunch nor this one's next attempt beyond
+    that. The remote account may run nothing but the systemctl verbs its sudoers rule allows.
     """
 
     kind = "ssh"
@@ -117,45 +299,40 @@ class SshLauncherImpl:
         command = self.settings.command.format(id=spec.id)
         if restart:
             command = command.replace(" start ", " restart ")
-        host = spec.ssh_host or spec.host
-        return await asyncio.to_thread(self._run, host, command)
+        attempt = _SshAttempt(self.settings, spec.ssh_host or spec.host, command)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[str] = loop.create_future()
 
-    def _run(self, host: str, command: str) -> str:
-        import paramiko
+        def settle(result: str | None, exc: BaseException | None) -> None:
+            if done.done():
+                return
+            if exc is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(result or "")
 
-        s = self.settings
-        client = paramiko.SSHClient()
-        if s.known_hosts:
-            client.load_host_keys(s.known_hosts)
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        else:
-            # The deployment pins host keys through known_hosts; without one (a lab) the key
-            # is accepted for this connection only.
-            client.set_missing_host_key_policy(paramiko.WarningPolicy())
+        def work() -> None:
+            try:
+                result, exc = attempt.run(), None
+            except BaseException as error:  # handed to the loop, which decides
+                result, exc = None, error
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, result, exc)
+
+        threading.Thread(target=work, name=f"ssh-{spec.id}", daemon=True).start()
         try:
-            client.connect(host, port=s.port, username=s.user,
-                           key_filename=secret_path(s.key_file, "ssh_key"),
-                           timeout=s.connect_timeout, banner_timeout=s.connect_timeout,
-                           auth_timeout=s.connect_timeout, allow_agent=False,
-                           look_for_keys=False)
-        except OSError as exc:  # refused, timed out, no route: socket errors all
-            client.close()
-            raise LaunchError(f"ssh {s.user}@{host}: unreachable: {exc}", unreachable=True) \
-                from exc
-        except paramiko.SSHException as exc:
-            client.close()
-            raise LaunchError(f"ssh {s.user}@{host}: {exc.__class__.__name__}: {exc}") from exc
-        try:
-            _stdin, stdout, stderr = client.exec_command(command, timeout=30)
-            status = stdout.channel.recv_exit_status()
-            err = stderr.read().decode(errors="replace").strip()
-        except (TimeoutError, paramiko.SSHException, OSError) as exc:
-            raise LaunchError(f"ssh {s.user}@{host}: {exc.__class__.__name__}: {exc}") from exc
-        finally:
-            client.close()
-        if status != 0:
-            raise LaunchError(f"ssh {s.user}@{host}: '{command}' exited {status}: {err[:300]}")
-        return f"ran '{command}' on {host}"
+            while not done.done():
+                left = attempt.deadline - time.monotonic()
+                if left <= 0:
+                    attempt.abort()
+                    raise attempt.error(f"{attempt.phase}: no progress within "
+                                        f"{attempt.budget:g}s; given up (the host may be cut "
+                                        "off)", unreachable=True)
+                await asyncio.wait({done}, timeout=left)
+        except asyncio.CancelledError:
+            attempt.abort()
+            raise
+        return done.result()
 
 
 def make_launcher(config: ClusterConfig) -> Launcher:
