@@ -1,0 +1,337 @@
+"""ftds against Redis and PySyncObj, one fair run: closed-loop throughput and latency at
+C = 1, 16, 128 and 512 clients, and failover after a crash and after a hang of the leader.
+
+Systems: ftds passive, ftds active, Redis (master + 2 replicas, SET + WAIT 2), PySyncObj with
+append batching off and with its defaults; three nodes each on 127.0.0.1. The systems' order
+rotates between rounds; each (system, round) gets a fresh cluster, checked stable before every
+load. Figures are medians over the rounds (see docs/benchmarks.md for the method and what
+limits each figure).
+
+    scripts/bench compare            # the full run (about 14 minutes on 2 cores)
+    scripts/bench compare --quick    # a short, noisy run to see that everything works
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from . import failover
+from .stats import median, ratio, rotation, us_per_op
+from .systems import REPO, Ftds, NotStable, PySyncObj, Redis, System, child_env, ensure_redis
+
+SYSTEMS = ["ftds passive", "ftds active", "Redis WAIT 2", "PySyncObj batch off",
+           "PySyncObj defaults"]
+FAILOVER_SYSTEMS = ["ftds passive", "PySyncObj batch off", "Redis+Sentinel"]
+CLIENTS = [1, 16, 128, 512]
+# Seconds outside the load windows, measured on the 2-core machine: a cluster's start and
+# settle (~2.5 s), per load a driver's start, connect and drain (~1.5 s), per failover trial
+# start, warm-up, failover and stop (~4 s on average).
+START_S, PER_LOAD_S, PER_TRIAL_S = 2.5, 1.5, 4.0
+
+
+def make(name: str, work: Path) -> System:
+    if name.startswith("ftds"):
+        return Ftds(name.split()[1], work)
+    if name == "Redis WAIT 2":
+        return Redis(work)
+    if name == "Redis+Sentinel":
+        return Redis(work, sentinel=True)
+    if name.startswith("PySyncObj"):
+        return PySyncObj(work, batch=name == "PySyncObj defaults")
+    raise ValueError(f"unknown system {name!r}")
+
+
+def estimate(args: argparse.Namespace) -> float:
+    """Seconds a run with these settings takes on this machine (the budget it is sized by)."""
+    loads = args.rounds * len(args.systems) * len(args.clients)
+    load = loads * (args.warmup + args.duration + PER_LOAD_S)
+    starts = args.rounds * len(args.systems) * START_S
+    trials = 0 if args.no_failover else 2 * len(args.failover_systems) * args.repeats
+    return load + starts + trials * (PER_TRIAL_S + args.failover_warm)
+
+
+def drive(system: System, leader: Any, clients: int, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.driver", "--system", system.kind,
+           *system.driver_args(leader), "--clients", str(clients),
+           "--warmup", str(args.warmup), "--duration", str(args.duration),
+           *(f"--pid={label}={pid}" for label, pid in system.server_pids().items())]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), cwd=REPO,
+                          timeout=args.warmup + args.duration + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"driver failed: {done.stderr.strip()[-800:]}")
+    return json.loads(done.stdout)
+
+
+def cell(result: dict[str, Any]) -> dict[str, Any]:
+    """A driver's result with the per-operation CPU figures."""
+    acked = result["acked"]
+    server = sum(result["server_cpu_s"].values())
+    replicas = sum(v for k, v in result["server_cpu_s"].items() if k.startswith("replica:"))
+    return {**result, "server_us_op": us_per_op(server, acked),
+            "replica_us_op": us_per_op(replicas, acked),
+            "client_us_op": us_per_op(result["client_cpu_s"], acked)}
+
+
+def throughput(args: argparse.Namespace, work: Path, out: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        for name in rotation(args.systems, r):
+            try:
+                with make(name, work) as system:
+                    for clients in args.clients:
+                        try:
+                            leader = system.wait_stable()
+                            row = cell(drive(system, leader, clients, args))
+                        except (NotStable, RuntimeError, subprocess.TimeoutExpired,
+                                ValueError) as exc:
+                            row = {"error": str(exc)[:300]}
+                        row.pop("system", None)  # the driver's kind; the row names the system
+                        rows.append({"round": r + 1, "system": name, "clients": clients, **row})
+                        out(line(rows[-1]))
+            except (NotStable, RuntimeError, OSError) as exc:
+                done = {row["clients"] for row in rows
+                        if row["round"] == r + 1 and row["system"] == name}
+                for clients in args.clients:
+                    if clients not in done:
+                        rows.append({"round": r + 1, "system": name, "clients": clients,
+                                     "error": f"start: {str(exc)[:300]}"})
+                        out(line(rows[-1]))
+    return rows
+
+
+def line(row: dict[str, Any]) -> str:
+    head = f"  round {row['round']} {row['system']:20s} C={row['clients']:<4d}"
+    if "error" in row:
+        return f"{head} ERROR {row['error']}"
+    errors = sum(row["errors"].values())
+    return (f"{head} {row['ops_s']:9.0f} ops/s  p50 {row['p50_ms']:7.2f} ms  "
+            f"p99 {row['p99_ms']:7.2f} ms  server {row['server_us_op']:6.0f} us/op  "
+            f"client {row['client_us_op']:5.0f} us/op" + (f"  errors {errors}" if errors else ""))
+
+
+FIELDS = ("ops_s", "p50_ms", "p99_ms", "server_us_op", "replica_us_op", "client_us_op")
+
+
+def medians(rows: list[dict[str, Any]], systems: list[str],
+            clients: list[int]) -> dict[str, dict[int, dict[str, Any]]]:
+    table: dict[str, dict[int, dict[str, Any]]] = {}
+    for name in systems:
+        for c in clients:
+            mine = [r for r in rows if r["system"] == name and r["clients"] == c]
+            good = [r for r in mine if "error" not in r]
+            errors: dict[str, int] = {}
+            for r in good:
+                for kind, n in r["errors"].items():
+                    errors[kind] = errors.get(kind, 0) + n
+            table.setdefault(name, {})[c] = {
+                **{f: median([r[f] for r in good]) for f in FIELDS},
+                "rounds": len(good), "failed_rounds": len(mine) - len(good), "errors": errors}
+    return table
+
+
+RATIOS = [("ftds passive", "Redis WAIT 2"), ("ftds passive", "PySyncObj batch off"),
+          ("ftds passive", "PySyncObj defaults"), ("ftds active", "Redis WAIT 2"),
+          ("ftds active", "PySyncObj batch off")]
+
+
+def ratios(table: dict[str, dict[int, dict[str, Any]]],
+           clients: list[int]) -> dict[str, dict[int, dict[str, float]]]:
+    found: dict[str, dict[int, dict[str, float]]] = {}
+    for ours, theirs in RATIOS:
+        if ours in table and theirs in table:
+            found[f"{ours} / {theirs}"] = {
+                c: {f: ratio(table[ours][c][f], table[theirs][c][f])
+                    for f in ("ops_s", "p50_ms", "server_us_op")} for c in clients}
+    return found
+
+
+def failovers(args: argparse.Namespace, work: Path, out: Any) -> list[dict[str, Any]]:
+    trials: list[dict[str, Any]] = []
+    for rep in range(args.repeats):
+        for fault in ("crash", "hang"):
+            for name in rotation(args.failover_systems, rep):
+                try:
+                    with make(name, work) as system:
+                        result = asyncio.run(failover.trial(system, fault, args.failover_warm))
+                except (NotStable, RuntimeError, OSError) as exc:
+                    result = {"system": name, "fault": fault, "ms": math.nan,
+                              "error": str(exc)[:300]}
+                result["repeat"] = rep + 1
+                trials.append(result)
+                note = f"  ({result['error']})" if "error" in result else ""
+                out(f"  failover {rep + 1} {fault:5s} {name:20s} {result['ms']:8.1f} ms{note}")
+    return trials
+
+
+def failover_medians(trials: list[dict[str, Any]], systems: list[str]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for name in systems:
+        for fault in ("crash", "hang"):
+            values = [t["ms"] for t in trials if t["system"] == name and t["fault"] == fault]
+            table.setdefault(name, {})[fault] = {
+                "median_ms": median(values), "trials": values}
+    ftds = table.get("ftds passive")
+    for peer in ("PySyncObj batch off", "Redis+Sentinel"):
+        if ftds and peer in table:
+            for fault in ("crash", "hang"):
+                table[f"ftds passive / {peer}"] = table.get(f"ftds passive / {peer}", {})
+                table[f"ftds passive / {peer}"][fault] = ratio(
+                    ftds[fault]["median_ms"], table[peer][fault]["median_ms"])
+    return table
+
+
+def fmt(value: float, digits: int = 0, unit: str = "") -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def render(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    lines = [f"ftds vs Redis vs PySyncObj, 3 nodes on 127.0.0.1, {cfg['cores']} cores; "
+             f"median of {cfg['rounds']} rotated rounds of {cfg['duration']:g} s "
+             f"(+{cfg['warmup']:g} s warm-up) per system and C"
+             + ("  [QUICK: short and noisy]" if cfg["quick"] else ""), "",
+             f"{'system':20s} {'C':>4s} {'ops/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+             f"{'server us/op':>12s} {'client us/op':>12s} {'errors':>7s}"]
+    for name, by_c in report["throughput"].items():
+        for c, m in by_c.items():
+            errs = sum(m["errors"].values()) + m["failed_rounds"]
+            lines.append(f"{name:20s} {c:>4} {fmt(m['ops_s']):>9s} {fmt(m['p50_ms'], 2):>8s} "
+                         f"{fmt(m['p99_ms'], 2):>8s} {fmt(m['server_us_op']):>12s} "
+                         f"{fmt(m['client_us_op']):>12s} {errs:>7d}")
+    lines += ["", "ratios (ops/s; p50; server CPU per op), medians against medians:"]
+    for pair, by_c in report["ratios"].items():
+        cells = "  ".join(f"C={c}: {fmt(r['ops_s'], 2, 'x')}; {fmt(r['p50_ms'], 2, 'x')}; "
+                          f"{fmt(r['server_us_op'], 2, 'x')}" for c, r in by_c.items())
+        lines.append(f"  {pair:40s} {cells}")
+    if report.get("failover"):
+        lines += ["", "failover: fault -> first write acknowledged by the new leader, "
+                  f"median of {cfg['repeats']} (ms)",
+                  f"{'system':20s} {'crash (kill -9)':>16s} {'hang (SIGSTOP)':>16s}"]
+        for name, faults in report["failover"].items():
+            if "/" in name:
+                lines.append(f"{name:40s} crash {fmt(faults['crash'], 3, 'x')}  "
+                             f"hang {fmt(faults['hang'], 3, 'x')}")
+            else:
+                lines.append(f"{name:20s} {fmt(faults['crash']['median_ms'], 1):>16s} "
+                             f"{fmt(faults['hang']['median_ms'], 1):>16s}")
+        lines += ["", "tunables:"] + [f"  {k}: {v}" for k, v in report["tunables"].items()]
+    lines.append(f"\nelapsed {report['elapsed_s'] / 60:.1f} min")
+    return "\n".join(lines)
+
+
+def clean(value: Any) -> Any:
+    """JSON without NaN (null instead) and with string keys."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return value
+
+
+def environment() -> dict[str, Any]:
+    def redis_version() -> str:
+        try:
+            return subprocess.run(["redis-server", "--version"], capture_output=True,
+                                  text=True).stdout.strip()
+        except OSError:
+            return "not installed"
+
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return {"python": platform.python_version(), "pysyncobj": version("pysyncobj"),
+            "uvloop": version("uvloop"), "redis": redis_version(), "ftds_commit": commit,
+            "loadavg_start": os.getloadavg()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=8.0,
+                        help="seconds of each load window (default 8: the run fits 15 min)")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--clients", default=",".join(map(str, CLIENTS)),
+                        help="comma-separated concurrency levels")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"comma-separated, of: {', '.join(SYSTEMS)}")
+    parser.add_argument("--repeats", type=int, default=3, help="failover trials per fault")
+    parser.add_argument("--failover-systems", default=",".join(FAILOVER_SYSTEMS))
+    parser.add_argument("--failover-warm", type=float, default=1.0,
+                        help="seconds of probe writes before each fault")
+    parser.add_argument("--no-failover", action="store_true")
+    parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 round of 2 s, 1 failover trial per fault: works, not figures")
+    parser.add_argument("--json", default=str(REPO / "run" / "bench-compare.json"),
+                        help="the report's JSON (its text table goes beside it, .txt)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.warmup, args.repeats = 1, 2.0, 0.5, 1
+        args.failover_warm = 0.5
+    args.clients = [int(c) for c in args.clients.split(",") if c]
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.failover_systems = [s.strip() for s in args.failover_systems.split(",") if s.strip()]
+    if args.no_throughput:
+        args.systems = []
+    unknown = [s for s in args.systems + args.failover_systems
+               if s not in SYSTEMS + FAILOVER_SYSTEMS]
+    if unknown:
+        parser.error(f"unknown system(s): {', '.join(unknown)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if any(s.startswith("Redis") for s in args.systems + args.failover_systems):
+        ensure_redis()  # before anything starts: a missing Redis stops the run with a message
+    started = time.monotonic()
+    print(f"estimated {estimate(args) / 60:.1f} min", flush=True)
+
+    def out(text: str) -> None:
+        print(text, flush=True)
+
+    report: dict[str, Any] = {
+        "config": {"rounds": args.rounds, "duration": args.duration, "warmup": args.warmup,
+                   "clients": args.clients, "systems": args.systems, "repeats": args.repeats,
+                   "quick": args.quick, "cores": os.cpu_count()},
+        "environment": environment(), "tunables": failover.tunables()}
+    with tempfile.TemporaryDirectory(prefix="ftds-compare-") as tmp:
+        work = Path(tmp)
+        rows = throughput(args, work, out) if args.systems else []
+        table = medians(rows, args.systems, args.clients)
+        report.update(throughput=table, ratios=ratios(table, args.clients), rows=rows)
+        if not args.no_failover:
+            trials = failovers(args, work, out)
+            report.update(failover=failover_medians(trials, args.failover_systems),
+                          failover_trials=trials)
+    report["elapsed_s"] = time.monotonic() - started
+    report["environment"]["loadavg_end"] = os.getloadavg()
+    text = render(report)
+    print()
+    print(text)
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(report), indent=1, allow_nan=False) + "\n")
+    path.with_suffix(".txt").write_text(text + "\n")
+    print(f"\nwritten: {path} and {path.with_suffix('.txt')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
