@@ -1,0 +1,242 @@
+"""The comparison benchmark's pure parts: percentiles, windows, CPU accounting, ratios, RESP."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench/ lives in the checkout
+
+from bench import compare, resp
+from bench.failover import first_new
+from bench.stats import (
+    Window,
+    cpu_ticks,
+    median,
+    percentile,
+    ratio,
+    rotation,
+    us_per_op,
+)
+
+
+# -- percentiles -----------------------------------------------------------------------------
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(100, 0, -1)]  # 100..1, unsorted on purpose
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2
+    assert percentile([7.0], 1) == 7
+
+
+def test_percentile_of_nothing_is_nan_and_bad_q_is_refused() -> None:
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile([1.0], 0)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+# -- counting by completion ------------------------------------------------------------------
+def test_window_counts_operations_by_completion_time() -> None:
+    w = Window(10.0, 20.0)
+    w.record(sent=9.0, done=10.5)    # sent before the window, completed in it: counted
+    w.record(sent=19.5, done=20.5)   # completed after it: not counted
+    w.record(sent=5.0, done=9.99)    # completed before it: not counted
+    w.record(sent=10.0, done=10.0)   # the start is inside
+    w.record(sent=19.0, done=20.0)   # the end is not
+    w.record(sent=12.0, done=12.25)
+    assert sorted(w.latencies) == [0.0, 0.25, 1.5]
+    s = w.summary()
+    assert s["acked"] == 3
+    assert s["ops_s"] == pytest.approx(0.3)
+    assert s["p50_ms"] == pytest.approx(250.0)
+
+
+def test_window_counts_failures_by_kind_inside_only() -> None:
+    w = Window(0.0, 1.0)
+    w.fail("timeout", 0.5)
+    w.fail("timeout", 0.7)
+    w.fail("READONLY", 0.9)
+    w.fail("timeout", 1.5)
+    assert w.errors == {"timeout": 2, "READONLY": 1}
+    assert w.summary()["acked"] == 0
+    assert math.isnan(w.summary()["p50_ms"])  # type: ignore[arg-type]
+
+
+# -- CPU, ratios, medians, rotation ----------------------------------------------------------
+def test_cpu_ticks_counts_after_the_last_parenthesis() -> None:
+    # comm "(a) b)" holds a space and a ')'; utime 7, stime 5, cutime 3, cstime 1.
+    fields = ["S", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "7", "5", "3", "1",
+              "20", "0", "1", "0", "99"]
+    assert cpu_ticks("1234 ((a) b)) " + " ".join(fields)) == 16
+
+
+def test_us_per_op() -> None:
+    assert us_per_op(0.5, 10_000) == pytest.approx(50.0)
+    assert math.isnan(us_per_op(0.5, 0))
+
+
+def test_ratio_and_its_missing_cases() -> None:
+    assert ratio(30.0, 20.0) == pytest.approx(1.5)
+    for ours, theirs in ((1.0, 0.0), (0.0, 1.0), (None, 1.0), (1.0, math.nan)):
+        assert math.isnan(ratio(ours, theirs))
+
+
+def test_median_skips_missing_values() -> None:
+    assert median([3.0, math.nan, 1.0, 2.0]) == 2.0
+    assert math.isnan(median([math.nan]))
+
+
+def test_rotation_puts_every_system_in_every_position() -> None:
+    names = ["a", "b", "c"]
+    assert rotation(names, 0) == ["a", "b", "c"]
+    assert rotation(names, 1) == ["b", "c", "a"]
+    assert rotation(names, 3) == names
+    positions = {tuple(rotation(names, r).index(n) for r in range(3)) for n in names}
+    assert all(sorted(p) == [0, 1, 2] for p in positions)
+
+
+def test_first_acknowledgement_by_a_new_leader() -> None:
+    acks = [(1.0, "S1"), (2.5, "S1"), (2.7, "S2"), (2.6, "S3"), (3.0, "S2")]
+    assert first_new(acks, 2.0, lambda who: who != "S1") == 2.6
+    assert first_new(acks, 5.0, lambda who: who != "S1") is None
+
+
+# -- the report's arithmetic -----------------------------------------------------------------
+def _row(system: str, clients: int, ops: float, **extra: object) -> dict[str, object]:
+    row: dict[str, object] = {"system": system, "clients": clients, "ops_s": ops,
+                              "p50_ms": 1000 / ops, "p99_ms": 2000 / ops, "server_us_op": 50.0,
+                              "replica_us_op": 40.0, "client_us_op": 10.0, "errors": {}}
+    row.update(extra)
+    return row
+
+
+def test_medians_over_rounds_and_ratios() -> None:
+    rows = [_row("ftds passive", 16, v) for v in (100.0, 300.0, 200.0)]
+    rows += [_row("Redis WAIT 2", 16, v, errors={"wait_short": 1}) for v in (400.0, 500.0)]
+    rows.append({"system": "Redis WAIT 2", "clients": 16, "error": "start: no leader"})
+    table = compare.medians(rows, ["ftds passive", "Redis WAIT 2"], [16])
+    assert table["ftds passive"][16]["ops_s"] == 200
+    assert table["Redis WAIT 2"][16]["ops_s"] == 450
+    assert table["Redis WAIT 2"][16]["failed_rounds"] == 1
+    assert table["Redis WAIT 2"][16]["errors"] == {"wait_short": 2}
+    found = compare.ratios(table, [16])
+    assert found["ftds passive / Redis WAIT 2"][16]["ops_s"] == pytest.approx(200 / 450)
+    assert "ftds passive / PySyncObj batch off" not in found  # not measured, not invented
+
+
+def test_report_json_has_no_nan() -> None:
+    assert compare.clean({1: math.nan, "a": [1.0, (math.nan,)]}) == {"1": None,
+                                                                     "a": [1.0, [None]]}
+
+
+def test_default_run_fits_fifteen_minutes() -> None:
+    args = compare.parse_args([])
+    assert args.clients == [1, 16, 128, 512]
+    assert len(args.systems) == 5
+    assert compare.estimate(args) <= 15 * 60
+    assert compare.estimate(compare.parse_args(["--quick"])) <= 3 * 60
+
+
+# -- RESP ------------------------------------------------------------------------------------
+def test_resp_encodes_commands_as_bulk_arrays() -> None:
+    assert resp.encode("SET", "k1", 42) == b"*3\r\n$3\r\nSET\r\n$2\r\nk1\r\n$2\r\n42\r\n"
+    assert resp.encode(b"a\r\nb") == b"*1\r\n$4\r\na\r\nb\r\n"
+
+
+def test_resp_parses_every_reply_type() -> None:
+    assert resp.parse(b"+OK\r\n") == (b"OK", 5)
+    assert resp.parse(b"-READONLY You can't write\r\n") == (
+        resp.RespError("READONLY You can't write"), 27)
+    assert resp.parse(b"-READONLY x\r\n")[0].kind == "READONLY"  # type: ignore[index,union-attr]
+    assert resp.parse(b":-12\r\n") == (-12, 6)
+    assert resp.parse(b"$3\r\na\r\n\r\n") == (b"a\r\n", 9)
+    assert resp.parse(b"$-1\r\n") == (None, 5)
+    assert resp.parse(b"*2\r\n:1\r\n*1\r\n$1\r\nx\r\n") == ([1, [b"x"]], 19)
+    assert resp.parse(b"xx+OK\r\n", 2) == (b"OK", 7)
+
+
+def test_resp_incomplete_replies_wait_for_more() -> None:
+    whole = b"*2\r\n$5\r\nhello\r\n:7\r\n"
+    for cut in range(len(whole)):
+        assert resp.parse(whole[:cut]) is None, cut
+    assert resp.parse(whole) == ([b"hello", 7], len(whole))
+
+
+@pytest.mark.parametrize("garbage", [b"?what\r\n", b"$x\r\n", b"$3\r\nabcd\r\n", b"*-2\r\n",
+                                     b"\r\n"])
+def test_resp_garbage_is_a_protocol_error(garbage: bytes) -> None:
+    with pytest.raises(resp.ProtocolError):
+        resp.parse(garbage)
+
+
+values = st.recursive(
+    st.binary(max_size=20) | st.integers(-(2**63), 2**63 - 1) | st.none(),
+    lambda inner: st.lists(inner, max_size=4), max_leaves=12)
+
+
+def _wire(value: object) -> bytes:
+    if value is None:
+        return b"$-1\r\n"
+    if isinstance(value, bytes):
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    assert isinstance(value, list)
+    return b"*%d\r\n" % len(value) + b"".join(_wire(v) for v in value)
+
+
+@given(values, values)
+def test_resp_parse_round_trips_back_to_back_replies(first: object, second: object) -> None:
+    data = _wire(first) + _wire(second)
+    got = resp.parse(data)
+    assert got is not None and got[0] == first
+    assert resp.parse(data, got[1]) == (second, len(data))
+
+
+def test_resp_connection_matches_replies_to_calls_across_split_reads() -> None:
+    class Transport:
+        def __init__(self) -> None:
+            self.sent = b""
+
+        def write(self, data: bytes) -> None:
+            self.sent += data
+
+        def is_closing(self) -> bool:
+            return False
+
+        def abort(self) -> None:
+            pass
+
+    async def go() -> None:
+        conn = resp.RespConn()
+        transport = Transport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        a, b = conn.call_many(("SET", "k", 1), ("WAIT", 2, 100))
+        c = conn.call("PING")
+        assert transport.sent == (resp.encode("SET", "k", 1) + resp.encode("WAIT", 2, 100)
+                                  + resp.encode("PING"))
+        for chunk in (b"+O", b"K\r\n:", b"2\r\n+PONG\r", b"\n"):
+            conn.data_received(chunk)
+        assert (await a, await b, await c) == (b"OK", 2, b"PONG")
+        late = conn.call("GET", "k")
+        conn.abort(TimeoutError())
+        with pytest.raises(TimeoutError):
+            await late
+        assert conn.closed
+
+    asyncio.run(go())
+
+
+def test_info_fields() -> None:
+    info = b"# Replication\r\nrole:slave\r\nmaster_port:6379\r\nmaster_link_status:up\r\n"
+    assert resp.info_fields(info) == {"role": "slave", "master_port": "6379",
+                                      "master_link_status": "up"}
