@@ -7,7 +7,7 @@ rotates between rounds; each (system, round) gets a fresh cluster, checked stabl
 load. Figures are medians over the rounds (see docs/benchmarks.md for the method and what
 limits each figure).
 
-    scripts/bench compare            # the full run (about 14 minutes on 2 cores)
+    scripts/bench compare            # the full run (about 12 minutes on 2 cores)
     scripts/bench compare --quick    # a short, noisy run to see that everything works
 """
 

@@ -240,3 +240,12 @@ def test_info_fields() -> None:
     info = b"# Replication\r\nrole:slave\r\nmaster_port:6379\r\nmaster_link_status:up\r\n"
     assert resp.info_fields(info) == {"role": "slave", "master_port": "6379",
                                       "master_link_status": "up"}
+
+
+def test_missing_redis_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import systems
+
+    monkeypatch.setattr(systems.shutil, "which", lambda name: None)
+    monkeypatch.setattr(systems.os, "geteuid", lambda: 1000)
+    with pytest.raises(SystemExit, match=r"apt-get install redis-server"):
+        systems.ensure_redis()
