@@ -24,7 +24,7 @@ log = logging.getLogger("ftds.gate")
 # client's or a daemon's connect waiting for a SYN retransmit (1 s) behind them.
 LISTEN_BACKLOG = 1024
 LOG_WINDOW = 10.0  # seconds: after LOG_BURST lines in a window, the rest is summed at its end
-LOG_BURST = 3
+LOG_BURST = 3  # lines a window before the sum
 
 
 class Throttle:
@@ -70,8 +70,9 @@ class Throttle:
         more = len(self._suppressed) - 3
         if more > 0:
             top += f" and {more} more sources"
-        log.log(self.level, "%s: %d more in the last %g s (%s)", self.what, count,
-                round(span, 1), top)
+        span_text = f"{span * 1000:.0f} ms" if span < 1 else f"{span:.0f} s"
+        log.log(self.level, "%s: %d more in the last %s (%s)", self.what, count, span_text,
+                top)
         self._suppressed.clear()
 
     def close(self) -> None:
@@ -88,7 +89,8 @@ class Gate:
         self._tunables = tunables  # read at each use: a reload changes the limits
         self.open = 0
         self.by_source: collections.Counter[str] = collections.Counter()
-        self.refusals = Throttle(f"{name}: connections refused", logging.WARNING)
+        # One line when a cap bites, then sums; a few closed strangers by name, then sums.
+        self.refusals = Throttle(f"{name}: connections refused", logging.WARNING, burst=1)
         self.strangers = Throttle(f"{name}: strangers closed", logging.WARNING)
 
     def hello_timeout(self) -> float:
