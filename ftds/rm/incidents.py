@@ -3,13 +3,17 @@
 One incident per replica loss: detected (by its LFD, or the GFD when the LFD itself was lost),
 removed from the membership, new primary/sequencer (if it was one), relaunch issued, process up
 (its LFD saw it again), ready (caught up and admitted: back in the membership clients see).
-Closed incidents are appended to ``incidents.jsonl`` in the RM's state directory.
+Closed incidents are appended to ``incidents.jsonl`` in the RM's state directory (one older
+generation is kept as ``incidents.jsonl.1`` past MAX_FILE), and the last KEEP of them are kept
+in memory: ``ftds incidents`` is answered from there, never by reading the file on the loop.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +23,9 @@ from typing import Any
 log = logging.getLogger("ftds.rm")
 
 STEPS = ("detected", "removed", "new_primary", "relaunch_issued", "process_up", "ready")
+KEEP = 200  # closed incidents ``ftds incidents`` shows
+TAIL = 1 << 20  # bytes read from the end of the file at start to find them
+MAX_FILE = 8 << 20  # past this the file becomes incidents.jsonl.1 and a new one starts
 
 
 @dataclass
@@ -63,15 +70,36 @@ class IncidentLog:
         self._on_open = on_open
         self._on_close = on_close
         self.open: dict[str, Incident] = {}
-        self.closed: list[Incident] = []
-        self._next_id = 1 + self._count_existing()
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=KEEP)
+        self._next_id = 1 + self._load_tail()
 
-    def _count_existing(self) -> int:
-        try:
-            with open(self.path, "rb") as fh:
-                return sum(1 for _ in fh)
-        except OSError:
-            return 0
+    def _load_tail(self) -> int:
+        """The last KEEP closed incidents from the files' ends; returns the highest id used."""
+        last_id = 0
+        lines_counted = 0
+        for path in (self.path.with_name(self.path.name + ".1"), self.path):
+            try:
+                with open(path, "rb") as fh:
+                    size = fh.seek(0, os.SEEK_END)
+                    fh.seek(max(0, size - TAIL))
+                    lines = fh.read().split(b"\n")
+            except OSError:
+                continue
+            if size > TAIL:
+                lines = lines[1:]  # the first one is cut
+            else:
+                lines_counted = sum(1 for line in lines if line.strip())
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    self.recent.append(record)
+                    if isinstance(record.get("id"), int):
+                        last_id = max(last_id, record["id"])
+        # Records without ids (an older version's) were numbered by their line in the file.
+        return max(last_id, lines_counted)
 
     def opened(self, replica: str, cause: str, *, was_primary: bool, confirmed_dead: bool,
                detected: float | None = None) -> Incident:
@@ -108,7 +136,7 @@ class IncidentLog:
     def _close(self, incident: Incident) -> None:
         incident.closed = True
         self.open.pop(incident.replica, None)
-        self.closed = [*self.closed[-199:], incident]
+        self.recent.append(incident.to_json())
         d = incident.durations()
         log.info("RM: incident %d closed: %s %s; detect->removed %s ms, ->new primary %s ms, "
                  "relaunch->ready %s ms, total %s ms", incident.id, incident.replica,
@@ -120,14 +148,12 @@ class IncidentLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(incident.to_json()) + "\n")
+                full = fh.tell() > MAX_FILE
+            if full:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
         except OSError as exc:
             log.warning("RM: cannot record incident in %s: %s", self.path, exc)
 
     def all(self) -> list[dict[str, Any]]:
-        history = []
-        try:
-            with open(self.path) as fh:
-                history = [json.loads(line) for line in fh if line.strip()]
-        except (OSError, ValueError):
-            history = [i.to_json() for i in self.closed]
-        return [*history[-200:], *(i.to_json() for i in self.open.values())]
+        """The last KEEP closed incidents and the open ones, oldest first (from memory)."""
+        return [*self.recent, *(i.to_json() for i in self.open.values())]
