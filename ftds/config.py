@@ -109,6 +109,8 @@ class ClusterConfig:
     trace: Trace
     run_dir: str = ""
     rm_metrics_port: int = 0  # Prometheus /metrics of the RM; 0 = off
+    rm_metrics_address: str = ""  # where it listens ("" = rm.host; 0.0.0.0 = everywhere)
+    rm_metrics_web_config: str = ""  # exporter-toolkit web config: TLS, basic auth ("" = none)
 
     def replica(self, replica_id: str) -> ReplicaSpec:
         for spec in self.replicas:
@@ -352,11 +354,18 @@ def parse_config(data: Any, source: str = "cluster.yml") -> ClusterConfig:
     replicas = _replicas(check, root["replicas"])
     gfd = _endpoint(check, root["gfd"], "gfd")
     rm_raw = check.mapping(root["rm"], "rm")
-    check.no_unknown(rm_raw, {"host", "port", "state_dir", "metrics_port"}, "rm")
+    metrics_fields = ("metrics_port", "metrics_address", "metrics_web_config")
+    check.no_unknown(rm_raw, {"host", "port", "state_dir", *metrics_fields}, "rm")
     rm = _endpoint(check, {k: v for k, v in rm_raw.items()
-                           if k not in ("state_dir", "metrics_port")}, "rm")
+                           if k not in ("state_dir", *metrics_fields)}, "rm")
     rm_state_dir = check.string(rm_raw.get("state_dir", "/var/lib/ftds-rm"), "rm.state_dir")
     rm_metrics_port = _metrics_port(check, rm_raw.get("metrics_port", 0), rm, gfd)
+    rm_metrics_address = rm_raw.get("metrics_address") or ""
+    if rm_metrics_address:
+        rm_metrics_address = check.host(rm_metrics_address, "rm.metrics_address")
+    rm_metrics_web_config = rm_raw.get("metrics_web_config") or ""
+    if rm_metrics_web_config:
+        rm_metrics_web_config = check.string(rm_metrics_web_config, "rm.metrics_web_config")
     launcher_raw = check.mapping(root.get("launcher"), "launcher")
     check.no_unknown(launcher_raw, {"kind", "ssh"}, "launcher")
     launcher = check.string(launcher_raw.get("kind", "ssh"), "launcher.kind", choices=LAUNCHERS)
@@ -379,7 +388,8 @@ def parse_config(data: Any, source: str = "cluster.yml") -> ClusterConfig:
         path=source, name=name, mode=mode, replication=replication, key_file=key_file,
         replicas=replicas, gfd=gfd, rm=rm, rm_state_dir=rm_state_dir, launcher=launcher,
         ssh=ssh, tunables=tunables, trace=trace, run_dir=run_dir,
-        rm_metrics_port=rm_metrics_port,
+        rm_metrics_port=rm_metrics_port, rm_metrics_address=rm_metrics_address,
+        rm_metrics_web_config=rm_metrics_web_config,
     )
 
 
@@ -397,7 +407,10 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{name}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
     config = parse_config(data, name)
-    return replace(config, path=source)
+    web_config = config.rm_metrics_web_config
+    if web_config and not os.path.isabs(web_config):  # beside the cluster file, not the cwd
+        web_config = os.path.join(os.path.dirname(os.path.abspath(source)), web_config)
+    return replace(config, path=source, rm_metrics_web_config=web_config)
 
 
 def describe_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
@@ -411,8 +424,8 @@ def describe_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
         a_ids = ",".join(old.replica_ids)
         b_ids = ",".join(new.replica_ids)
         changes.append(f"replicas: {a_ids} -> {b_ids}" if a_ids != b_ids else "replicas: changed")
-    for name in ("mode", "replication", "key_file", "gfd", "rm", "rm_metrics_port", "launcher",
-                 "ssh", "trace"):
+    for name in ("mode", "replication", "key_file", "gfd", "rm", "rm_metrics_port",
+                 "rm_metrics_address", "rm_metrics_web_config", "launcher", "ssh", "trace"):
         if getattr(old, name) != getattr(new, name):
             changes.append(f"{name}: changed")
     return changes

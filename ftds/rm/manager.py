@@ -96,7 +96,7 @@ class ReplicationManager:
         self.failover: Failover | None = None
         self.decisions: dict[str, str] = {}
         self.last_decision = "starting"
-        self.metrics = RmMetrics(self._status_snapshot)
+        self.metrics = RmMetrics(self._status_snapshot, lambda: self.config.tunables)
         self.incidents = IncidentLog(str(self.state_dir), on_open=self.metrics.incident_opened,
                                      on_close=self.metrics.incident_closed)
         self.relauncher = Relauncher(self.config, make_launcher(self.config),
@@ -123,7 +123,9 @@ class ReplicationManager:
         log.info("RM: listening on %s:%d (%s mode, launcher %s, last epoch %d)", rm.host,
                  rm.port, self.config.mode, self.config.launcher, self.epoch_floor)
         if self.config.rm_metrics_port:
-            self.metrics.serve(rm.host, self.config.rm_metrics_port)
+            await self.metrics.start(self.config.rm_metrics_address or rm.host,
+                                     self.config.rm_metrics_port,
+                                     self.config.rm_metrics_web_config)
         log.info(members_line("RM", []), extra={"kind": "membership"})
         for info in self.replicas.values():
             info.link_task = spawn(self._replica_link(info), f"link-{info.spec.id}")
@@ -135,7 +137,7 @@ class ReplicationManager:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.relauncher.stop()
-        await asyncio.to_thread(self.metrics.close)
+        await self.metrics.close()
         if self._server is not None:
             self._server.close()
         for info in self.replicas.values():
@@ -150,6 +152,10 @@ class ReplicationManager:
             log.error("RM: reload refused, keeping the running configuration: %s", exc)
             return
         changes = describe_changes(self.config, new)
+        if (new.rm_metrics_port, new.rm_metrics_address) != \
+                (self.config.rm_metrics_port, self.config.rm_metrics_address):
+            log.warning("RM: the metrics port or address changed: that takes a restart")
+        self.metrics.reload_web_config(new.rm_metrics_web_config)  # certificates, users
         self.config = new
         self.relauncher.config = new
         for spec in new.replicas:
@@ -391,6 +397,7 @@ class ReplicationManager:
                 self.relauncher.present(rid)
             info.present = present
         log.info(members_line("RM", members), extra={"kind": "membership"})
+        self.metrics.changed()
         self.decide()
 
     async def gfd_status(self, timeout: float = 0.5) -> dict[str, Any] | None:
@@ -408,6 +415,7 @@ class ReplicationManager:
     def _decide_note(self, rid: str, text: str) -> None:
         self.decisions[rid] = text
         self.last_decision = f"{rid}: {text}"
+        self.metrics.changed()
 
     async def _ticker(self) -> None:
         while True:
@@ -592,6 +600,7 @@ class ReplicationManager:
         self.adopted = False
         self.unavailable = ""
         self.last_decision = why
+        self.metrics.changed()
         log.info("RM: %s -> view %s", why, view.describe(), extra={"kind": "decision"})
         order = sorted(self.replicas.values(),
                        key=lambda i: 0 if (primary_first and i.spec.id == view.primary) else 1)

@@ -69,6 +69,11 @@ def test_good_config_parses():
         (("rm", "metrics_port"), True, "rm.metrics_port: must be 1-65535"),
         (("rm", "metrics_port"), 7201, "rm.metrics_port: 10.0.0.4:7201 already used by rm.port"),
         (("rm", "metrics_port"), 7200, "rm.metrics_port: 10.0.0.4:7200 already used by gfd"),
+        (("rm", "metrics_address"), "bad host!", "rm.metrics_address: not an IP address"),
+        (("tunables", "hello_timeout"), 0, "tunables.hello_timeout: must be between"),
+        (("tunables", "max_conns_per_source"), 0, "tunables.max_conns_per_source: must be 1-"),
+        (("launcher",), {"ssh": {"command_timeout": 0}},
+         "launcher.ssh.command_timeout: must be between"),
     ],
 )
 def test_each_bad_field_is_named(path, value, message):
@@ -111,3 +116,17 @@ def test_describe_changes_lists_tunables_and_replicas():
     changes = describe_changes(old, parse_config(new_data))
     assert "tunables.heartbeat_interval: 0.1 -> 0.25" in changes
     assert "replicas: S1,S2,S3 -> S1,S2" in changes
+
+
+def test_strangers_and_metrics_settings(tmp_path):
+    config = parse_config(GOOD)
+    assert (config.tunables.hello_timeout, config.tunables.max_conns_per_port,
+            config.tunables.max_conns_per_source) == (2.0, 1024, 256)
+    assert (config.rm_metrics_address, config.rm_metrics_web_config) == ("", "")
+    data = with_change(("rm", "metrics_address"), "0.0.0.0")
+    data["rm"]["metrics_web_config"] = "metrics-web.yml"
+    path = tmp_path / "cluster.yml"
+    path.write_text(yaml.safe_dump(data))
+    loaded = load_config(path)
+    assert loaded.rm_metrics_address == "0.0.0.0"
+    assert loaded.rm_metrics_web_config == str(tmp_path / "metrics-web.yml")  # beside the file

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
+import re
 import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import bcrypt
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ftds.config import Tunables
 from ftds.rm import metrics
 from ftds.rm.incidents import Incident
 from ftds.rm.metrics import RmMetrics
@@ -61,11 +72,11 @@ def test_a_scrape_renders_the_status_the_rm_holds():
             return STATUS
 
         exporter = RmMetrics(snapshot)
-        exporter.serve("127.0.0.1", free_port())
+        assert await exporter.start("127.0.0.1", free_port())
         try:
-            return await scrape(exporter._server.server_port)
+            return await scrape(exporter.port)
         finally:
-            await asyncio.to_thread(exporter.close)
+            await exporter.close()
 
     got = asyncio.run(main())
     assert got[("ftds_rm_responsive", ())] == 1
@@ -92,11 +103,11 @@ def test_a_loop_that_cannot_answer_is_reported_not_waited_for(monkeypatch):
             return STATUS
 
         exporter = RmMetrics(stuck)
-        exporter.serve("127.0.0.1", free_port())
+        assert await exporter.start("127.0.0.1", free_port())
         try:
-            return await asyncio.wait_for(scrape(exporter._server.server_port), 5)
+            return await asyncio.wait_for(scrape(exporter.port), 5)
         finally:
-            await asyncio.to_thread(exporter.close)
+            await exporter.close()
 
     got = asyncio.run(main())
     assert got[("ftds_rm_responsive", ())] == 0
@@ -127,10 +138,269 @@ def test_a_port_in_use_leaves_the_rm_running_without_metrics(caplog):
             busy.bind(("127.0.0.1", 0))
             busy.listen()
             exporter = RmMetrics(lambda: None)  # type: ignore[arg-type,return-value]
-            exporter.serve("127.0.0.1", busy.getsockname()[1])
+            assert not await exporter.start("127.0.0.1", busy.getsockname()[1])
             return exporter
 
     with caplog.at_level(logging.ERROR, logger="ftds.rm"):
         exporter = asyncio.run(main())
-    assert exporter._server is None
+    assert exporter.port == 0  # not serving
     assert "cannot serve metrics" in caplog.text and "rm.metrics_port" in caplog.text
+
+
+# -- the endpoint: a snapshot, on the RM's loop, with the exporter-toolkit's web config ------
+def web(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    return str(path)
+
+
+async def get(port: int, path: str = "/metrics", *, auth: tuple[str, str] | None = None,
+              tls: ssl.SSLContext | None = None, method: str = "GET",
+              extra: str = "") -> tuple[int, dict[str, str], bytes]:
+    """One request on a connection of its own: (status, headers, body)."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls, server_hostname="127.0.0.1" if tls else None)
+    lines = [f"{method} {path} HTTP/1.1", "Host: rm", "Connection: close"]
+    if auth:
+        lines.append("Authorization: Basic " +
+                     base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    writer.write(("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode())
+    async with asyncio.timeout(10):
+        data = await reader.read()
+    writer.close()
+    if not data:
+        raise ConnectionError("closed without an answer")
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@contextlib.asynccontextmanager
+async def exporter_on(web_config: str = "", snapshot: Any = None, **tunables: float
+                      ) -> AsyncIterator[RmMetrics]:
+    async def status() -> dict[str, Any]:
+        return STATUS
+
+    exporter = RmMetrics(snapshot or status, lambda: Tunables(**tunables))  # type: ignore[arg-type]
+    assert await exporter.start("127.0.0.1", 0, web_config)
+    try:
+        yield exporter
+    finally:
+        await exporter.close()
+
+
+def test_scrapes_are_answered_from_the_snapshot_with_no_thread_per_request():
+    calls = []
+
+    async def snapshot() -> dict[str, Any]:
+        calls.append(time.monotonic())
+        return STATUS
+
+    async def main() -> tuple[list[int], int, int]:
+        async with exporter_on(snapshot=snapshot) as exporter:
+            threads = threading.active_count()
+            statuses = []
+            for _ in range(5):  # 5 rounds of 20 scrapes at once
+                results = await asyncio.gather(*(get(exporter.port) for _ in range(20)))
+                statuses += [status for status, _, _ in results]
+                assert all(body == exporter.page for _, _, body in results)
+            return statuses, threading.active_count() - threads, len(calls)
+
+    statuses, new_threads, snapshots = asyncio.run(main())
+    assert statuses == [200] * 100
+    assert new_threads == 0
+    assert snapshots <= 3  # one at start and one a second: not one per scrape
+
+
+def test_a_connection_carries_several_scrapes():
+    async def main() -> list[bytes]:
+        async with exporter_on() as exporter:
+            reader, writer = await asyncio.open_connection("127.0.0.1", exporter.port)
+            heads = []
+            for _ in range(3):
+                writer.write(b"GET /metrics HTTP/1.1\r\nHost: rm\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                heads.append(head.split(b"\r\n")[0])
+            writer.close()
+            return heads
+
+    assert asyncio.run(main()) == [b"HTTP/1.1 200 OK"] * 3
+
+
+def test_strangers_on_the_metrics_port_are_bounded():
+    async def main() -> tuple[bytes, int, bytes]:
+        async with exporter_on(hello_timeout=0.3, max_conns_per_source=3) as exporter:
+            idle = [await asyncio.open_connection("127.0.0.1", exporter.port,
+                                                  local_addr=("127.0.0.2", 0))
+                    for _ in range(3)]
+            over, over_w = await asyncio.open_connection("127.0.0.1", exporter.port,
+                                                         local_addr=("127.0.0.2", 0))
+            async with asyncio.timeout(5):
+                with contextlib.suppress(ConnectionResetError):
+                    refused = await over.read()
+                start = time.monotonic()
+                closed = await asyncio.gather(*(r.read() for r, _ in idle))
+            held = time.monotonic() - start
+            status, _, _ = await get(exporter.port, extra="X-Pad: " + "x" * 9000 + "\r\n")
+            for _, w in [*idle, (None, over_w)]:
+                w.close()
+            return refused, round(held, 1), b"".join(closed) + str(status).encode()
+
+    refused, held, rest = asyncio.run(main())
+    assert refused == b"" and held <= 1.0
+    assert rest == b"431"  # nothing said to the idle ones; an oversized head is refused
+
+
+def test_basic_auth_with_bcrypt_hashes_in_one_thread(tmp_path):
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode().replace("$2b$", "$2y$")
+    config = web(tmp_path, f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+                           "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+
+    async def main() -> dict[str, Any]:
+        async with exporter_on(config) as exporter:
+            got = {
+                "none": await get(exporter.port),
+                "wrong": await get(exporter.port, auth=("prometheus", "guess")),
+                "stranger": await get(exporter.port, auth=("mallory", "s3cret")),
+                "right": await get(exporter.port, auth=("prometheus", "s3cret")),
+            }
+            await asyncio.gather(*(get(exporter.port, auth=("prometheus", "s3cret"))
+                                   for _ in range(10)))
+            got["bcrypt_threads"] = sum(t.name.startswith("metrics-bcrypt")
+                                        for t in threading.enumerate())
+            return got
+
+    got = asyncio.run(main())
+    for name in ("none", "wrong", "stranger"):
+        status, headers, body = got[name]
+        assert status == 401 and headers["www-authenticate"] == 'Basic realm="ftds"', name
+        assert b"ftds_epoch" not in body
+    status, headers, body = got["right"]
+    assert status == 200 and b"ftds_epoch 4.0" in body and headers["x-frame-options"] == "deny"
+    assert got["bcrypt_threads"] == 1
+
+
+def test_tls_with_client_certificates(tmp_path):
+    pki = make_pki(tmp_path)
+    config = web(tmp_path, "tls_server_config:\n  cert_file: server.crt\n"
+                           "  key_file: server.key\n  client_ca_file: ca.crt\n"
+                           "  client_auth_type: RequireAndVerifyClientCert\n")
+
+    def client(with_cert: bool) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        if with_cert:
+            ctx.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+        return ctx
+
+    async def main() -> tuple[int, str, str]:
+        async with exporter_on(config, hello_timeout=0.3) as exporter:
+            silent, silent_w = await asyncio.open_connection("127.0.0.1", exporter.port)
+            async with asyncio.timeout(3):  # no TLS handshake: closed after hello_timeout
+                assert await silent.read() == b""
+            silent_w.close()
+            status, _, _ = await get(exporter.port, tls=client(True))
+            try:
+                await get(exporter.port, tls=client(False))
+                anonymous = "served"
+            except (ssl.SSLError, ConnectionError) as exc:
+                anonymous = type(exc).__name__
+            try:
+                await get(exporter.port)  # plain HTTP to a TLS port
+                plain = "served"
+            except (ConnectionError, ValueError, IndexError) as exc:
+                plain = type(exc).__name__
+            return status, anonymous, plain
+
+    status, anonymous, plain = asyncio.run(main())
+    assert status == 200
+    assert anonymous != "served" and plain != "served"
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("tls_server_config:\n  cert_file: a.crt\n",
+     "tls_server_config: needs cert_file and key_file"),
+    ("tls_server_config:\n  cipher_suites: [x]\n",
+     "tls_server_config.cipher_suites: not supported"),
+    ("basic_auth_users:\n  alice: hunter2\n", "basic_auth_users.alice: not a bcrypt hash"),
+    ("rate_limit:\n  interval: soon\n", "rate_limit.interval: not a duration"),
+    ("bogus: 1\n", "bogus: not supported by ftds"),
+])
+def test_a_web_config_error_names_the_field(tmp_path, text, error):
+    with pytest.raises(metrics.WebConfigError, match=re.escape(error)):
+        metrics.load_web_config(web(tmp_path, text))
+
+
+def test_a_broken_web_config_serves_nothing_rather_than_less_protection(tmp_path, caplog):
+    async def main() -> bool:
+        exporter = RmMetrics(lambda: None)  # type: ignore[arg-type,return-value]
+        started = await exporter.start("127.0.0.1", 0, web(tmp_path, "basic_auth_users: 7\n"))
+        await exporter.close()
+        return started
+
+    with caplog.at_level(logging.ERROR, logger="ftds.rm"):
+        assert not asyncio.run(main())
+    assert "not serving metrics (rm.metrics_web_config)" in caplog.text
+
+
+def test_a_reload_takes_new_users_and_the_rate_limit(tmp_path):
+    def users(password: bytes) -> str:
+        return f"basic_auth_users:\n  p: '{bcrypt.hashpw(password, bcrypt.gensalt(4)).decode()}'\n"
+
+    config = web(tmp_path, users(b"old"))
+    changed = users(b"new") + "rate_limit:\n  interval: 1h\n  burst: 2\n"
+
+    async def main() -> list[int]:
+        async with exporter_on(config) as exporter:
+            seen = [(await get(exporter.port, auth=("p", "old")))[0]]
+            web(tmp_path, changed)
+            exporter.reload_web_config(config)
+            for password in ("old", "new", "new"):
+                seen.append((await get(exporter.port, auth=("p", password)))[0])
+            return seen
+
+    assert asyncio.run(main()) == [200, 401, 200, 429]
+
+
+def make_pki(directory: Path) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(name: str, key: Any, issuer: x509.Name, signer: Any, ca: bool,
+             san: list[x509.GeneralName]) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .issuer_name(issuer).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    def write(name: str, key: Any, certificate: x509.Certificate) -> None:
+        (directory / f"{name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        (directory / f"{name}.crt").write_bytes(certificate.public_bytes(
+            serialization.Encoding.PEM))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ftds test CA")])
+    write("ca", ca_key, cert("ftds test CA", ca_key, ca_name, ca_key, True, []))
+    for name, san in (("server", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                      ("client", [x509.DNSName("prometheus")])):
+        key = ec.generate_private_key(ec.SECP256R1())
+        write(name, key, cert(name, key, ca_name, ca_key, False, san))
+    return directory
