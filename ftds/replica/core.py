@@ -130,6 +130,10 @@ class Replica:
         self._checkpoint_seq = 0
         self._entries_out: list[dict[str, Any]] = []
         self._commit_sent = 0
+        # What the orderer vouches for: a view all of whose members hold everything committed
+        # when it took that view. Members it adds become electable only then (the RM waits).
+        self._vouch_floor = 0
+        self._vouched: list[int] | None = None
         self._commit_scheduled = False
         self._stall_since = 0.0
         self._stall_commit = 0
@@ -1051,6 +1055,7 @@ class Replica:
         self.recovering = False
         self.lease_until = 0.0
         self._lease_sent.clear()
+        self._vouched = None
 
     def _grant_view_lease(self, view: View) -> None:
         """A view from the RM (or an operator) carries the primary's first lease."""
@@ -1067,6 +1072,7 @@ class Replica:
         self.trusted = True
         self.caught_up = True
         self.recovering = True
+        self._vouch_floor = 0
         self._recovery_deadline = time.monotonic() + self.tunables.view_change_timeout
         self.commit = 0
         log.info("%s: view change to epoch %d: collecting from %s", self.id, self.epoch,
@@ -1075,6 +1081,8 @@ class Replica:
 
     def _sync_set_changed(self, old: View | None) -> None:
         before = set(old.members) if old else set()
+        # Entries committed before this view may still be on their way to a member it adds.
+        self._vouch_floor = self.commit
         for member in self.sync_set:
             if member not in before:
                 sub = self.subs.get(member)
@@ -1140,6 +1148,16 @@ class Replica:
         for conn in self.rm_conns:
             conn.send(kind, fields)
 
+    def vouched(self) -> list[int] | None:
+        """[epoch, version] of the newest view whose every member acknowledged all that was
+        committed when this orderer took it: the RM counts its members as holders (electable)
+        only from then on."""
+        view = self.view
+        if self.serving and view is not None and all(
+                self.acked.get(m, -1) >= self._vouch_floor for m in self.sync_set):
+            self._vouched = [view.epoch, view.version]
+        return self._vouched
+
     def report(self, force: bool = False) -> None:
         self._last_report = time.monotonic()
         if self.rm_conns:
@@ -1159,6 +1177,7 @@ class Replica:
             "view": self.view.to_wire() if self.view else None,
             "seq": self.sm.seq,
             "commit": self.commit if self.is_orderer else self.member_commit,
+            "vouched": self.vouched(),
             "checkpoint_count": self.sm.checkpoint_count,
             "last_epoch": self.sm.last_epoch,
             "recorded": len(self.recorded),

@@ -85,6 +85,10 @@ class ReplicationManager:
         self.store = RmStore(self.state_dir)
         self.record: RmRecord = self.store.load()
         self.epoch_floor = self.record.epoch
+        # Which members the last primary had vouched for when the previous RM stopped.
+        self._start_view_epoch = (self.record.view or {}).get("epoch")
+        self._start_confirmed = None if self.record.confirmed is None \
+            else set(self.record.confirmed)
         self.gfd_conn: Conn | None = None
         self.gfd: dict[str, Any] = {"view": 0, "members": [], "stable": False, "lfds": {}}
         self.started = time.monotonic()
@@ -185,6 +189,7 @@ class ReplicationManager:
             record.view = view.to_wire()
             record.epoch = max(record.epoch, view.epoch)
         record.epoch = max(record.epoch, self.epoch_floor)
+        record.confirmed = sorted(self.confirmed)
         self.store.save(record)
         self.epoch_floor = record.epoch
 
@@ -244,9 +249,11 @@ class ReplicationManager:
         info.report = msg
         info.report_at = time.monotonic()
         if self.adopted and self.view is not None and info.spec.id in self.view.members \
+                and info.spec.id in self._vouched_before(self.view) \
                 and self._same_process(info.spec.id, self.view):
             # A member of a view we found (we restarted) is confirmed once it reports as the
-            # process that view counts: its primary admitted it before, maybe before dying.
+            # process that view counts, if its primary had vouched for it before we restarted
+            # (it may have died since): the record says which members it had.
             self.confirmed.add(info.spec.id)
         reported = msg.get("view")
         if reported:
@@ -279,14 +286,25 @@ class ReplicationManager:
         """A view newer than ours exists (we restarted): take it as the current one."""
         self.view = view
         self.epoch_floor = max(self.epoch_floor, view.epoch)
-        # Members of a view we did not make are trusted as confirmed (the primary of that view
-        # admitted them under the same rules before we (re)started), as long as the process
-        # reporting now is the one the view counts.
-        self.confirmed = {m for m in view.members if self._same_process(m, view)}
+        # Members of a view we did not make are confirmed if its primary had vouched for them
+        # (our record says so), as long as the process reporting now is the one the view
+        # counts; the others wait for the primary to vouch again.
+        vouched = self._vouched_before(view)
+        self.confirmed = {m for m in view.members
+                          if m in vouched and self._same_process(m, view)}
         self.unavailable = ""
         self.adopted = True
         self._persist(view)
         log.info("RM: adopted view %s (%s)", view.describe(), why, extra={"kind": "decision"})
+
+    def _vouched_before(self, view: View) -> set[str]:
+        """Members of ``view`` that our record showed confirmed in its epoch when we started (a
+        record from before confirmations were kept: all of them)."""
+        if self._start_confirmed is None:
+            return set(view.members)
+        if self._start_view_epoch != view.epoch:
+            return {view.primary}
+        return self._start_confirmed | {view.primary}
 
     def _same_process(self, rid: str, view: View) -> bool:
         """Whether ``rid``'s current process is the one ``view`` counts (unknown: not yet)."""
@@ -306,10 +324,18 @@ class ReplicationManager:
         if isinstance(commit, int) and commit > self.record.committed_seq \
                 and reported.get("epoch") == view.epoch:
             self.record.committed_seq = commit  # kept on the next write of the record
-        if reported.get("epoch") == view.epoch and reported.get("version") == view.version \
-                and not msg.get("recovering"):
+        vouched = msg.get("vouched")
+        if "vouched" in msg:
+            # Its members hold everything it committed before it took this view.
+            current = vouched == [view.epoch, view.version]
+        else:  # a replica from before vouching: the view in force, out of its view change
+            current = reported.get("epoch") == view.epoch \
+                and reported.get("version") == view.version and not msg.get("recovering")
+        if current:
             newly = set(view.members) - self.confirmed
             self.confirmed = {m for m in view.members if self._same_process(m, view)}
+            if newly:
+                self._persist()
             for rid in newly:
                 self.incidents.mark(rid, "ready")
                 self._decide_note(rid, f"ready: admitted to the membership by {view.primary}")
@@ -578,7 +604,10 @@ class ReplicationManager:
                 continue
             report = self.replicas[rid].report
             rview = report.get("view") or {}
+            # Caught up in *this* view: a report from before a removal is stale (it caught up
+            # with a stream the primary has since stopped waiting for).
             if report.get("caught_up") and rview.get("epoch") == view.epoch \
+                    and rview.get("version") == view.version \
                     and report.get("upstream") == view.primary \
                     and report.get("incarnation") == self.replicas[rid].incarnation:
                 joining.append(rid)

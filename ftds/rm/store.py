@@ -9,7 +9,10 @@ without the data lead while a replica that holds it may come back. So it keeps:
   committed write);
 - ``lease_max``: the longest lease ever granted (a restarted RM waits that long);
 - ``committed_seq``: the highest commit index a primary reported (for operators: what an
-  override may lose).
+  override may lose);
+- ``confirmed``: the members of ``view`` its primary vouched for (they hold every write it
+  acknowledged), so a restarted RM elects only among them; ``None`` in a record written before
+  it was kept (then every member of the view counts).
 
 Written as JSON: temporary file, fsync, rename, fsync of the directory. A file that exists but
 cannot be read is an error that stops the RM with the path and what to do; it never reads as
@@ -37,6 +40,7 @@ class RmRecord:
     lease_max: float = 0.0
     committed_seq: int = 0
     forced: list[dict[str, Any]] = field(default_factory=list)  # operator overrides, for the record
+    confirmed: list[str] | None = None
 
     @property
     def data_may_exist(self) -> bool:
@@ -62,9 +66,13 @@ class RmStore:
                 epoch=_int(data, "epoch"), view=data.get("view"),
                 lease_max=float(data.get("lease_max", 0.0)),
                 committed_seq=_int(data, "committed_seq"),
-                forced=list(data.get("forced", [])))
+                forced=list(data.get("forced", [])), confirmed=data.get("confirmed"))
             if record.view is not None and not isinstance(record.view, dict):
                 raise ValueError("view is not an object")
+            if record.confirmed is not None and not (
+                    isinstance(record.confirmed, list)
+                    and all(isinstance(m, str) for m in record.confirmed)):
+                raise ValueError("confirmed is not a list of replica ids")
         except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(
                 f"{self.path}: the RM's state file is corrupt ({exc}); it holds the highest "

@@ -120,3 +120,22 @@ def test_member_that_differs_from_a_digest_only_checkpoint_takes_the_state_again
         assert member.stats.divergences == 1
 
     asyncio.run(scenario())
+
+
+def test_primary_vouches_for_an_added_member_once_it_holds_what_was_committed(tmp_path):
+    """A member added in the same epoch counts for new commits at once, but it may still miss
+    entries committed before the view: the primary vouches for the view (the RM then makes the
+    member electable) only when the member acknowledged them."""
+    config = load_config(local.write_cluster(tmp_path, 3, base=44100))
+    replica = Replica(config, "S1", config.read_key())
+    rm = FakeConn("rm", "RM")
+    replica._on_view(rm, {"view": View(1, 0, "S1", ("S1",), lease=5.0)})
+    for n in range(1, 4):
+        replica._apply({"s": n, "e": 1, "c": "C1", "r": n, "op": op(n)}, announce=False)
+    replica.commit = 3  # acknowledged alone, under its lease
+    assert replica.vouched() == [1, 0]
+    replica.subs["S2"] = core.Subscriber("S2", FakeConn("member", "S2"), seq=1, trusted=False)
+    replica._on_view(rm, {"view": View(1, 1, "S1", ("S1", "S2"))})
+    assert replica.vouched() == [1, 0], "vouched before S2 holds seq 2..3"
+    replica.acked["S2"] = 3
+    assert replica.vouched() == [1, 1]

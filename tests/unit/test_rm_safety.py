@@ -248,3 +248,53 @@ def test_restarted_rm_promotes_a_holder_when_the_primary_dies_before_reporting(m
         {"kind": "delete", "replica": "S1", "confirmed_dead": True, "reason": "exited"}]})
     assert rm.view.epoch == 4 and rm.view.primary == "S3", rm.view
     assert not rm.unavailable
+
+
+def test_a_removed_backup_is_admitted_again_only_on_a_report_made_after_its_removal(make_rm):
+    """Found by the simulator (a cut between the primary and one backup): the primary asked
+    the RM to drop S3, and the RM at once admitted S3 again on its last report, made before the
+    removal, while the primary acknowledged writes S3 never received."""
+    rm = make_rm()
+    serving(rm)
+    old = rm.view
+    report(rm, "S3", inc="a-S3", seq=40, view=old, caught_up=True)
+    rm.replicas["S3"].report["upstream"] = "S1"
+    rm._remove_members(["S3"], "S1 reports them unreachable")
+    removed = rm.view
+    assert "S3" not in removed.members
+    rm.decide()
+    assert rm.view == removed, "admitted again on a report from before the removal"
+    # Its report on the new view, caught up again with the primary's stream: admitted.
+    report(rm, "S3", inc="a-S3", seq=45, view=removed, caught_up=True)
+    rm.replicas["S3"].report["upstream"] = "S1"
+    rm.decide()
+    assert "S3" in rm.view.members
+
+
+def test_an_admitted_backup_is_electable_only_once_the_primary_vouches_for_it(make_rm):
+    """The primary confirms a view that adds a member only when that member acknowledged all
+    it had committed before: until then the member may miss acknowledged writes."""
+    rm = make_rm()
+    serving(rm, members=["S1", "S2"])
+    view = rm._make_view(2, 1, "S1", ["S1", "S2", "S3"])
+    rm._issue(view, "admitting S3")
+    primary_report = {"view": view.to_wire(), "commit": 9, "recovering": False}
+    rm._note_confirmation(rm.replicas["S1"], {**primary_report, "vouched": [2, 0]})
+    assert "S3" not in rm.confirmed
+    rm._note_confirmation(rm.replicas["S1"], {**primary_report, "vouched": [2, 1]})
+    assert "S3" in rm.confirmed
+    assert rm.store.load().confirmed == ["S1", "S2", "S3"], "kept for a restarted RM"
+
+
+def test_restarted_rm_elects_only_members_the_primary_had_vouched_for(make_rm):
+    """RM restart with the primary dead: a member admitted but never vouched for (it may miss
+    writes the primary acknowledged) is not electable; one that was vouched for is."""
+    view = View(3, 2, "S1", tuple(IDS), incs=(("S1", "a"), ("S2", "b"), ("S3", "c")))
+    rm = make_rm(RmRecord(epoch=3, view=view.to_wire(), confirmed=["S1", "S2"]))
+    stable(rm, ["S2", "S3"])
+    report(rm, "S2", inc="b", seq=40, view=view)
+    report(rm, "S3", inc="c", seq=41, view=view)
+    rm._on_membership({"members": ["S2", "S3"], "stable": True, "view": 2, "changes": [
+        {"kind": "delete", "replica": "S1", "confirmed_dead": True, "reason": "exited"}]})
+    assert rm.view.epoch == 4 and rm.view.primary == "S2" and rm.view.members == ("S2",), \
+        rm.view
