@@ -68,6 +68,7 @@ class Failover:
     epoch: int
     not_before: float  # monotonic
     reason: str
+    since: float = 0.0  # monotonic: when the RM saw the loss
 
 
 class ReplicationManager:
@@ -463,9 +464,15 @@ class ReplicationManager:
         present = {rid for rid, info in self.replicas.items() if info.present}
         if self.view is None:
             self._bootstrap(present)
+            absent = [rid for rid in self.replicas if rid not in present]
+            if self.view is None and absent and time.monotonic() - self.started >= 3.0:
+                # Nobody else starts a replica (its unit does not restart itself): after an RM
+                # restart that found every replica gone, the holders may only need a start.
+                self.relauncher.tick(absent)
             return
         view = self.view
-        if view.primary not in present or not self._primary_process_alive(view):
+        if view.primary not in present or not self._primary_process_alive(view) \
+                or self._unheard_since_loss(view.primary):
             self._failover(present)
         else:
             if self.failover is not None and self.failover.old_primary == view.primary:
@@ -479,6 +486,13 @@ class ReplicationManager:
         absent = [rid for rid in self.replicas if rid not in present]
         if absent:
             self.relauncher.tick(absent)
+
+    def _unheard_since_loss(self, rid: str) -> bool:
+        """A lost primary the GFD sees again is back only once it reported since the loss: the
+        process on its ports may be a new one (empty), which only its report tells."""
+        failover = self.failover
+        return failover is not None and failover.old_primary == rid \
+            and self.replicas[rid].report_at < failover.since
 
     def _primary_process_alive(self, view: View) -> bool:
         """False once the primary's process is known to have restarted: a new incarnation
@@ -537,7 +551,7 @@ class ReplicationManager:
             wait_until = now if confirmed else self.lease_expiry + LEASE_MARGIN
             reason = "restarted without its state" if restarted and not loss \
                 else loss.get("reason", "absent")
-            self.failover = Failover(old, view.epoch, wait_until, reason)
+            self.failover = Failover(old, view.epoch, wait_until, reason, since=now)
             self.incidents.mark(old, "removed")
             role = "sequencer" if self.config.mode == "active" else "primary"
             if confirmed:
@@ -627,7 +641,8 @@ class ReplicationManager:
         self._persist(view)  # on disk before anyone hears of it
         self.view = view
         self.adopted = False
-        self.unavailable = ""
+        if self.failover is None:  # still waiting for a holder: the reason stands
+            self.unavailable = ""
         self.last_decision = why
         self.metrics.changed()
         log.info("RM: %s -> view %s", why, view.describe(), extra={"kind": "decision"})

@@ -298,3 +298,43 @@ def test_restarted_rm_elects_only_members_the_primary_had_vouched_for(make_rm):
         {"kind": "delete", "replica": "S1", "confirmed_dead": True, "reason": "exited"}]})
     assert rm.view.epoch == 4 and rm.view.primary == "S2" and rm.view.members == ("S2",), \
         rm.view
+
+
+def test_restarted_rm_that_finds_every_replica_gone_starts_them(make_rm):
+    """Found by the simulator: the RM restarted after every replica had died; nothing starts a
+    replica but the RM, so it waited forever without a word."""
+    view = View(2, 0, "S3", ("S3",), incs=(("S3", "c"),))
+    rm = make_rm(RmRecord(epoch=2, view=view.to_wire(), confirmed=["S3"]))
+    stable(rm, [])
+    rm.decide()
+    assert rm.relaunched == [], "not before the replicas had a moment to report"
+    rm.started -= 3.5
+    rm.decide()
+    assert rm.relaunched == [["S1", "S2", "S3"]]
+
+
+def test_lost_primary_seen_again_is_back_only_after_it_reports_as_the_same_process(make_rm):
+    """Found by the simulator: the GFD saw the lost primary again (a new, empty process on its
+    ports) and the RM, before that process's first report, called it "back", cancelled the
+    failover and admitted a replica that had caught up with the empty process."""
+    rm = make_rm()
+    serving(rm)
+    rm._on_membership({"members": ["S2", "S3"], "stable": True, "view": 2, "changes": [
+        {"kind": "delete", "replica": "S1", "confirmed_dead": False, "reason": "hung"}]})
+    assert rm.failover is not None and rm.failover.old_primary == "S1"
+    rm._on_membership({"members": IDS, "stable": True, "view": 3, "changes": [
+        {"kind": "add", "replica": "S1"}]})
+    assert rm.failover is not None, "called back on the GFD's word alone"
+    report(rm, "S1", inc="a-S1", seq=10, view=rm.view)
+    assert rm.failover is None, "its own report as the same process: back"
+
+
+def test_unavailable_reason_stays_while_a_view_shrinks(make_rm):
+    rm = make_rm()
+    serving(rm, members=["S1", "S2"])
+    rm.confirmed = {"S1"}  # S2 was admitted but never vouched for
+    rm._on_membership({"members": ["S2"], "stable": True, "view": 2, "changes": [
+        {"kind": "delete", "replica": "S1", "confirmed_dead": True, "reason": "exited"}]})
+    assert rm.unavailable
+    rm._remove_members(["S2"], "restarted without its state")
+    assert rm.unavailable, "the reason it waits must stay in ftds status"
