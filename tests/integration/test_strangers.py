@@ -57,7 +57,8 @@ def test_managers_refuse_strangers_past_the_cap_and_close_the_rest(make_managed)
     assert status["primary"] == start["primary"]
     for name, times in held.items():
         refused, closed = times[:EXTRA], times[EXTRA:]
-        assert max(refused) < HELLO / 2, f"{name}: refusals were not at once: {refused}"
+        # Refused at once: before any admitted one could have been closed for its silence.
+        assert max(refused) < HELLO, f"{name}: refusals were not at once: {refused}"
         assert min(closed) >= HELLO, f"{name}: closed before hello_timeout: {closed[:3]}"
     after = cluster.wait_healthy(10)
     assert after["epoch"] == start["epoch"] and after["primary"] == start["primary"]
