@@ -99,8 +99,8 @@ def raise_fd_limit(want: int = 65536) -> None:
     if soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+        except (ValueError, OSError) as exc:  # a unit's seccomp filter: LimitNOFILE rules
+            log.debug("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
 
 
 def run(daemon: Daemon) -> int:
