@@ -486,7 +486,6 @@ class RmMetrics:
                     f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
                 gate.stranger_closed(host, addr, f"{why} (tunables.hello_timeout {hello:g} s)"
                                      if isinstance(exc, TimeoutError) else why)
-                conn.close()
                 return
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             await self._serve(reader, writer, web, gate, host, addr, deadline)
@@ -495,11 +494,12 @@ class RmMetrics:
             pass  # the peer went away, or did not read its answer (TimeoutError is an OSError)
         finally:
             gate.release(host)
-            if writer is not None:
-                if clean:
-                    writer.close()  # what was sent is flushed already (drained)
-                else:
-                    writer.transport.abort()
+            if writer is None:
+                conn.close()  # cancelled (the RM stops) before the loop took the socket
+            elif clean:
+                writer.close()  # what was sent is flushed already (drained)
+            else:
+                writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      web: WebConfig, gate: Gate, host: str, addr: str,
