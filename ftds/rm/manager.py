@@ -98,6 +98,15 @@ class ReplicationManager:
                                                    self.config.tunables.lease)
         self.unavailable = ""  # why no primary can be chosen without losing data, if so
         self.adopted = False  # the view in force was reported to us, not made by us
+        if self.record.view is not None:
+            # The last view we issued is in force until a newer one is reported: a replica that
+            # reports an older one (it was cut off meanwhile) must never bring it back.
+            try:
+                self.view = View.from_wire(self.record.view)
+            except WireError as exc:
+                raise ConfigError(f"{self.store.path}: the RM's state file holds a bad view "
+                                  f"({exc.detail})") from None
+            self.adopted = True
         self.failover: Failover | None = None
         self.decisions: dict[str, str] = {}
         self.last_decision = "starting"

@@ -98,8 +98,8 @@ def test_restarted_rm_never_bootstraps_over_empty_replicas_when_data_existed(mak
     rm.started -= 10  # past the wait for every replica
     for rid in IDS:
         report(rm, rid, inc=f"new-{rid}")  # fresh processes: seq 0, no view
-    assert rm.view is None, "bootstrapped an empty epoch over data that may exist"
-    assert "no replica holds the data of epoch 4" in rm.unavailable
+    assert rm.view == old, "a new epoch over empty replicas, while data may exist"
+    assert "holds the data of epoch 4" in rm.unavailable
     assert rm.status(rm.gfd)["unavailable"]
 
 
@@ -307,10 +307,26 @@ def test_restarted_rm_that_finds_every_replica_gone_starts_them(make_rm):
     rm = make_rm(RmRecord(epoch=2, view=view.to_wire(), confirmed=["S3"]))
     stable(rm, [])
     rm.decide()
-    assert rm.relaunched == [], "not before the replicas had a moment to report"
-    rm.started -= 3.5
-    rm.decide()
     assert rm.relaunched == [["S1", "S2", "S3"]]
+    assert rm.view == view
+
+
+def test_restarted_rm_never_takes_back_an_older_view_a_replica_reports(make_rm):
+    """Found by the simulator: the RM died just after making S3 the sequencer of epoch 3; the
+    restarted RM adopted the view of epoch 2 that the cut-off old sequencer S2 reported, and S2
+    acknowledged writes in epoch 2 that epoch 3 never had."""
+    newer = View(3, 0, "S3", ("S3",), incs=(("S3", "c"),))
+    rm = make_rm(RmRecord(epoch=3, view=newer.to_wire(), confirmed=["S3"]))
+    stable(rm, ["S1", "S2"])
+    older = View(2, 0, "S2", ("S2", "S3"), incs=(("S2", "b"), ("S3", "c")))
+    conn = FakeConn("S2")
+    rm.replicas["S2"].present = True
+    rm._on_report(rm.replicas["S2"], conn, {
+        "t": "report", "e": 2, "id": "S2", "incarnation": "b", "seq": 230, "commit": 226,
+        "view": older.to_wire(), "caught_up": True, "upstream": None, "recovering": False},
+        first=True)
+    assert rm.view == newer
+    assert ("view", {"view": newer.to_wire()}) in conn.sent, "S2 is told of epoch 3"
 
 
 def test_lost_primary_seen_again_is_back_only_after_it_reports_as_the_same_process(make_rm):
