@@ -50,7 +50,6 @@ class Node:
     paused: bool = False
     held: list[asyncio.Handle] = field(default_factory=list)
     ctx: contextvars.Context = field(default_factory=contextvars.Context)
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     obj: Any = None  # the daemon object, for the cluster's checks
 
     def __post_init__(self) -> None:
@@ -72,7 +71,6 @@ class SimLoop(asyncio.base_events.BaseEventLoop):
         # compares tuples in C (asyncio's TimerHandle.__lt__ is Python, and hot here).
         self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
         self._timer_order = itertools.count()
-        self.handles_run = 0
         self.errors: list[dict[str, Any]] = []
         self.task_nodes: weakref.WeakKeyDictionary[asyncio.Task[Any], Node] = \
             weakref.WeakKeyDictionary()
@@ -117,7 +115,6 @@ class SimLoop(asyncio.base_events.BaseEventLoop):
                 if node.paused:
                     node.held.append(handle)
                     continue
-            self.handles_run += 1
             handle._run()
 
     def _write_to_self(self) -> None:  # only call_soon_threadsafe; the simulation has no threads
@@ -132,10 +129,7 @@ class SimLoop(asyncio.base_events.BaseEventLoop):
         task = super().create_task(coro, name=name, context=context)
         node = context.get(NODE) if context is not None else NODE.get()
         if node is not None:
-            self.task_nodes[task] = node
-            node.tasks.append(task)
-            if len(node.tasks) > 256:
-                node.tasks = [t for t in node.tasks if not t.done()]
+            self.task_nodes[task] = node  # whose task it was, when asyncio reports on it
         return task
 
     def resume(self, node: Node) -> None:

@@ -161,7 +161,6 @@ class Network:
         self.base: dict[tuple[str, str], float] = {}
         self.base_max = 0.0
         self.ports = itertools.count(40000)
-        self.connects = 0
         self.inert = False  # the world ended: nothing is sent any more
 
     def host_of(self, addr: str) -> str:
@@ -206,7 +205,6 @@ class Network:
                       port: int) -> tuple[asyncio.Transport, asyncio.Protocol]:
         node = current_node()
         assert node is not None, "only a simulated process connects"
-        self.connects += 1
         src_host, dst_host = node.host, self.host_of(addr)
         if (src_host, dst_host) in self.blocked or (dst_host, src_host) in self.blocked:
             await self.loop.create_future()  # SYNs lost: hangs until the caller's timeout
