@@ -78,18 +78,7 @@ def child_env() -> dict[str, str]:
 
 
 def end_processes(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGCONT)  # a hang trial may have left it stopped
-                proc.terminate()
-    deadline = time.monotonic() + 5
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    local.end_processes(procs, resume=True)  # a hang trial may have left one stopped
 
 
 class System:

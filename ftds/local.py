@@ -266,17 +266,26 @@ class Supervisor:
         self.reload_requested = True
 
     def _stop_all(self) -> None:
-        procs = [p.proc for p in self.programs if p.proc is not None and p.proc.poll() is None]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-        deadline = time.monotonic() + 5
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        end_processes([p.proc for p in self.programs if p.proc is not None])
+
+
+def end_processes(procs: list[subprocess.Popen[bytes]], *, resume: bool = False,
+                  grace: float = 5.0) -> None:
+    """SIGTERM to each running process, SIGKILL to what is left after ``grace`` seconds.
+    ``resume``: SIGCONT first (a stopped process would not act on SIGTERM)."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            if resume:
+                proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def stop_cluster(run_dir: Path, timeout: float = 10.0) -> list[str]:
