@@ -33,6 +33,7 @@ from ..log import msg_id
 from ..statemachine import (
     SKIP_REPLY_CACHE,
     StateMachine,
+    fingerprint,
     validate_checkpoint,
     validate_op,
 )
@@ -147,7 +148,6 @@ class Replica:
         self.member_commit = 0  # commit index reported by the orderer
         self.member_waiting: collections.deque[PendingReply] = collections.deque()
         # clients
-        self.client_conns: dict[str, Conn] = {}
         self.client_links: set[Conn] = set()
         self.recorded: dict[str, Recorded] = {}
         self.recorded_batches: collections.deque[tuple[float, Conn, list[Any]]] = \
@@ -331,7 +331,6 @@ class Replica:
                     known = self.recorded.get(client)
                     if known is None or known.request_num < request_num:
                         self.recorded[client] = Recorded(request_num, op, conn)
-                        self.client_conns[client] = conn
 
     def _prune_recorded_batches(self) -> None:
         keep = max(2 * self.tunables.checkpoint_interval, 2.0)
@@ -343,7 +342,6 @@ class Replica:
     def _handle_requests(self, conn: Conn, msg: Message) -> None:
         trace = self.config.trace.requests
         for client, request_num, op, attempt in msg["reqs"]:
-            self.client_conns[client] = conn
             if trace:
                 log.info("Received %s", msg_id(client, self.id, request_num, "request"),
                          extra={"kind": "received"})
@@ -481,8 +479,6 @@ class Replica:
 
     def on_client_closed(self, conn: Conn) -> None:
         self.client_links.discard(conn)
-        for client in [c for c, k in self.client_conns.items() if k is conn]:
-            del self.client_conns[client]
 
     def push_view_to_clients(self) -> None:
         if self.view is None:
@@ -888,12 +884,14 @@ class Replica:
                 or not isinstance(entry.get("t", 0), int):
             raise WireError("malformed", f"entries: entry {seq} is malformed")
         replies = self.active and self.ready
+        # Answer only the connection that sent this very operation: another connection using
+        # the same client id and request_num (a reused id) must not take this reply for its own.
+        asker = self.recorded.get(entry["c"]) if replies else None
         result = self._apply(entry, announce=replies)
-        if replies:
-            client_conn = self.client_conns.get(entry["c"])
-            if client_conn is not None:
-                self._reply_when_committed(self.member_waiting, self.member_commit, client_conn,
-                                           entry["c"], entry["r"], seq, result)
+        if asker is not None and asker.request_num == entry["r"] \
+                and fingerprint(asker.op) == fingerprint(entry["op"]):
+            self._reply_when_committed(self.member_waiting, self.member_commit, asker.conn,
+                                       entry["c"], entry["r"], seq, result)
 
     def _member_commit(self, commit: int) -> None:
         if commit > self.member_commit:

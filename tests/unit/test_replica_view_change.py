@@ -139,3 +139,33 @@ def test_primary_vouches_for_an_added_member_once_it_holds_what_was_committed(tm
     assert replica.vouched() == [1, 0], "vouched before S2 holds seq 2..3"
     replica.acked["S2"] = 3
     assert replica.vouched() == [1, 1]
+
+
+def test_active_member_answers_an_entry_only_on_the_connection_that_sent_that_operation(tmp_path):
+    """Two connections use client id C1 with request 12: the client's get and a hostile put. The
+    sequencer orders the get; a member must never send the get's reply to the put's connection,
+    which would take it for the ack of a write that never happened."""
+    async def scenario():
+        config = load_config(local.write_cluster(tmp_path, 3, mode="active", base=44200))
+        member = Replica(config, "S2", config.read_key())
+        member._on_view(FakeConn("rm", "RM"), {"view": View(1, 0, "S1", ("S1", "S2"))})
+        member.trusted = member.caught_up = True
+        assert member.ready and not member.is_orderer
+        honest, hostile = FakeConn("client", "C1"), FakeConn("client", "C1")
+        get = {"op": "get", "key": "x"}
+        member._handle_requests(honest, {"reqs": [("C1", 12, get, 1)]})
+        member._handle_requests(hostile, {"reqs": [("C1", 12, {"op": "put", "key": "x",
+                                                                "value": 9}, 1)]})
+        member._member_apply(FakeConn("upstream", "S1"),
+                             {"s": 1, "e": 1, "c": "C1", "r": 12, "op": get, "t": 0})
+        member._member_commit(1)
+        assert not replied(member, hostile), "the get's reply went to the put's connection"
+
+        # Without the hostile twin the member answers its client as before.
+        member._handle_requests(honest, {"reqs": [("C1", 13, get, 1)]})
+        member._member_apply(FakeConn("upstream", "S1"),
+                             {"s": 2, "e": 1, "c": "C1", "r": 13, "op": get, "t": 0})
+        member._member_commit(2)
+        assert [(r["r"], r["s"]) for r in replied(member, honest)] == [(13, 2)]
+
+    asyncio.run(scenario())
