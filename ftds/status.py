@@ -34,8 +34,9 @@ def status_text(s: dict[str, Any]) -> str:
             "-" if hb_age is None else f"{hb_age * 1000:.0f} ms",
             "-" if hb_every is None else f"{hb_every * 1000:.0f} ms",
             str(r["restarts"]),
+            "HELD" if r.get("held") else
             "EXHAUSTED" if r["budget_exhausted"] else f"{r['budget_left']} left",
-            r["decision"] or r["relaunch"] or "",
+            f"held: {r['held']}" if r.get("held") else r["decision"] or r["relaunch"] or "",
         ])
     lines = [head, table(rows)]
     if s.get("failover_pending"):
@@ -53,8 +54,8 @@ def health(s: dict[str, Any]) -> tuple[int, str]:
     """The verdict on the RM's status: (exit code, why), worst finding first.
 
     Critical: no primary (sequencer), or it is not present and ready. Degraded: a backup
-    down or not ready, or a replica whose restart budget is spent (the RM will not bring it
-    back after its next crash)."""
+    down, not ready or held for maintenance, or a replica whose restart budget is spent (the
+    RM will not bring it back after its next crash)."""
     role = "sequencer" if s.get("mode") == "active" else "primary"
     replicas: dict[str, dict[str, Any]] = s.get("replicas") or {}
     primary = s.get("primary")
@@ -69,7 +70,9 @@ def health(s: dict[str, Any]) -> tuple[int, str]:
         return CRITICAL, f"{role} {primary} is not ready{waiting}"
     problems = []
     for rid, r in replicas.items():
-        if rid != primary and not r.get("present"):
+        if r.get("held"):
+            problems.append(f"{rid} held ({r['held']})")
+        elif rid != primary and not r.get("present"):
             problems.append(f"{rid} down")
         elif rid != primary and not r.get("ready"):
             problems.append(f"{rid} not ready")

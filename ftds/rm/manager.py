@@ -47,6 +47,7 @@ from .store import RmRecord, RmStore
 log = logging.getLogger("ftds.rm")
 
 EMPTY_PRIMARY_KEEPS_EPOCH = faults.on("empty_primary_keeps_epoch")  # planted bug (tests only)
+MAX_HOLD_REASON = 200  # characters of an operator's reason for a hold
 LEASE_MARGIN = 0.1  # bound on message delay and clock-rate drift added to every lease wait
 
 
@@ -471,9 +472,11 @@ class ReplicationManager:
         if not self.gfd.get("stable"):
             return  # the GFD is (re)building its membership: no conclusions yet
         present = {rid for rid, info in self.replicas.items() if info.present}
+        # A replica an operator holds for maintenance stays down: it is never relaunched.
+        absent = [rid for rid in self.replicas
+                  if rid not in present and rid not in self.record.held]
         if self.view is None:
             self._bootstrap(present)
-            absent = [rid for rid in self.replicas if rid not in present]
             if self.view is None and absent and time.monotonic() - self.started >= 3.0:
                 # Nobody else starts a replica (its unit does not restart itself): after an RM
                 # restart that found every replica gone, the holders may only need a start.
@@ -492,7 +495,6 @@ class ReplicationManager:
             if gone:
                 self._remove_members(gone, "lost per the GFD")
             self._admit(present)
-        absent = [rid for rid in self.replicas if rid not in present]
         if absent:
             self.relauncher.tick(absent)
 
@@ -681,11 +683,48 @@ class ReplicationManager:
                 return
             self.relauncher.reset(rid)
             conn.send("ok", {"replica": rid})
+        elif kind == "hold":
+            self._hold(conn, require(msg, "replica", str), require(msg, "reason", str))
+        elif kind == "release":
+            self._release(conn, require(msg, "replica", str))
         elif kind == "force_primary":
             self._force_primary(conn, require(msg, "replica", str),
                                 msg.get("accept_data_loss") is True)
         else:
             raise WireError("unknown_type", f"{kind!r} is not an RM command")
+
+    def _hold(self, conn: Conn, rid: str, reason: str) -> None:
+        """Keep ``rid`` down for maintenance: the RM stops relaunching it (it does not stop a
+        running one; the operator does, with systemctl) until it is released."""
+        if rid not in self.replicas:
+            conn.send("error", {"code": "unknown_replica", "message": f"no replica {rid}"})
+            return
+        reason = reason.strip() or "held by an operator"
+        if len(reason) > MAX_HOLD_REASON or not reason.isprintable():
+            conn.send("error", {"code": "bad_reason", "message": "the reason must be one "
+                                f"printable line of at most {MAX_HOLD_REASON} characters"})
+            return
+        self.record.held[rid] = {"reason": reason, "at": time.time()}
+        self._persist()
+        log.warning("RM: %s held by an operator (%s): it will not be relaunched until "
+                    "'ftds ctl release %s'", rid, reason, rid, extra={"kind": "decision"})
+        self._decide_note(rid, f"held: {reason}")
+        conn.send("ok", {"replica": rid, "reason": reason,
+                         "present": self.replicas[rid].present})
+
+    def _release(self, conn: Conn, rid: str) -> None:
+        if rid not in self.replicas:
+            conn.send("error", {"code": "unknown_replica", "message": f"no replica {rid}"})
+            return
+        if self.record.held.pop(rid, None) is None:
+            conn.send("error", {"code": "not_held", "message": f"{rid} is not held"})
+            return
+        self._persist()
+        self.relauncher.reset(rid)  # a fresh budget: the maintenance was not its failure
+        log.info("RM: %s released: the RM relaunches it again when it is down", rid,
+                 extra={"kind": "decision"})
+        self._decide_note(rid, "released")
+        conn.send("ok", {"replica": rid})
 
     def _force_primary(self, conn: Conn, rid: str, accept_data_loss: bool) -> None:
         """The operator's override of "unavailable rather than lossy": ``rid`` orders a new
@@ -757,6 +796,7 @@ class ReplicationManager:
                 "budget_exhausted": bool(state and state.exhausted),
                 "relaunch": state.last_result if state else "",
                 "decision": self.decisions.get(rid, ""),
+                "held": (self.record.held.get(rid) or {}).get("reason"),
             }
         return {
             "mode": self.config.mode,

@@ -12,7 +12,9 @@ without the data lead while a replica that holds it may come back. So it keeps:
   override may lose);
 - ``confirmed``: the members of ``view`` its primary vouched for (they hold every write it
   acknowledged), so a restarted RM elects only among them; ``None`` in a record written before
-  it was kept (then every member of the view counts).
+  it was kept (then every member of the view counts);
+- ``held``: replicas an operator keeps down for maintenance (``ftds ctl hold``), with the
+  reason and when; the RM does not relaunch them until released.
 
 Written as JSON: temporary file, fsync, rename, fsync of the directory. A file that exists but
 cannot be read is an error that stops the RM with the path and what to do; it never reads as
@@ -41,6 +43,7 @@ class RmRecord:
     committed_seq: int = 0
     forced: list[dict[str, Any]] = field(default_factory=list)  # operator overrides, for the record
     confirmed: list[str] | None = None
+    held: dict[str, dict[str, Any]] = field(default_factory=dict)  # replica -> reason, at
 
     @property
     def data_may_exist(self) -> bool:
@@ -66,7 +69,8 @@ class RmStore:
                 epoch=_int(data, "epoch"), view=data.get("view"),
                 lease_max=float(data.get("lease_max", 0.0)),
                 committed_seq=_int(data, "committed_seq"),
-                forced=list(data.get("forced", [])), confirmed=data.get("confirmed"))
+                forced=list(data.get("forced", [])), confirmed=data.get("confirmed"),
+                held=_held(data.get("held", {})))
             if record.view is not None and not isinstance(record.view, dict):
                 raise ValueError("view is not an object")
             if record.confirmed is not None and not (
@@ -113,6 +117,14 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _held(value: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("reason"), str)
+            for k, v in value.items()):
+        raise ValueError("held is not a map of replica ids to {reason, at}")
+    return value
 
 
 def _int(data: dict[str, Any], name: str) -> int:
