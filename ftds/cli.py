@@ -643,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: --timeout)")
     p.add_argument("op", choices=list(OP_VALUES), help="the operation")
     p.add_argument("key", help="the key")
-    p.add_argument("values", nargs="*", metavar="VALUE",
+    # default=[]: argparse would otherwise list VALUE as missing along with op and key
+    p.add_argument("values", nargs="*", default=[], metavar="VALUE",
                    help="put: VALUE; incr: [DELTA] (default 1); cas: EXPECTED NEW")
     p.set_defaults(func=cmd_client)
 
@@ -760,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("chaos", help="fault injection with a recorded history and a checker")
-    chaos_sub = p.add_subparsers(dest="chaos", required=True)
+    chaos_sub = p.add_subparsers(dest="chaos", required=True, metavar="COMMAND")
     q = chaos_sub.add_parser("run", help="clients + nemesis, then the verdict")
     q.add_argument("--target", choices=["local", "lab"], default="local",
                    help="local: an embedded cluster here; lab: the deployed lab (default local)")
@@ -787,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-hostile", dest="hostile", action="store_false",
                    help="no hostile client (local target; on by default)")
     q = chaos_sub.add_parser("check", help="judge a saved run's histories again")
-    q.add_argument("dir")
+    q.add_argument("dir", metavar="DIR", help="a run's output directory (ftds chaos run --out), "
+                   "or its histories/ directory")
     p.set_defaults(func=cmd_chaos)
 
     p = sub.add_parser("keygen", help="write a new cluster key file")

@@ -1,0 +1,109 @@
+"""The rest of the CLI an operator meets (issue 12): help for every option, --log-level on the
+daemons, shell completion, and the errors that still lacked a "what to do".
+
+Commands run in a subprocess, as typed; the daemons run for real against a cluster file whose
+other ports nobody listens on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftds.cli import build_parser
+
+
+def free_ports(count: int) -> list[int]:
+    socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def write_cluster(dir: Path, rm_port: int | None = None) -> Path:
+    """A 3-replica cluster file on loopback ports nobody listens on (the RM's may be given)."""
+    ports = free_ports(8)
+    (dir / "cluster.key").write_text(secrets.token_hex(32) + "\n")
+    data = {
+        "name": "test", "mode": "passive", "key_file": str(dir / "cluster.key"),
+        "replicas": [{"id": f"S{i + 1}", "host": "127.0.0.1", "port": ports[i],
+                      "control_port": ports[3 + i]} for i in range(3)],
+        "gfd": {"host": "127.0.0.1", "port": ports[6]},
+        "rm": {"host": "127.0.0.1", "port": rm_port or ports[7], "state_dir": str(dir)},
+        "launcher": {"kind": "none"},
+        "trace": {"requests": False, "color": "never"},
+    }
+    path = dir / "cluster.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def env(cwd: Path) -> dict[str, str]:
+    return {**os.environ, "FTDS_CONFIG": str(cwd / "absent-default.yml")}
+
+
+def ftds(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ftds", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env(cwd))
+
+
+def refused(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The one stderr line of a refusal (no traceback, exact exit), which must say what to do."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "; " in lines[0], f"no 'what to do' in: {lines[0]}"
+    return lines[0]
+
+
+def daemon_stderr(args: list[str], cwd: Path, seconds: float = 1.5) -> str:
+    """Run a daemon for ``seconds``, stop it as systemd would (SIGTERM), return its stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "ftds", *args], cwd=cwd, env=env(cwd),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(seconds)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in err, err
+    return err
+
+
+# ===================================================================== help ====
+def _actions(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _actions(child, f"{path} {name}")
+        else:
+            yield path, action
+
+
+def test_every_option_and_argument_of_every_subcommand_has_help():
+    walked = list(_actions(build_parser(), "ftds"))
+    paths = {path for path, _ in walked}
+    assert {"ftds chaos check", "ftds ctl reset-budget", "ftds local up"} <= paths
+    missing = [f"{path} {'/'.join(action.option_strings) or action.dest}"
+               for path, action in walked if not action.help]
+    assert missing == []
+
+
+def test_the_client_names_only_what_is_really_missing(tmp_path):
+    line = refused(ftds("client", cwd=tmp_path), 2)
+    assert "op, key" in line and "VALUE" not in line.split(";")[0]
