@@ -81,6 +81,10 @@ NON_NEGATIVE = _number(float, 0)
 COUNT = _number(int, 1)
 NON_NEGATIVE_INT = _number(int, 0)
 
+# The daemons' --log-level: names as in journalctl -p, mapped to the logging module's levels.
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR}
+
 
 def _version() -> str:
     try:
@@ -127,7 +131,7 @@ def cmd_replica(args: argparse.Namespace) -> int:
 
     config = _config(args)
     _replica_ids(config, [args.id])
-    setup_logging(config.trace.color)
+    setup_logging(config.trace.color, level=LOG_LEVELS[args.log_level])
     return run(ReplicaDaemon(args.config, args.id))
 
 
@@ -137,7 +141,7 @@ def cmd_lfd(args: argparse.Namespace) -> int:
 
     config = _config(args)
     _replica_ids(config, [args.id])
-    setup_logging(config.trace.color)
+    setup_logging(config.trace.color, level=LOG_LEVELS[args.log_level])
     return run(LocalFaultDetector(args.config, args.id))
 
 
@@ -145,7 +149,7 @@ def cmd_gfd(args: argparse.Namespace) -> int:
     from .gfd import GlobalFaultDetector
     from .runloop import run
 
-    setup_logging(_config(args).trace.color)
+    setup_logging(_config(args).trace.color, level=LOG_LEVELS[args.log_level])
     return run(GlobalFaultDetector(args.config))
 
 
@@ -153,7 +157,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from .rm.manager import ReplicationManager
     from .runloop import run
 
-    setup_logging(_config(args).trace.color)
+    setup_logging(_config(args).trace.color, level=LOG_LEVELS[args.log_level])
     return run(ReplicationManager(args.config))
 
 
@@ -600,20 +604,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help=config_help)
         return p
 
+    def daemon(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        # str.lower: systemd units and habits write INFO as often as info.
+        p.add_argument("--log-level", type=str.lower, choices=list(LOG_LEVELS),
+                       default="info", help="the least severe lines logged: debug, info "
+                       "(default: the course's lines), warning or error")
+        return with_config(p)
+
     with_config(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = with_config(sub.add_parser("replica", help="run a replica (S1, S2, ...)"))
+    p = daemon(sub.add_parser("replica", help="run a replica (S1, S2, ...)"))
     p.add_argument("--id", required=True, help="which replica of the cluster file (S1, ...)")
     p.set_defaults(func=cmd_replica)
 
-    for name, func, text in (("lfd", cmd_lfd, "run the Local Fault Detector of a replica"),):
-        p = with_config(sub.add_parser(name, help=text))
-        p.add_argument("--id", required=True, help="the replica it watches (S1, ...)")
-        p.set_defaults(func=func)
-    p = with_config(sub.add_parser("gfd", help="run the Global Fault Detector"))
+    p = daemon(sub.add_parser("lfd", help="run the Local Fault Detector of a replica"))
+    p.add_argument("--id", required=True, help="the replica it watches (S1, ...)")
+    p.set_defaults(func=cmd_lfd)
+    p = daemon(sub.add_parser("gfd", help="run the Global Fault Detector"))
     p.set_defaults(func=cmd_gfd)
-    p = with_config(sub.add_parser("rm", help="run the Replication Manager"))
+    p = daemon(sub.add_parser("rm", help="run the Replication Manager"))
     p.set_defaults(func=cmd_rm)
 
     p = with_config(sub.add_parser("status", help="the cluster as the RM sees it, and a "

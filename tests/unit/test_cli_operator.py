@@ -8,6 +8,7 @@ other ports nobody listens on.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import signal
@@ -19,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from ftds.cli import build_parser
+from ftds import cli
+from ftds.cli import build_parser, main
 
 
 def free_ports(count: int) -> list[int]:
@@ -107,3 +110,35 @@ def test_every_option_and_argument_of_every_subcommand_has_help():
 def test_the_client_names_only_what_is_really_missing(tmp_path):
     line = refused(ftds("client", cwd=tmp_path), 2)
     assert "op, key" in line and "VALUE" not in line.split(";")[0]
+
+
+# ================================================================ log level ====
+DAEMONS = [["replica", "--id", "S1"], ["lfd", "--id", "S1"], ["gfd"], ["rm"]]
+
+
+@pytest.mark.parametrize("daemon", DAEMONS, ids=lambda d: d[0])
+def test_every_daemon_takes_a_log_level(daemon):
+    parser = build_parser()
+    assert parser.parse_args(daemon).log_level == "info"  # unchanged unless asked
+    for name, level in (("debug", logging.DEBUG), ("WARNING", logging.WARNING),
+                        ("error", logging.ERROR)):
+        args = parser.parse_args([*daemon, "--log-level", name])
+        assert cli.LOG_LEVELS[args.log_level] == level
+
+
+@pytest.mark.parametrize("daemon", DAEMONS, ids=lambda d: d[0])
+def test_an_unknown_log_level_is_a_usage_error(daemon, capsys):
+    assert main([*daemon, "--log-level", "loud"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--log-level" in err[0] and "debug" in err[0], err
+
+
+def test_the_log_level_reaches_the_daemons_logging(tmp_path):
+    config = str(write_cluster(tmp_path))
+    # The GFD says where it listens (info) and that the RM is unreachable (a warning).
+    default = daemon_stderr(["gfd", "-c", config], tmp_path)
+    assert "GFD: listening" in default and "WARNING" in default, default
+    warning = daemon_stderr(["gfd", "-c", config, "--log-level", "warning"], tmp_path)
+    assert "GFD: listening" not in warning and "WARNING: GFD" in warning, warning
+    error = daemon_stderr(["gfd", "--log-level", "error", "-c", config], tmp_path)
+    assert "GFD" not in error, error
