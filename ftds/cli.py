@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib.metadata
 import json
 import logging
@@ -420,8 +421,8 @@ def cmd_local(args: argparse.Namespace) -> int:
     if args.local == "reload":
         pid = local.read_pid(run_dir, "supervisor")
         if pid is None:
-            print(f"nothing running in {run_dir}", file=sys.stderr)
-            return 1
+            raise CliError(f"nothing running in {run_dir}",
+                           f"ftds local up --dir {args.dir} starts a cluster there")
         os.kill(pid, signal.SIGHUP)
         print("every daemon re-reads the cluster file (like systemctl reload)")
         return 0
@@ -509,11 +510,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     from .chaos import runner
 
     if args.chaos == "check":
-        try:
-            result = runner.recheck(Path(args.dir))
-        except runner.NothingToCheck as exc:
-            print(f"ftds chaos check: {exc}", file=sys.stderr)  # nothing judged: never valid
-            return 2
+        result = runner.recheck(Path(args.dir))  # nothing to judge: main()'s handler, exit 2
         print(json.dumps(result, indent=2))
         return 0 if result["valid"] else 1
     settings = runner.RunSettings(
@@ -819,13 +816,26 @@ def _prog(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+# What to do about the OS errors a daemon meets binding its ports (the cluster file's doing).
+BIND_TODO = {
+    errno.EADDRINUSE: "another process holds that port (ss -ltnp shows which): stop it, or "
+                      "give this daemon another port in the cluster file",
+    errno.EADDRNOTAVAIL: "this host has no such address: is this the host the cluster file "
+                         "puts this daemon on?",
+}
+
+
 def _explain(exc: Exception) -> tuple[int, str, str] | None:
     """(exit code, what went wrong, what to do) for an expected error; None for a bug."""
+    from .chaos.runner import NothingToCheck
     from .ctl import CtlError
     from .rmclient import RMRefused, RMUnreachable
 
     if isinstance(exc, CliError):
         return exc.code, str(exc), exc.hint
+    if isinstance(exc, NothingToCheck):  # nothing judged is never a valid run
+        return (EXIT_USAGE, str(exc), "name the directory of a ftds chaos run (its --out), "
+                "which holds histories/*.jsonl")
     if isinstance(exc, ConfigError):
         return (EXIT_USAGE, str(exc),
                 "fix it, or name the cluster file with --config FILE or $FTDS_CONFIG")
@@ -841,6 +851,9 @@ def _explain(exc: Exception) -> tuple[int, str, str] | None:
     if isinstance(exc, ConnectionError | TimeoutError):
         return (EXIT_UNKNOWN, str(exc) or "no answer in time",
                 "is the cluster up (ftds status)? does --config name it?")
+    if isinstance(exc, OSError) and exc.errno in BIND_TODO and "bind" in str(exc):
+        # asyncio's strerror names the address: "error while attempting to bind on ..."
+        return EXIT_FAILED, exc.strerror or str(exc), BIND_TODO[exc.errno]
     if isinstance(exc, OSError):
         what = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
         todo = {FileExistsError: "choose another path, or remove it first",

@@ -142,3 +142,25 @@ def test_the_log_level_reaches_the_daemons_logging(tmp_path):
     assert "GFD: listening" not in warning and "WARNING: GFD" in warning, warning
     error = daemon_stderr(["gfd", "--log-level", "error", "-c", config], tmp_path)
     assert "GFD" not in error, error
+
+
+# ================================================= errors that lacked a hint ====
+def test_chaos_check_of_nothing_says_what_to_do(tmp_path):
+    for target in (tmp_path / "no-such-run", tmp_path):
+        line = refused(ftds("chaos", "check", str(target), cwd=tmp_path), 2)
+        assert line.startswith("ftds chaos check: no histories to check"), line
+        assert "ftds chaos run" in line, line
+
+
+def test_a_daemon_whose_port_is_taken_says_which_and_what_to_do(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = str(write_cluster(tmp_path, rm_port=port))
+        line = refused(ftds("rm", "-c", config, cwd=tmp_path), 1)
+    assert f"127.0.0.1:{port}" in line or str(port) in line, line
+    assert "in use" in line and "cluster file" in line, line
+
+
+def test_local_reload_with_nothing_running_says_what_to_do(tmp_path):
+    line = refused(ftds("local", "reload", "--dir", str(tmp_path / "run"), cwd=tmp_path), 1)
+    assert "nothing running" in line and "ftds local up" in line, line
