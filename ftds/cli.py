@@ -541,6 +541,27 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    try:
+        import shtab
+    except ImportError:  # a development tool: hosts installed without the dev extra lack it
+        raise CliError("shell completion needs shtab, which is not installed",
+                       "pip install shtab (it comes with ftds[dev]), or generate the script "
+                       "where ftds[dev] is installed") from None
+    parser = build_parser()
+    # Arguments naming a file or a directory complete as paths.
+    kinds = {"FILE": shtab.FILE, "DIR": shtab.DIRECTORY}
+    stack = [parser]
+    while stack:
+        for action in stack.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.metavar in kinds:
+                action.complete = kinds[action.metavar]  # type: ignore[attr-defined]
+    print(shtab.complete(parser, shell=args.shell))
+    return EXIT_OK
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     config.read_key()
@@ -578,6 +599,13 @@ The last resort when the RM will not elect a primary without losing writes (it s
 unavailable rather than lossy): the RM makes REPLICA the primary (sequencer) of a new
 epoch with only what REPLICA holds. Writes acknowledged beyond it are lost, so this
 refuses to run without --accept-data-loss. The RM's reply says what was decided.
+"""
+
+COMPLETION_EPILOG = """\
+install:
+  bash  ftds completion bash > /etc/bash_completion.d/ftds   (or: source <(ftds completion bash))
+  zsh   ftds completion zsh > "${fpath[1]}/_ftds"
+  tcsh  ftds completion tcsh > ~/.ftds.completion.csh; source it from ~/.tcshrc
 """
 
 MAIN_EPILOG = """\
@@ -805,6 +833,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("check-config", help="validate a cluster file"))
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("completion", help="print a shell completion script (needs shtab)",
+                       description="Print a completion script for ftds, generated from this "
+                       "very parser by shtab.", epilog=COMPLETION_EPILOG, formatter_class=raw)
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="for which shell")
+    p.set_defaults(func=cmd_completion)
     return parser
 
 

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -164,3 +165,40 @@ def test_a_daemon_whose_port_is_taken_says_which_and_what_to_do(tmp_path):
 def test_local_reload_with_nothing_running_says_what_to_do(tmp_path):
     line = refused(ftds("local", "reload", "--dir", str(tmp_path / "run"), cwd=tmp_path), 1)
     assert "nothing running" in line and "ftds local up" in line, line
+
+
+# =============================================================== completion ====
+needs_shtab = pytest.mark.skipif(
+    not shutil.which("bash") or subprocess.run(
+        [sys.executable, "-c", "import shtab"], capture_output=True).returncode != 0,
+    reason="shtab (the dev extra) and bash")
+
+
+@needs_shtab
+def test_bash_completion_is_a_valid_script_that_knows_the_commands(tmp_path):
+    result = ftds("completion", "bash", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    script = result.stdout
+    for word in ("reset-budget", "force-primary", "--log-level", "--config", "check-config"):
+        assert word in script, word
+    (tmp_path / "ftds.bash").write_text(script)
+    # bash itself: the script parses, and once sourced "ftds ct<TAB>" completes to ctl.
+    probe = ('source ftds.bash; COMP_WORDS=(ftds ct); COMP_CWORD=1; COMP_LINE="ftds ct"; '
+             'COMP_POINT=${#COMP_LINE}; f=$(complete -p ftds | sed -E "s/.*-F ([^ ]+).*/\\1/");'
+             ' "$f" ftds ct ftds; printf "%s\\n" "${COMPREPLY[@]}"')
+    run = subprocess.run(["bash", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert "ctl" in run.stdout.split(), run.stdout
+
+
+@needs_shtab
+def test_zsh_completion_is_generated(tmp_path):
+    result = ftds("completion", "zsh", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("#compdef ftds"), result.stdout[:200]
+
+
+def test_completion_for_an_unknown_shell_is_a_usage_error(tmp_path):
+    line = refused(ftds("completion", "fish", cwd=tmp_path), 2)
+    assert "bash" in line and "zsh" in line, line
