@@ -24,6 +24,7 @@ DEFAULT_CONFIG = os.environ.get("FTDS_CONFIG", "/etc/ftds/cluster.yml")
 
 # Exit codes shared by every command; `ftds status` has its own (monitoring-plugin) meaning.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
+EXIT_SIGPIPE = 128 + signal.SIGPIPE  # stdout's reader went away, as the shell shows for cat
 
 
 class CliError(Exception):
@@ -897,6 +898,25 @@ def _explain(exc: Exception) -> tuple[int, str, str] | None:
     return None
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout's reader went away (then stdout is silenced for the rest of the exit);
+    else a broken pipe was a socket's, a connection error like any other."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced or closed (tests, embedding)
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    # The write end of a pipe without a reader polls as an error (Linux, BSD).
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    # Else the interpreter's own flush at exit prints "Exception ignored ...".
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     prog = "ftds"
     try:
@@ -907,10 +927,14 @@ def main(argv: list[str] | None = None) -> int:
                              f"see '{prog} --help'")
         if not hasattr(args, "config"):
             args.config = DEFAULT_CONFIG
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a closed pipe must reach the handler below
+        return code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():
+            return EXIT_SIGPIPE  # `ftds ... | head`: the reader has what it wanted
         explained = _explain(exc)
         if explained is None:
             raise  # a bug, not an operator error: its traceback is what we need

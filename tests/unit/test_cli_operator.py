@@ -202,3 +202,22 @@ def test_zsh_completion_is_generated(tmp_path):
 def test_completion_for_an_unknown_shell_is_a_usage_error(tmp_path):
     line = refused(ftds("completion", "fish", cwd=tmp_path), 2)
     assert "bash" in line and "zsh" in line, line
+
+
+# ============================================================ a closed stdout ====
+@pytest.mark.parametrize("command", [["completion", "bash"], ["check-config"]],
+                         ids=["long output", "short output"])
+def test_a_reader_that_went_away_is_not_an_error_line(tmp_path, command):
+    """`ftds ... | head -1`: the reader has what it wanted; no traceback, no misleading line."""
+    if command[0] == "completion" and needs_shtab.args[0]:
+        pytest.skip("shtab")
+    if command[0] == "check-config":
+        command = [*command, "-c", str(write_cluster(tmp_path))]
+    proc = subprocess.Popen([sys.executable, "-m", "ftds", *command], cwd=tmp_path,
+                            env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    proc.stdout.close()  # before it writes: every write finds no reader
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 141, err  # 128 + SIGPIPE, as the shell shows for cat
+    assert err == "", err
