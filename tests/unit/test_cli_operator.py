@@ -199,6 +199,20 @@ def test_zsh_completion_is_generated(tmp_path):
     assert result.stdout.startswith("#compdef ftds"), result.stdout[:200]
 
 
+def test_completion_without_shtab_says_how_to_get_it(tmp_path):
+    # A package that fails to import stands for one not installed (hosts lack the dev extra).
+    shadow = tmp_path / "shadow" / "shtab"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no shtab here')\n")
+    path = os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-m", "ftds", "completion", "bash"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30,
+                            env={**env(tmp_path), "PYTHONPATH": path})
+    line = refused(result, 1)
+    assert "shtab" in line and "pip install" in line, line
+    assert result.stdout == ""
+
+
 def test_completion_for_an_unknown_shell_is_a_usage_error(tmp_path):
     line = refused(ftds("completion", "fish", cwd=tmp_path), 2)
     assert "bash" in line and "zsh" in line, line
