@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ConfigError, describe_changes, load_config
 from .gate import LISTEN_BACKLOG, Gate
 from .log import members_line
+from .sdnotify import nobody_listens
 from .supervise import spawn
 from .wire import Conn, Message, WireError, connect, require, stay_connected
 
@@ -52,6 +53,7 @@ class GlobalFaultDetector:
         self.changes: list[dict[str, Any]] = []  # recent add/delete events, newest last
         self.started = time.monotonic()
         self.stable = False
+        self.status_changed: Callable[[], None] = nobody_listens  # the run loop sets it
         self._server: asyncio.base_events.Server | None = None
         self._rm_conn: Conn | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -64,7 +66,8 @@ class GlobalFaultDetector:
         return self.config.tunables
 
     def status_line(self) -> str:
-        return members_line("GFD", self.membership)
+        stable = "" if self.stable else ", not stable yet"
+        return f"{members_line('GFD', self.membership)} (membership view {self.view}{stable})"
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -121,6 +124,7 @@ class GlobalFaultDetector:
         self.changes = [*self.changes[-99:], change]
         log.info(members_line("GFD", self.membership), extra={"kind": "membership"})
         self._check_stable()
+        self.status_changed()
         self._send_membership([change])
 
     def _check_stable(self) -> None:

@@ -16,11 +16,12 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .config import ConfigError, ReplicaSpec, describe_changes, load_config
 from .local import pid_alive
+from .sdnotify import nobody_listens
 from .supervise import spawn
 from .wire import Conn, Message, WireError, connect, require, stay_connected
 
@@ -38,6 +39,7 @@ class LocalFaultDetector:
         self.replica_id = replica_id
         self.name = self.spec.lfd_id
         self.heartbeat_count = 0  # the course's heartbeat_count
+        self.status_changed: Callable[[], None] = nobody_listens  # the run loop sets it
         self.present = False
         self.replica_pid: int | None = None
         self.replica_state: dict[str, Any] = {}
@@ -56,7 +58,12 @@ class LocalFaultDetector:
         return self.config.tunables
 
     def status_line(self) -> str:
-        return f"{self.replica_id} {'present' if self.present else 'absent'}"
+        state = ""
+        if self.present:
+            r = self.replica_state
+            state = f" ({r.get('role', '?')}, i_am_ready={r.get('i_am_ready', 0)})"
+        gfd = "registered with the GFD" if self._gfd_conn else "GFD not connected"
+        return f"{self.replica_id} {'present' if self.present else 'absent'}{state}, {gfd}"
 
     async def start(self) -> None:
         log.info("%s: watching %s at %s:%d every %.0f ms (%d misses)", self.name,
@@ -160,6 +167,7 @@ class LocalFaultDetector:
                 log.info("%s: add replica %s", self.name, self.replica_id,
                          extra={"kind": "membership"})
                 self._report("add", "heartbeat answered", confirmed=False)
+            self.status_changed()  # its role or readiness may have changed (sent if so)
             return
         if kind == "error":
             log.error("%s: %s refused us: %s", self.name, self.replica_id, msg.get("message"))
@@ -196,6 +204,7 @@ class LocalFaultDetector:
         log.warning("%s: delete replica %s (%s)", self.name, self.replica_id, why,
                     extra={"kind": "membership"})
         self._report("delete", why, confirmed=confirmed)
+        self.status_changed()
 
     # ========================================================================== GFD ====
     def _report(self, kind: str, why: str, *, confirmed: bool) -> None:

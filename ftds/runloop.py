@@ -3,6 +3,9 @@
 A daemon is an object with ``async start()``, ``async stop()`` and ``reload()``. SIGTERM/SIGINT
 stop it gracefully, SIGHUP reloads its configuration; READY=1 goes to systemd once ``start``
 returned, and WATCHDOG=1 is sent from the loop itself so a stuck loop gets the unit restarted.
+STATUS= follows the daemon's ``status_line()``: at once when the daemon calls its
+``status_changed()`` (a role or view change), and otherwise at most once a STATUS_REFRESH
+(what moves all the time, an applied seq), in both cases only when the text changed.
 A daemon task that dies (see ``supervise``) stops the daemon with exit status 70: fail-stop.
 """
 
@@ -14,16 +17,21 @@ import gc
 import logging
 import resource
 import signal
+from collections.abc import Callable
 from typing import Protocol
 
 from . import supervise
-from .sdnotify import Notifier, watchdog_interval
+from .sdnotify import Notifier, nobody_listens, watchdog_interval
 
 log = logging.getLogger("ftds.runloop")
 
 
+STATUS_REFRESH = 1.0  # seconds between two looks at a daemon's status line
+
+
 class Daemon(Protocol):
     name: str
+    status_changed: Callable[[], None]  # set by serve() when systemd listens
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -35,6 +43,12 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
     while True:
         notifier.watchdog()
         await asyncio.sleep(interval)
+
+
+async def _status_refresh(changed: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(STATUS_REFRESH)
+        changed()
 
 
 EXIT_TASK_DIED = 70  # EX_SOFTWARE
@@ -69,12 +83,20 @@ async def serve(daemon: Daemon) -> int:
     interval = watchdog_interval()
     if interval:
         tasks.append(asyncio.create_task(_watchdog(notifier, interval)))
+    if notifier.enabled:
+        def status_changed() -> None:
+            notifier.status(daemon.status_line())
+
+        daemon.status_changed = status_changed
+        tasks.append(asyncio.create_task(_status_refresh(status_changed)))
     await stop.wait()
     if fatal:
         log.critical("%s: stopping: task %s died", daemon.name, fatal[0])
     else:
         log.info("%s: stopping", daemon.name)
-    notifier.stopping()
+    if notifier.enabled:
+        daemon.status_changed = nobody_listens  # "stopping" is the last word
+    notifier.stopping(f"stopping: task {fatal[0]} died" if fatal else "stopping")
     for task in tasks:
         task.cancel()
     with contextlib.suppress(Exception):

@@ -2,6 +2,9 @@
 
 The protocol is one datagram to the socket named by $NOTIFY_SOCKET; a dozen lines of stdlib
 do it, so the hosts need no compiled binding. Outside systemd every call is a no-op.
+
+STATUS= is what ``systemctl status`` shows; a text is sent only when it differs from the last
+one sent, so a daemon may offer its status as often as it likes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ class Notifier:
             address = "\0" + address[1:]
         self._address = address
         self._sock: socket.socket | None = None
+        self._status = ""  # the last STATUS= sent
         if address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
@@ -33,19 +37,32 @@ class Notifier:
             self._sock.sendto("\n".join(lines).encode(), self._address)
 
     def ready(self, status: str = "") -> None:
-        self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+        self.notify("READY=1", *self._status_lines(status))
 
     def reloading(self) -> None:
         self.notify("RELOADING=1")
 
-    def stopping(self) -> None:
-        self.notify("STOPPING=1")
+    def stopping(self, status: str = "") -> None:
+        self.notify("STOPPING=1", *self._status_lines(status))
 
     def status(self, text: str) -> None:
-        self.notify(f"STATUS={text}")
+        lines = self._status_lines(text)
+        if lines:
+            self.notify(*lines)
+
+    def _status_lines(self, text: str) -> list[str]:
+        if not text or text == self._status or self._sock is None:
+            return []
+        # One line: a newline would end the assignment and start another.
+        self._status = text.replace("\n", " ")
+        return [f"STATUS={self._status}"]
 
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")
+
+
+def nobody_listens() -> None:
+    """A daemon's ``status_changed`` until the run loop connects it to systemd."""
 
 
 def watchdog_interval() -> float | None:

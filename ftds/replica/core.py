@@ -30,6 +30,7 @@ from typing import Any
 from .. import faults
 from ..config import ClusterConfig
 from ..log import msg_id
+from ..sdnotify import nobody_listens
 from ..statemachine import (
     SKIP_REPLY_CACHE,
     StateMachine,
@@ -164,6 +165,8 @@ class Replica:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_report = 0.0
+        # Told at each role, view or readiness change (systemd's STATUS=, see status_line).
+        self.status_changed: Callable[[], None] = nobody_listens
 
     # ===================================================================== properties ====
     @property
@@ -1160,6 +1163,23 @@ class Replica:
         self._last_report = time.monotonic()
         if self.rm_conns:
             self._to_rm("report", self.status(light=True))
+        if force:  # forced at every view, view change's end and catch-up: a new status
+            self.status_changed()
+
+    def status_line(self) -> str:
+        """What ``systemctl status`` shows: role, epoch, readiness, applied seq."""
+        view = self.view
+        if view is None:
+            return f"{self.role_name}, no view yet, i_am_ready=0, seq {self.sm.seq}"
+        head = f"{self.role_name}, epoch {view.epoch} (view {view.epoch}.{view.version})"
+        if self.recovering:
+            return (f"{head}, view change: collecting from {', '.join(self.sync_set) or 'nobody'}"
+                    f", i_am_ready=0, seq {self.sm.seq}")
+        if self.is_orderer:
+            return f"{head}, i_am_ready=1, seq {self.sm.seq}, ready {', '.join(view.members)}"
+        why = "" if self.ready else " (not in the ready set)" if not self.trusted \
+            else f" (catching up with {view.primary})"
+        return f"{head}, i_am_ready={int(self.ready)}{why}, seq {self.sm.seq}"
 
     def status(self, light: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from .. import faults
 from ..config import ConfigError, Tunables, describe_changes, load_config
 from ..gate import LISTEN_BACKLOG, Gate
+from ..sdnotify import nobody_listens
 from ..wire import Conn, Message, WireError, require
 from .core import _NO_CONN, Replica
 
@@ -32,6 +34,8 @@ class ReplicaDaemon:
         config = load_config(config_path)
         self.replica = Replica(config, replica_id, config.read_key())
         self.name = replica_id
+        self.status_changed: Callable[[], None] = nobody_listens  # the run loop sets it
+        self.replica.status_changed = lambda: self.status_changed()
         self._servers: list[asyncio.base_events.Server] = []
         self._conns: set[Conn] = set()
         self._hb_count = 0
@@ -49,8 +53,7 @@ class ReplicaDaemon:
         return self.config.tunables  # read at each use: a reload replaces the config
 
     def status_line(self) -> str:
-        r = self.replica
-        return f"{r.role_name}, epoch {r.epoch}, seq {r.sm.seq}, i_am_ready={int(r.ready)}"
+        return self.replica.status_line()
 
     # ====================================================================== lifecycle ====
     async def start(self) -> None:

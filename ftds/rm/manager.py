@@ -26,7 +26,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from .. import faults
 from ..config import ClusterConfig, ConfigError, ReplicaSpec, describe_changes, load_config
 from ..gate import LISTEN_BACKLOG, Gate
 from ..log import members_line
+from ..sdnotify import nobody_listens
 from ..supervise import spawn
 from ..view import View
 from ..wire import Conn, Message, WireError, connect, require, stay_connected
@@ -111,6 +112,7 @@ class ReplicationManager:
         self.failover: Failover | None = None
         self.decisions: dict[str, str] = {}
         self.last_decision = "starting"
+        self.status_changed: Callable[[], None] = nobody_listens  # the run loop sets it
         self.metrics = RmMetrics(self._status_snapshot, lambda: self.config.tunables)
         self.incidents = IncidentLog(str(self.state_dir), on_open=self.metrics.incident_opened,
                                      on_close=self.metrics.incident_closed)
@@ -125,9 +127,24 @@ class ReplicationManager:
 
     # ====================================================================== lifecycle ====
     def status_line(self) -> str:
-        if self.view is None:
-            return "no view yet"
-        return f"epoch {self.view.epoch}, primary {self.view.primary}"
+        """systemd's STATUS=: the view, and what the RM waits for (sent when it changes)."""
+        view = self.view
+        role = "sequencer" if self.config.mode == "active" else "primary"
+        parts = [f"epoch {view.epoch}, {role} {view.primary}, ready {', '.join(view.members)}"
+                 if view else "no view yet"]
+        if self.failover is not None:
+            parts.append(f"failover pending: {role} {self.failover.old_primary} lost "
+                         f"({self.failover.reason})")
+        if self.unavailable:
+            parts.append(f"unavailable: {self.unavailable.split(';')[0]}")
+        exhausted = sorted(rid for rid, s in self.relauncher.states.items() if s.exhausted)
+        if exhausted:
+            parts.append(f"restart budget exhausted: {', '.join(exhausted)}")
+        if self.gfd_conn is None:
+            parts.append("GFD not connected")
+        elif not self.gfd.get("stable"):
+            parts.append("GFD membership not stable yet")
+        return "; ".join(parts)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -467,6 +484,7 @@ class ReplicationManager:
             self._decide()
         finally:
             self._deciding = False
+        self.status_changed()  # every 20 ms at most; sent only when the text changed
 
     def _decide(self) -> None:
         if not self.gfd.get("stable"):
