@@ -280,9 +280,17 @@ def cmd_workload(args: argparse.Namespace) -> int:
     from .runloop import tune_gc
     from .workload import run_workload
 
+    # The history is opened only once connected: whatever would stop it is refused now.
+    if args.history and Path(args.history).is_dir():
+        raise UsageError(f"--history {args.history}: is a directory",
+                         "name a file in it, e.g. --history "
+                         f"{Path(args.history) / (args.id + '.jsonl')}")
     if args.history and not Path(args.history).resolve().parent.is_dir():
         raise UsageError(f"--history {args.history}: its directory does not exist",
                          "create it first, or write the history elsewhere")
+    if args.history and not os.access(Path(args.history).resolve().parent, os.W_OK):
+        raise UsageError(f"--history {args.history}: its directory is not writable",
+                         "write the history elsewhere, or run as a user who may")
     tune_gc()
     config = _config(args)
     setup_logging(config.trace.color, logging.WARNING if args.quiet else logging.INFO)

@@ -235,3 +235,18 @@ def test_a_reader_that_went_away_is_not_an_error_line(tmp_path, command):
     proc.stderr.close()
     assert proc.wait(timeout=30) == 141, err  # 128 + SIGPIPE, as the shell shows for cat
     assert err == "", err
+
+
+# ====================================================== checked before dialing ====
+@pytest.mark.parametrize("history", ["a-directory", "read-only/h.jsonl"])
+def test_workload_history_that_cannot_be_written_is_refused_before_connecting(tmp_path,
+                                                                             history):
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "read-only").mkdir(mode=0o555)
+    if os.access(tmp_path / "read-only", os.W_OK):
+        (tmp_path / "read-only").rmdir()  # root writes anywhere: a missing directory instead
+    config = str(write_cluster(tmp_path))
+    # No replica listens: without the check this would dial, then exit 3.
+    line = refused(ftds("workload", "-c", config, "--connect-timeout", "1", "--history",
+                        history, cwd=tmp_path), 2)
+    assert f"--history {history}" in line, line
