@@ -870,13 +870,15 @@ BIND_TODO = {
 
 def _explain(exc: Exception) -> tuple[int, str, str] | None:
     """(exit code, what went wrong, what to do) for an expected error; None for a bug."""
-    from .chaos.runner import NothingToCheck
     from .ctl import CtlError
     from .rmclient import RMRefused, RMUnreachable
 
     if isinstance(exc, CliError):
         return exc.code, str(exc), exc.hint
-    if isinstance(exc, NothingToCheck):  # nothing judged is never a valid run
+    # Only a loaded runner can have raised it; importing it (and its deps) here would slow
+    # every other error, ftds status's UNKNOWN included.
+    runner = sys.modules.get("ftds.chaos.runner")
+    if runner is not None and isinstance(exc, runner.NothingToCheck):  # judged nothing
         return (EXIT_USAGE, str(exc), "name the directory of a ftds chaos run (its --out), "
                 "which holds histories/*.jsonl")
     if isinstance(exc, ConfigError):
