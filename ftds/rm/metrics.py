@@ -20,6 +20,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import platform
 import re
 import socket
 import ssl
@@ -45,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from .. import __version__
 from ..config import Tunables
 from ..gate import LISTEN_BACKLOG, Gate
 from ..supervise import spawn
@@ -80,10 +82,15 @@ Snapshot = dict[str, Any]
 class ClusterCollector(Collector):
     """Gauges from the RM's latest status snapshot (None: it did not come in time)."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot | None]) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot | None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._snapshot = snapshot
+        self._clock = clock
+        # replica -> (its checkpoint_count, when a rendering first saw that value)
+        self._checkpoint_seen: dict[str, tuple[int, float]] = {}
 
     def collect(self) -> Iterator[Metric]:
+        yield build_info()
         status = self._snapshot()
         responsive = GaugeMetricFamily(
             "ftds_rm_responsive", "1 when the RM's last status snapshot was taken in time.")
@@ -92,6 +99,34 @@ class ClusterCollector(Collector):
         if status is None:
             return
         yield from cluster_metrics(status)
+        yield self._checkpoint_age(status)
+
+    def _checkpoint_age(self, s: Snapshot) -> Metric:
+        """Replicas report their checkpoint_count, not its time: the age counts from the
+        rendering (once a second) that first saw the count change, or from the RM's start."""
+        now = self._clock()
+        family = GaugeMetricFamily(
+            "ftds_replica_checkpoint_age_seconds",
+            "Time since the RM saw the replica's checkpoint_count change (or since the RM "
+            "started); it grows while no writes come (no checkpoint is taken then).",
+            labels=["replica"])
+        for rid, r in s["replicas"].items():
+            count = r.get("checkpoint_count")
+            if count is None:
+                continue
+            seen = self._checkpoint_seen.get(rid)
+            if seen is None or seen[0] != count:
+                seen = self._checkpoint_seen[rid] = (count, now)
+            family.add_metric([rid], now - seen[1])
+        return family
+
+
+def build_info() -> Metric:
+    """Which ftds and which Python serve these metrics (the Prometheus ``*_build_info``)."""
+    info = GaugeMetricFamily("ftds_build_info", "The running ftds build (always 1).",
+                             labels=["version", "python_version"])
+    info.add_metric([__version__, platform.python_version()], 1)
+    return info
 
 
 def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
@@ -132,8 +167,9 @@ def cluster_metrics(s: Snapshot) -> Iterator[Metric]:
          lambda rid, r: int(rid == primary)),
         ("ftds_replica_applied_seq", "The highest sequence number the replica applied.",
          lambda _, r: r["seq"]),
-        ("ftds_replica_checkpoint_count", "The replica's checkpoint_count.",
-         lambda _, r: r["checkpoint_count"]),
+        # Was ftds_replica_checkpoint_count: a gauge must not end in _count (promtool).
+        ("ftds_replica_checkpoints", "The replica's checkpoint_count: checkpoints its state "
+         "has gone through.", lambda _, r: r["checkpoint_count"]),
         ("ftds_replica_heartbeat_age_seconds", "Time since the LFD's last heartbeat reply.",
          lambda _, r: r["heartbeat_age"]),
         ("ftds_replica_heartbeat_interval_seconds", "The LFD's heartbeat interval in effect.",
@@ -152,6 +188,12 @@ def cluster_metrics(s: Snapshot) -> Iterator[Metric]:
             if v is not None:
                 family.add_metric([rid], v)
         yield family
+    roles = GaugeMetricFamily("ftds_replica_role",
+                              "1 for the role the replica last reported (down when absent).",
+                              labels=["replica", "role"])
+    for rid, r in replicas.items():
+        roles.add_metric([rid, r["role"] or "unknown"], 1)
+    yield roles
     relaunches = CounterMetricFamily("ftds_replica_relaunches",
                                      "Relaunches the RM issued since it started.",
                                      labels=["replica"])

@@ -1,0 +1,87 @@
+"""The RM's exposition follows the Prometheus naming rules (``promtool check metrics``), says
+which build it is, each replica's role, and how old each replica's last checkpoint is."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from test_metrics import STATUS, replica, samples
+
+import ftds
+from ftds.rm.metrics import ClusterCollector, RmMetrics
+
+PROMTOOL = os.environ.get("FTDS_PROMTOOL") or shutil.which("promtool")
+
+
+def render(status: dict[str, Any] | None = STATUS) -> str:
+    async def main() -> bytes:
+        async def snapshot() -> dict[str, Any] | None:
+            return status
+
+        exporter = RmMetrics(snapshot)  # type: ignore[arg-type]
+        await exporter.refresh()
+        return exporter.page
+
+    return asyncio.run(main()).decode()
+
+
+def test_build_info_names_the_version_and_python():
+    got = samples(render())
+    key = ("ftds_build_info", (("python_version", platform.python_version()),
+                               ("version", ftds.__version__)))
+    assert got[key] == 1
+    # also when the RM's loop did not answer: which build is running matters most then
+    assert samples(render(None))[key] == 1
+
+
+def test_only_histograms_and_summaries_end_in_count_sum_or_bucket():
+    for family in text_string_to_metric_families(render()):
+        if family.type not in ("histogram", "summary"):
+            assert not family.name.endswith(("_count", "_sum", "_bucket")), family.name
+    got = samples(render())
+    assert got[("ftds_replica_checkpoints", (("replica", "S2"),))] == 3
+    assert not any(name == "ftds_replica_checkpoint_count" for name, _ in got)
+
+
+def test_each_replica_has_one_role():
+    got = samples(render())
+    roles = {labels: v for (name, labels), v in got.items() if name == "ftds_replica_role"}
+    assert roles == {(("replica", "S1"), ("role", "down")): 1,
+                     (("replica", "S2"), ("role", "primary")): 1,
+                     (("replica", "S3"), ("role", "backup")): 1}
+
+
+def test_checkpoint_age_counts_from_when_the_count_last_moved():
+    now = [1000.0]
+    status = {**STATUS, "replicas": {"S2": replica(role="primary", checkpoint_count=3),
+                                     "S1": replica(present=False, checkpoint_count=None)}}
+    collector = ClusterCollector(lambda: status, clock=lambda: now[0])
+
+    def age() -> dict[str, float]:
+        return {s.labels["replica"]: s.value for family in collector.collect()
+                for s in family.samples
+                if s.name == "ftds_replica_checkpoint_age_seconds"}
+
+    assert age() == {"S2": 0.0}  # unknown for a replica that reports nothing
+    now[0] += 7.5
+    assert age() == {"S2": 7.5}
+    status["replicas"]["S2"] = replica(role="primary", checkpoint_count=4)
+    now[0] += 1
+    assert age() == {"S2": 0.0}
+    now[0] += 2
+    assert age() == {"S2": 2.0}
+
+
+@pytest.mark.skipif(not PROMTOOL, reason="promtool not found (FTDS_PROMTOOL or PATH)")
+def test_promtool_check_metrics_is_clean():
+    result = subprocess.run([str(PROMTOOL), "check", "metrics"], input=render(), text=True,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0 and not result.stdout.strip(), \
+        result.stdout + result.stderr
