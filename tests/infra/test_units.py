@@ -138,6 +138,18 @@ def test_restart_policy(host, role):
         assert "/bin/kill -HUP $MAINPID" in props["ExecReload"], unit
 
 
+def test_units_grouped_by_ftds_target(host, role):
+    """`systemctl stop|start ftds.target` acts on exactly this host's ftds units."""
+    if not role.runs_daemons:
+        pytest.skip("no ftds daemons on this host")
+    target = host.service("ftds.target")
+    assert target.is_enabled and target.is_running
+    wants = set(show(host, "ftds.target", "Wants")["Wants"].split())
+    assert {u for u in wants if u.startswith("ftds-")} == set(role.units)
+    for unit in role.units:
+        assert "ftds.target" in show(host, unit, "PartOf")["PartOf"].split(), unit
+
+
 def test_lfd_not_bound_to_replica(host, role):
     """Stopping the replica must not stop its LFD (it is the one that reports the loss)."""
     if not role.replica:
