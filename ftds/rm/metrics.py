@@ -11,6 +11,11 @@ Optional TLS and basic auth follow the Prometheus exporter-toolkit's web configu
 is a listening port like the others: its gate caps connections per port and per source, and a
 request (after the TLS handshake) must arrive within ``tunables.hello_timeout`` with a head of
 at most 8 KiB.
+
+The endpoint, its refresh and its protections are ``Exporter``'s, which knows nothing of the
+RM: another daemon serves its own metrics with an ``Exporter`` of its own snapshot and a
+collector of ``Exporter.latest`` (``RmMetrics`` is the RM's). Every exporter says
+``ftds_build_info``.
 """
 
 from __future__ import annotations
@@ -90,7 +95,6 @@ class ClusterCollector(Collector):
         self._checkpoint_seen: dict[str, tuple[int, float]] = {}
 
     def collect(self) -> Iterator[Metric]:
-        yield build_info()
         status = self._snapshot()
         responsive = GaugeMetricFamily(
             "ftds_rm_responsive", "1 when the RM's last status snapshot was taken in time.")
@@ -352,12 +356,22 @@ def _check_password(password: bytes, hashed: bytes | None) -> bool:
     return ok and hashed is not None
 
 
-class RmMetrics:
-    """The RM's registry (the cluster's gauges, recovery histograms, the process's own) and
-    the HTTP endpoint that serves its latest rendering."""
+class BuildInfoCollector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        yield build_info()
 
-    def __init__(self, snapshot: Callable[[], Awaitable[Snapshot]],
-                 tunables: Callable[[], Tunables] = Tunables) -> None:
+
+class Exporter:
+    """A daemon's registry (its process's metrics and ``ftds_build_info``; the daemon adds
+    collectors of ``latest``, its last snapshot) and the HTTP endpoint that serves its latest
+    rendering. ``who`` names the daemon in log lines, ``setting`` its configuration keys."""
+
+    late_note = ""  # what a late snapshot's warning adds: where the metrics say so
+
+    def __init__(self, who: str, snapshot: Callable[[], Awaitable[Snapshot]],
+                 tunables: Callable[[], Tunables] = Tunables, setting: str = "metrics") -> None:
+        self.who = who
+        self.setting = setting
         self._snapshot = snapshot
         self._tunables = tunables
         self._status: Snapshot | None = None
@@ -381,43 +395,31 @@ class RmMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self.incidents = Counter("ftds_incidents", "Replica losses the RM has recorded.",
-                                 ["was_primary"], registry=self.registry)
-        self.recovery = Histogram("ftds_recovery_seconds",
-                                  "Durations of closed incidents, by phase (ftds incidents).",
-                                  ["phase"], buckets=RECOVERY_BUCKETS, registry=self.registry)
-        self.registry.register(ClusterCollector(lambda: self._status))
+        self.registry.register(BuildInfoCollector())
 
-    def incident_opened(self, incident: Incident) -> None:
-        self.incidents.labels(was_primary=str(incident.was_primary).lower()).inc()
-        self.changed()
-
-    def incident_closed(self, incident: Incident) -> None:
-        durations = incident.durations()
-        for phase, key in PHASES.items():
-            ms = durations[key]
-            if ms is not None:
-                self.recovery.labels(phase=phase).observe(ms / 1000)
-        self.changed()
+    @property
+    def latest(self) -> Snapshot | None:
+        """The snapshot of the last rendering (None: it did not come in time)."""
+        return self._status
 
     # -- the snapshot ----------------------------------------------------------------------
     async def refresh(self) -> None:
-        """Take the RM's status and render the page scrapes are answered with."""
+        """Take the daemon's snapshot and render the page scrapes are answered with."""
         try:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
                 status: Snapshot | None = await self._snapshot()
         except Exception as exc:  # a stuck or failing snapshot is reported, never raised
             status = None
             if self._responsive:
-                log.warning("RM: no status snapshot for metrics within %gs (%s); they say "
-                            "ftds_rm_responsive 0", SNAPSHOT_TIMEOUT, exc.__class__.__name__)
+                log.warning("%s: no status snapshot for metrics within %gs (%s)%s", self.who,
+                            SNAPSHOT_TIMEOUT, exc.__class__.__name__, self.late_note)
         self._responsive = status is not None
         self._status = status
         self.page = generate_latest(self.registry)
         self.page_at = time.monotonic()
 
     def changed(self) -> None:
-        """The RM decided something (a view, a membership, a relaunch): render again now,
+        """The daemon decided something (a view, a membership, a relaunch): render again now,
         not at the next tick, so a scrape after an event shows it."""
         self._changed.set()
 
@@ -431,32 +433,33 @@ class RmMetrics:
 
     # -- the endpoint ----------------------------------------------------------------------
     async def start(self, host: str, port: int, web_config: str = "") -> bool:
-        """Serve on ``host:port`` (from the running loop). Metrics are not worth an RM that
+        """Serve on ``host:port`` (from the running loop). Metrics are not worth a daemon that
         cannot start: a port that cannot be bound or a broken web configuration is logged,
-        and the RM runs without them (never without the TLS or auth it asked for)."""
+        and the daemon runs without them (never without the TLS or auth it asked for)."""
         try:
             self.web = load_web_config(web_config) if web_config else WebConfig()
         except WebConfigError as exc:
-            log.error("RM: not serving metrics (rm.metrics_web_config): %s", exc)
+            log.error("%s: not serving metrics (%s_web_config): %s", self.who, self.setting,
+                      exc)
             return False
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
             listener = socket.create_server((host, port), family=family,
                                             backlog=LISTEN_BACKLOG)
         except OSError as exc:
-            log.error("RM: cannot serve metrics on %s:%d (rm.metrics_port): %s; running "
-                      "without them", host, port, exc.strerror or exc)
+            log.error("%s: cannot serve metrics on %s:%d (%s_port): %s; running without "
+                      "them", self.who, host, port, self.setting, exc.strerror or exc)
             return False
         listener.setblocking(False)
         self._listener = listener
         self.port = listener.getsockname()[1]
-        self.gate = Gate(f"RM metrics port {host}:{self.port}", self._tunables)
+        self.gate = Gate(f"{self.who} metrics port {host}:{self.port}", self._tunables)
         await self.refresh()
         self._accepter = spawn(self._accept(listener, self.gate), "metrics-accept")
         self._refresher = spawn(self._refresh_loop(), "metrics")
         auth = f", basic auth for {len(self.web.users)} user(s)" if self.web.users else ""
-        log.info("RM: metrics on %s://%s:%d/metrics%s", "https" if self.web.tls else "http",
-                 host, self.port, auth)
+        log.info("%s: metrics on %s://%s:%d/metrics%s", self.who,
+                 "https" if self.web.tls else "http", host, self.port, auth)
         return True
 
     def reload_web_config(self, path: str) -> None:
@@ -466,10 +469,11 @@ class RmMetrics:
         try:
             web = load_web_config(path) if path else WebConfig()
         except WebConfigError as exc:
-            log.error("RM: metrics web configuration refused, keeping the running one: %s", exc)
+            log.error("%s: metrics web configuration refused, keeping the running one: %s",
+                      self.who, exc)
             return
         if (web.tls is None) != (self.web.tls is None):
-            log.warning("RM: metrics %s TLS from the next connection on",
+            log.warning("%s: metrics %s TLS from the next connection on", self.who,
                         "switch to" if web.tls else "stop using")
         self.web = web
         self._auth_ok.clear()
@@ -498,7 +502,7 @@ class RmMetrics:
             try:
                 conn, peer = await loop.sock_accept(listener)
             except OSError as exc:  # out of file descriptors, say: not a reason to die
-                log.error("RM: metrics port cannot accept: %s", exc)
+                log.error("%s: metrics port cannot accept: %s", self.who, exc)
                 await asyncio.sleep(1.0)
                 continue
             host = str(peer[0])
@@ -613,7 +617,8 @@ class RmMetrics:
             await self._send(writer, 200, self.page, web, keep=keep, head=method == "HEAD",
                              content_type=CONTENT_TYPE_LATEST)
         elif path == "/":
-            await self._send(writer, 200, b"ftds RM: metrics at /metrics\n", web, keep=keep,
+            await self._send(writer, 200, f"ftds {self.who}: metrics at /metrics\n".encode(),
+                             web, keep=keep,
                              head=method == "HEAD")
         else:
             await self._send(writer, 404, b"not found: try /metrics\n", web, keep=keep)
@@ -680,3 +685,31 @@ class RmMetrics:
                 self._auth_ok.popitem(last=False)
         return ok
 
+
+class RmMetrics(Exporter):
+    """The RM's exporter: the cluster's gauges from its ``ftds status`` snapshot and the
+    recovery histograms of its incidents."""
+
+    late_note = "; they say ftds_rm_responsive 0"
+
+    def __init__(self, snapshot: Callable[[], Awaitable[Snapshot]],
+                 tunables: Callable[[], Tunables] = Tunables) -> None:
+        super().__init__("RM", snapshot, tunables, setting="rm.metrics")
+        self.incidents = Counter("ftds_incidents", "Replica losses the RM has recorded.",
+                                 ["was_primary"], registry=self.registry)
+        self.recovery = Histogram("ftds_recovery_seconds",
+                                  "Durations of closed incidents, by phase (ftds incidents).",
+                                  ["phase"], buckets=RECOVERY_BUCKETS, registry=self.registry)
+        self.registry.register(ClusterCollector(lambda: self._status))
+
+    def incident_opened(self, incident: Incident) -> None:
+        self.incidents.labels(was_primary=str(incident.was_primary).lower()).inc()
+        self.changed()
+
+    def incident_closed(self, incident: Incident) -> None:
+        durations = incident.durations()
+        for phase, key in PHASES.items():
+            ms = durations[key]
+            if ms is not None:
+                self.recovery.labels(phase=phase).observe(ms / 1000)
+        self.changed()

@@ -11,11 +11,12 @@ import subprocess
 from typing import Any
 
 import pytest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
-from test_metrics import STATUS, replica, samples
+from test_metrics import STATUS, free_port, replica, samples, scrape
 
 import ftds
-from ftds.rm.metrics import ClusterCollector, RmMetrics
+from ftds.rm.metrics import ClusterCollector, Exporter, RmMetrics
 
 PROMTOOL = os.environ.get("FTDS_PROMTOOL") or shutil.which("promtool")
 
@@ -85,3 +86,41 @@ def test_promtool_check_metrics_is_clean():
                             capture_output=True, timeout=30)
     assert result.returncode == 0 and not result.stdout.strip(), \
         result.stdout + result.stderr
+
+
+def test_another_daemon_serves_its_own_collector_on_the_same_endpoint():
+    """The endpoint is not the RM's: a daemon gives it a snapshot and a collector of it."""
+    async def main() -> tuple[dict[Any, float], str]:
+        async def snapshot() -> dict[str, Any]:
+            return {"seq": 7}
+
+        exporter = Exporter("S1", snapshot)
+
+        class Seq:
+            def collect(self):  # type: ignore[no-untyped-def]
+                family = GaugeMetricFamily("ftds_test_applied_seq", "A test's gauge.")
+                family.add_metric([], exporter.latest["seq"])  # type: ignore[index]
+                yield family
+
+        exporter.registry.register(Seq())  # type: ignore[arg-type]
+        assert await exporter.start("127.0.0.1", free_port())
+        try:
+            got = await scrape(exporter.port)
+            root = await asyncio.to_thread(_get, f"http://127.0.0.1:{exporter.port}/")
+            return got, root
+        finally:
+            await exporter.close()
+
+    got, root = asyncio.run(main())
+    assert got[("ftds_test_applied_seq", ())] == 7
+    assert ("ftds_build_info", (("python_version", platform.python_version()),
+                                ("version", ftds.__version__))) in got
+    assert not any(name == "ftds_rm_responsive" for name, _ in got)  # the RM's own
+    assert root == "ftds S1: metrics at /metrics\n"
+
+
+def _get(url: str) -> str:
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=10) as response:
+        return response.read().decode()
