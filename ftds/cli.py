@@ -338,7 +338,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                          "if that is acceptable, add --accept-data-loss")
     config = _config(args)
     # Every replica named must be in the cluster file, checked before anything is sent.
-    if args.ctl in ("reset-budget", "force-primary") or (
+    if args.ctl in ("reset-budget", "force-primary", "hold", "release") or (
             args.ctl == "promote" and args.replica):
         _replica_ids(config, [args.replica])
     if args.ctl == "promote":
@@ -379,6 +379,23 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             await rm_request(config, key, "reset_budget", {"replica": args.replica},
                              timeout=args.timeout)
             print(f"restart budget of {args.replica} reset")
+            return EXIT_OK
+        elif args.ctl in ("hold", "release"):
+            from .rmclient import rm_request
+
+            fields = {"replica": args.replica}
+            if args.ctl == "hold":
+                fields["reason"] = args.reason
+            reply = await rm_request(config, key, args.ctl, fields, timeout=args.timeout)
+            if args.ctl == "release":
+                print(f"{args.replica} released: the RM relaunches it when it is down")
+            elif reply.get("present"):
+                print(f"{args.replica} held ({reply.get('reason')}): the RM will not relaunch "
+                      f"it; stop it on its host (systemctl stop ftds-replica@{args.replica}) "
+                      f"and 'ftds ctl release {args.replica}' when done")
+            else:
+                print(f"{args.replica} held ({reply.get('reason')}): it is down and the RM "
+                      f"leaves it so until 'ftds ctl release {args.replica}'")
             return EXIT_OK
         elif args.ctl == "force-primary":
             reply = await ctl.force_primary(config, key, args.replica, timeout=args.timeout)
@@ -753,6 +770,17 @@ def build_parser() -> argparse.ArgumentParser:
     q = ctl_parser("reset-budget", "let the RM relaunch a replica again after it hit its "
                    "restart budget")
     q.add_argument("replica", help="whose budget (S1, ...)")
+    q.add_argument("--timeout", type=SECONDS, default=3.0, metavar="SECONDS",
+                   help="how long to wait for the RM (default 3)")
+    q = ctl_parser("hold", "keep a replica down for maintenance: the RM stops relaunching it "
+                   "(status shows HELD) until it is released")
+    q.add_argument("replica", help="which replica (S1, ...)")
+    q.add_argument("--reason", required=True,
+                   help="why, shown by ftds status (one line, e.g. \"disk swap\")")
+    q.add_argument("--timeout", type=SECONDS, default=3.0, metavar="SECONDS",
+                   help="how long to wait for the RM (default 3)")
+    q = ctl_parser("release", "end a hold: the RM relaunches the replica again when it is down")
+    q.add_argument("replica", help="which replica (S1, ...)")
     q.add_argument("--timeout", type=SECONDS, default=3.0, metavar="SECONDS",
                    help="how long to wait for the RM (default 3)")
     q = ctl_parser("force-primary", "make a replica the primary even if writes are lost "

@@ -274,3 +274,35 @@ def test_replica_set_grows_and_shrinks_at_run_time(make_managed, tmp_path):
     cluster.wait_healthy()
     assert "S4" not in status["members"] and status["epoch"] == 1
     cluster.wait(lambda: local.read_pid(cluster.dir, "S4") is None, 10, "S4's process to stop")
+
+
+def test_a_held_replica_stays_down_until_it_is_released(make_managed, tmp_path):
+    """`ftds ctl hold S3 --reason ...`: the RM leaves S3 down after it stops, status says HELD
+    and DEGRADED (exit 1); `ftds ctl release S3` and the RM brings it back."""
+    cluster = make_managed()
+    start = cluster.up()
+    victim = next(r for r in IDS if r != start["primary"])
+
+    def ftds(*argv):
+        return subprocess.run([sys.executable, "-m", "ftds", *argv, "-c", str(cluster.path)],
+                              capture_output=True, text=True, timeout=30)
+
+    held = ftds("ctl", "hold", victim, "--reason", "disk swap")
+    assert held.returncode == 0, held.stderr
+    assert "will not relaunch" in held.stdout
+    cluster.signal(victim, signal.SIGKILL)
+    cluster.wait(lambda: not cluster.rm_status()["replicas"][victim]["present"], 10,
+                 f"{victim} gone per the RM")
+    time.sleep(1.0)  # 50 decision ticks: an unheld replica is relaunched within the first
+    s = cluster.rm_status()["replicas"][victim]
+    assert not s["present"] and s["restarts"] == 0 and s["held"] == "disk swap"
+    status = ftds("status")
+    assert status.returncode == 1, status.stdout
+    assert f"DEGRADED: {victim} held (disk swap)" in status.stdout and "HELD" in status.stdout
+
+    released = ftds("ctl", "release", victim)
+    assert released.returncode == 0, released.stderr
+    cluster.wait_healthy(30)
+    assert cluster.rm_status()["replicas"][victim]["held"] is None
+    again = ftds("ctl", "release", victim)
+    assert again.returncode == 1 and f"{victim} is not held" in again.stderr
