@@ -125,6 +125,80 @@ class ClusterCollector(Collector):
         return family
 
 
+class ReplicaCollector(Collector):
+    """A replica's own metrics, from its ``status`` snapshot (None: it did not come in time).
+
+    The request counters are the ones the replica keeps anyway (``Stats``, the state
+    machine's executed count): exporting them adds nothing to a request's path. Names and
+    the ``replica`` label match the RM's per-replica families, so a dashboard takes either."""
+
+    def __init__(self, replica_id: str, snapshot: Callable[[], Snapshot | None]) -> None:
+        self._id = replica_id
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._snapshot()
+        yield self._gauge("ftds_replica_responsive",
+                          "1 when the replica's last status snapshot was taken in time.",
+                          0 if status is None else 1)
+        if status is None:
+            return
+        yield from replica_metrics(self._id, status)
+
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=["replica"])
+        family.add_metric([self._id], value)
+        return family
+
+
+REPLICA_COUNTERS = (
+    ("ftds_replica_requests_ordered", "Client requests this replica ordered (as primary or "
+     "sequencer).", "ordered"),
+    ("ftds_replica_requests_executed", "Operations this replica applied, in any role.",
+     "executed"),
+    ("ftds_replica_replies", "Replies this replica sent to clients.", "replies"),
+    ("ftds_replica_duplicates_answered", "Retries answered from the reply cache (not run "
+     "again).", "duplicates_answered"),
+    ("ftds_replica_checkpoints_sent", "Checkpoints this replica sent.", "checkpoints_sent"),
+    ("ftds_replica_checkpoints_received", "Checkpoints this replica installed.",
+     "checkpoints_received"),
+    ("ftds_replica_divergences", "Checkpoints whose digest differed from this replica's "
+     "state.", "divergences"),
+    ("ftds_replica_rejected_frames", "Frames refused as malformed or out of place.",
+     "rejected_frames"),
+)
+
+
+def replica_metrics(rid: str, s: Snapshot) -> Iterator[Metric]:
+    """The metric families of one replica's ``status`` (its JSON form)."""
+    stats = s.get("stats") or {}
+    for name, doc, key in REPLICA_COUNTERS:
+        if key in stats:
+            family = CounterMetricFamily(name, doc, labels=["replica"])
+            family.add_metric([rid], stats[key])
+            yield family
+    role = GaugeMetricFamily("ftds_replica_role", "1 for the replica's role.",
+                             labels=["replica", "role"])
+    role.add_metric([rid, s["role"]], 1)
+    yield role
+    for name, doc, key in (
+            ("ftds_replica_ready", "The replica's i_am_ready.", "i_am_ready"),
+            ("ftds_replica_epoch", "The epoch of the view the replica holds.", "epoch"),
+            ("ftds_replica_applied_seq", "The highest sequence number the replica applied.",
+             "seq"),
+            ("ftds_replica_committed_seq", "The highest sequence number known committed.",
+             "commit"),
+            ("ftds_replica_checkpoints", "The replica's checkpoint_count.", "checkpoint_count"),
+            ("ftds_replica_client_connections", "Client connections open to the replica.",
+             "client_links"),
+            ("ftds_replica_lease_left_seconds", "The primary's lease left (0 on a backup).",
+             "lease_left")):
+        if s.get(key) is not None:
+            family = GaugeMetricFamily(name, doc, labels=["replica"])
+            family.add_metric([rid], s[key])
+            yield family
+
+
 def build_info() -> Metric:
     """Which ftds and which Python serve these metrics (the Prometheus ``*_build_info``)."""
     info = GaugeMetricFamily("ftds_build_info", "The running ftds build (always 1).",

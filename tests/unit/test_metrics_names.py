@@ -16,7 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import STATUS, free_port, replica, samples, scrape
 
 import ftds
-from ftds.rm.metrics import ClusterCollector, Exporter, RmMetrics
+from ftds.rm.metrics import (
+    REPLICA_COUNTERS,
+    ClusterCollector,
+    Exporter,
+    ReplicaCollector,
+    RmMetrics,
+)
 
 PROMTOOL = os.environ.get("FTDS_PROMTOOL") or shutil.which("promtool")
 
@@ -124,3 +130,79 @@ def _get(url: str) -> str:
 
     with urlopen(url, timeout=10) as response:
         return response.read().decode()
+
+
+REPLICA_STATUS: dict[str, Any] = {
+    "id": "S2", "mode": "passive", "role": "primary", "i_am_ready": 1, "epoch": 3, "seq": 120,
+    "commit": 118, "checkpoint_count": 4, "clients": 3, "client_links": 5, "recorded": 0,
+    "lease_left": 1.5,
+    "stats": {"ordered": 100, "executed": 120, "replies": 99, "duplicates_answered": 2,
+              "checkpoints_sent": 4, "checkpoints_received": 0, "divergences": 0,
+              "rejected_frames": 1},
+}
+
+
+def render_replica(status: dict[str, Any] | None) -> str:
+    async def main() -> bytes:
+        async def snapshot() -> dict[str, Any] | None:
+            return status
+
+        exporter = Exporter("S2", snapshot)  # type: ignore[arg-type]
+        exporter.registry.register(ReplicaCollector("S2", lambda: exporter.latest))
+        await exporter.refresh()
+        return exporter.page
+
+    return asyncio.run(main()).decode()
+
+
+def test_a_replica_status_renders_request_counters_role_and_progress():
+    got = samples(render_replica(REPLICA_STATUS))
+    r = (("replica", "S2"),)
+    assert got[("ftds_replica_requests_ordered_total", r)] == 100
+    assert got[("ftds_replica_requests_executed_total", r)] == 120
+    assert got[("ftds_replica_replies_total", r)] == 99
+    assert got[("ftds_replica_duplicates_answered_total", r)] == 2
+    assert got[("ftds_replica_rejected_frames_total", r)] == 1
+    assert got[("ftds_replica_role", (("replica", "S2"), ("role", "primary")))] == 1
+    assert got[("ftds_replica_ready", r)] == 1
+    assert got[("ftds_replica_applied_seq", r)] == 120
+    assert got[("ftds_replica_committed_seq", r)] == 118
+    assert got[("ftds_replica_epoch", r)] == 3
+    assert got[("ftds_replica_checkpoints", r)] == 4
+    assert got[("ftds_replica_responsive", r)] == 1
+    assert ("ftds_build_info", (("python_version", platform.python_version()),
+                                ("version", ftds.__version__))) in got
+    # a replica whose loop did not answer in time says so, and nothing stale
+    late = samples(render_replica(None))
+    assert late[("ftds_replica_responsive", r)] == 0
+    assert not any(name == "ftds_replica_applied_seq" for name, _ in late)
+
+
+@pytest.mark.skipif(not PROMTOOL, reason="promtool not found (FTDS_PROMTOOL or PATH)")
+def test_promtool_check_metrics_is_clean_for_a_replica():
+    result = subprocess.run([str(PROMTOOL), "check", "metrics"],
+                            input=render_replica(REPLICA_STATUS), text=True,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0 and not result.stdout.strip(), \
+        result.stdout + result.stderr
+
+
+def test_the_replica_collector_reads_a_real_replica_status(tmp_path):
+    """Against what Replica.status() really says, not only the fixture above."""
+    from ftds import local
+    from ftds.config import load_config
+    from ftds.replica.core import Replica
+
+    config = load_config(local.write_cluster(tmp_path, 3, base=44200))
+    replica = Replica(config, "S2", config.read_key())
+    for n in range(1, 6):
+        replica._apply({"s": n, "e": 1, "c": "C1", "r": n,
+                        "op": {"op": "incr", "key": "x", "delta": 1}}, announce=False)
+    got = samples(render_replica({**replica.status(light=True)}))
+    r = (("replica", "S2"),)
+    assert got[("ftds_replica_requests_executed_total", r)] == 5
+    assert got[("ftds_replica_applied_seq", r)] == 5
+    assert got[("ftds_replica_role", (("replica", "S2"), ("role", "backup")))] == 1
+    assert got[("ftds_replica_ready", r)] == 0
+    names = {name for name, _ in got}
+    assert {f"{name}_total" for name, _, _ in REPLICA_COUNTERS} <= names
