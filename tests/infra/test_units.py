@@ -147,7 +147,10 @@ def test_units_grouped_by_ftds_target(host, role):
     wants = set(show(host, "ftds.target", "Wants")["Wants"].split())
     assert {u for u in wants if u.startswith("ftds-")} == set(role.units)
     for unit in role.units:
-        assert "ftds.target" in show(host, unit, "PartOf")["PartOf"].split(), unit
+        props = show(host, unit, "PartOf", "After")
+        assert "ftds.target" in props["PartOf"].split(), unit
+        assert "ftds.target" in props["After"].split(), f"{unit}: stopping the target " \
+            "would return before the unit stopped"
 
 
 def test_lfd_not_bound_to_replica(host, role):

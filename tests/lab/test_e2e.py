@@ -132,3 +132,36 @@ def test_f_another_cluster_key_is_refused_unless_replacing_it_is_asked_for(clust
     cluster.wait_healthy()
     rerun = cluster.deploy()  # the key in the inventory again is the deployed one
     assert "holds another cluster key" not in rerun.stdout
+
+
+def test_g_a_held_replica_host_stopped_as_one_target_stays_down_until_released(cluster):
+    """Maintenance on a replica host: hold its replica, `systemctl stop ftds.target` stops the
+    replica and its LFD, the RM leaves them down and status says HELD; release, and the RM
+    starts the replica (and with it its LFD) over SSH."""
+    start = cluster.wait_healthy()
+    victim = next(r for r in sorted(start["replicas"]) if r != start["primary"])
+    host, manager = cluster.lab.host_of(victim), cluster.lab.manager
+    units = f"ftds-replica@{victim}.service ftds-lfd@{victim}.service"
+    cluster.lab.ssh(manager, f"ftds ctl hold {victim} --reason 'disk swap'", shared=True)
+    try:
+        cluster.lab.ssh(host, "systemctl stop ftds.target", shared=True)
+        states = cluster.lab.ssh(host, f"systemctl is-active {units}", check=False,
+                                 shared=True).stdout.split()
+        assert states == ["inactive", "inactive"], states
+        cluster.wait(lambda: not cluster.status()["replicas"][victim]["present"], 30,
+                     f"{victim} gone per the RM")
+        time.sleep(3.0)  # an unheld replica is relaunched over SSH within a second or two
+        states = cluster.lab.ssh(host, f"systemctl is-active {units}", check=False,
+                                 shared=True).stdout.split()
+        assert states == ["inactive", "inactive"], "the RM started a held replica"
+        status = cluster.lab.ssh(manager, "ftds status", check=False, shared=True)
+        assert status.returncode == 1 and f"{victim} held (disk swap)" in status.stdout, \
+            status.stdout
+    finally:
+        cluster.lab.ssh(manager, f"ftds ctl release {victim}", check=False, shared=True)
+    status = cluster.wait_healthy(60)
+    assert status["replicas"][victim]["held"] is None and status["epoch"] == start["epoch"]
+    cluster.lab.ssh(host, "systemctl start ftds.target", shared=True)
+    states = cluster.lab.ssh(host, f"systemctl is-active {units} ftds.target",
+                             shared=True).stdout.split()
+    assert states == ["active"] * 3, states
