@@ -140,6 +140,8 @@ class ReplicationManager:
         exhausted = sorted(rid for rid, s in self.relauncher.states.items() if s.exhausted)
         if exhausted:
             parts.append(f"restart budget exhausted: {', '.join(exhausted)}")
+        if self.record.held:
+            parts.append(f"held: {', '.join(sorted(self.record.held))}")
         if self.gfd_conn is None:
             parts.append("GFD not connected")
         elif not self.gfd.get("stable"):

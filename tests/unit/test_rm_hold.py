@@ -76,6 +76,7 @@ def test_a_held_replica_is_left_down_until_it_is_released(make_rm):
     code, why = health(status)
     assert code == DEGRADED and "S2 held (disk swap)" in why
     assert "HELD" in status_text(status)
+    assert "held: S2" in rm.status_line(), "systemctl status ftds-rm must show the hold"
 
     kind, _ = admin(rm, "release", replica="S2")
     assert kind == "ok"
