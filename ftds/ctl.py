@@ -82,6 +82,15 @@ async def bootstrap(config: ClusterConfig, key: bytes, lease: float = 0.0) -> Vi
     return view
 
 
+def _current_view_or_why(status: dict[str, dict[str, Any] | None]) -> View:
+    view = current_view(status)
+    if view is not None:
+        return view
+    if not any(status.values()):
+        raise CtlError("no replica answers on its control port (are they running?)")
+    raise CtlError("no replica has a view yet; bootstrap first")
+
+
 async def promote(config: ClusterConfig, key: bytes, primary: str | None = None,
                   exclude: tuple[str, ...] = (), lease: float = 0.0) -> View:
     """Epoch + 1 with a new primary/sequencer among the ready replicas that answer.
@@ -89,9 +98,7 @@ async def promote(config: ClusterConfig, key: bytes, primary: str | None = None,
     Without ``primary`` the ready replica with the highest applied sequence is chosen.
     """
     status = await statuses(config, key, timeout=1.0)
-    view = current_view(status)
-    if view is None:
-        raise CtlError("no replica has a view yet; bootstrap first")
+    view = _current_view_or_why(status)
     ready = [rid for rid, s in status.items()
              if s is not None and rid in view.members and rid not in exclude
              and (s["i_am_ready"] or s["caught_up"])]
@@ -110,9 +117,7 @@ async def set_members(config: ClusterConfig, key: bytes, members: list[str],
                       lease: float = 0.0) -> View:
     """Same epoch, new ready set (e.g. admit a caught-up newborn, drop a failed backup)."""
     status = await statuses(config, key, timeout=1.0)
-    view = current_view(status)
-    if view is None:
-        raise CtlError("no replica has a view yet; bootstrap first")
+    view = _current_view_or_why(status)
     if view.primary not in members:
         members = [view.primary, *members]
     new = View(view.epoch, view.version + 1, view.primary, tuple(members), lease)
