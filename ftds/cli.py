@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import importlib.metadata
 import json
@@ -169,12 +170,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .status import HEALTH_NAMES, health, status_text
 
     config = _config(args)
+    if args.watch is not None:
+        return _run(_watch_status(config, args))
     status = _run(rm_request(config, config.read_key(), "status_req", timeout=args.timeout))
     code, why = health(status)
     if args.json:
         print(json.dumps(status, indent=2))
     else:
         print(f"{status_text(status)}\n{HEALTH_NAMES[code]}: {why}")
+    return code
+
+
+async def _watch_status(config: ClusterConfig, args: argparse.Namespace) -> int:
+    """``ftds status --watch``: the status and verdict again every interval until Ctrl-C, like
+    ``watch patronictl list``; an RM that does not answer is one UNKNOWN frame, not the end.
+    Returns the last verdict's exit code."""
+    from .rmclient import RMRefused, RMUnreachable, rm_request
+    from .status import HEALTH_NAMES, UNKNOWN, health, status_text
+
+    key = config.read_key()
+    clear = sys.stdout.isatty() and not args.json
+    code = UNKNOWN
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            status: dict[str, Any] | None = await rm_request(
+                config, key, "status_req", timeout=min(args.timeout, max(args.watch, 0.5)))
+        except (RMUnreachable, RMRefused) as exc:
+            status, code, why = None, UNKNOWN, str(exc)
+        else:
+            code, why = health(status)
+        stamp = time.strftime("%H:%M:%S")
+        if args.json:
+            print(json.dumps({"at": time.time(), "verdict": HEALTH_NAMES[code],
+                              "why": why, "status": status}), flush=True)
+        else:
+            body = status_text(status) if status is not None else ""
+            frame = f"ftds status, every {args.watch:g}s · {stamp}\n{body}\n" \
+                    f"{HEALTH_NAMES[code]}: {why}"
+            print(("\033[H\033[2J" if clear else "\n") + frame.replace("\n\n", "\n"),
+                  flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(),
+                                   max(0.0, args.watch - (time.monotonic() - started)))
     return code
 
 
@@ -683,6 +725,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the RM's raw status as JSON")
     p.add_argument("--timeout", type=SECONDS, default=3.0, metavar="SECONDS",
                    help="how long to wait for the RM (default 3)")
+    p.add_argument("--watch", type=SECONDS, nargs="?", const=1.0, default=None,
+                   metavar="SECONDS",
+                   help="refresh every SECONDS (default 1) until Ctrl-C; with --json, one "
+                        "JSON line per refresh; exits with the last verdict's code")
     p.set_defaults(func=cmd_status)
     p = with_config(sub.add_parser("incidents", help="faults and their recovery timings"))
     p.add_argument("--json", action="store_true", help="as JSON")

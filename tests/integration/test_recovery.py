@@ -6,6 +6,7 @@ then checks: every acknowledged write present exactly once, digests of ready rep
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -306,3 +307,37 @@ def test_a_held_replica_stays_down_until_it_is_released(make_managed, tmp_path):
     assert cluster.rm_status()["replicas"][victim]["held"] is None
     again = ftds("ctl", "release", victim)
     assert again.returncode == 1 and f"{victim} is not held" in again.stderr
+
+
+def test_status_watch_follows_a_backup_lost_and_back_then_exits_with_the_last_verdict(
+        make_managed):
+    cluster = make_managed()
+    start = cluster.up()
+    victim = next(r for r in IDS if r != start["primary"])
+    watch = subprocess.Popen([sys.executable, "-m", "ftds", "status", "--watch", "0.1", "--json",
+                              "-c", str(cluster.path)], stdout=subprocess.PIPE, text=True)
+    seen: list[str] = []
+
+    def until(verdict: str, timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = watch.stdout.readline()  # one line per refresh, every 0.1 s
+            assert line, f"the watch ended; verdicts so far: {seen}"
+            frame = json.loads(line)
+            seen.append(frame["verdict"])
+            if frame["verdict"] == verdict:
+                return frame
+        raise AssertionError(f"no {verdict} within {timeout}s; verdicts: {seen[-20:]}")
+
+    try:
+        until("OK")
+        cluster.signal(victim, signal.SIGKILL)
+        degraded = until("DEGRADED")
+        assert victim in degraded["why"]
+        until("OK")  # the RM relaunched it and admitted it again
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(10) == 0, "the last verdict was OK"
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
