@@ -165,3 +165,25 @@ def test_g_a_held_replica_host_stopped_as_one_target_stays_down_until_released(c
     states = cluster.lab.ssh(host, f"systemctl is-active {units} ftds.target",
                              shared=True).stdout.split()
     assert states == ["active"] * 3, states
+
+
+def test_h_preflight_names_what_to_fix_and_changes_nothing(cluster, tmp_path):
+    """A controller whose Python or architecture the hosts do not share, or a host without a
+    usable Python, stops the deploy at preflight with what to fix, before anything changes."""
+    cluster.wait_healthy()
+    pids = cluster.unit_pids()
+    other = tmp_path / "python"  # a controller Python 3.12 on aarch64, as far as preflight asks
+    other.write_text('#!/bin/sh\necho "3.12 aarch64"\n')
+    other.chmod(0o755)
+    result = cluster.deploy("-e", f"ftds_common_controller_python={other}", check=False)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "h1 cannot run ftds: Python 3.11 here but the wheels are built with the " \
+           "controller's Python 3.12" in said, said[-3000:]
+    assert "but the wheels are built on an aarch64 controller" in said
+    missing = cluster.deploy("-e", "ftds_common_python=/usr/bin/python-missing", check=False)
+    said = " ".join((missing.stdout + missing.stderr).split())
+    assert missing.returncode != 0
+    assert "no usable Python at /usr/bin/python-missing" in said
+    assert "install python3 and python3-venv, or set ftds_common_python" in said
+    assert cluster.unit_pids() == pids, "a refused deploy restarted a daemon"
