@@ -904,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--duplicate", type=NON_NEGATIVE_INT, default=25, metavar="N",
                    help="clients send every Nth request twice (0: never)")
     q.add_argument("--no-hostile", dest="hostile", action="store_false",
-                   help="no hostile client (local target; on by default)")
+                   help="no hostile client (on by default)")
     q = chaos_sub.add_parser("check", help="judge a saved run's histories again")
     q.add_argument("dir", metavar="DIR", help="a run's output directory (ftds chaos run --out), "
                    "or its histories/ directory")

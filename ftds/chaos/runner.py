@@ -4,7 +4,8 @@
 injects the schedule's faults one after another (each held, recovered, then the cluster given
 time to heal; a compound fault overlaps several inside one step), stops the clients, collects
 histories, replica logs and statuses, and judges them (``checks`` and ``linearizability``).
-On the local target a hostile client process runs beside the others (``RunSettings.hostile``):
+A hostile client process runs beside the others (``RunSettings.hostile``; on the lab, the
+deployed ``ftds workload --hostile`` on the client host):
 its refused requests are in the history and judged by the ``hostile input`` check. An operator
 override a fault needed (``primary_crash_backups_out``) is saved as ``overrides.json`` and
 excuses exactly the writes it may lose. Everything lands in the output directory: the
@@ -66,7 +67,7 @@ class RunSettings:
     run_dir: Path | None = None  # local target: where the cluster runs
     env: dict[str, str] = field(default_factory=dict)  # e.g. FTDS_FAULT for planted bugs
     tunables: dict[str, float] = field(default_factory=dict)  # local target's cluster file
-    hostile: bool = True  # local target: a hostile client process among the others
+    hostile: bool = True  # a hostile client process among the others
     hostile_rate: float = 10.0  # its normal session's requests/s (one hostile request each)
 
 
@@ -159,9 +160,6 @@ class LabEnv:
                                     shared=True).stdout.strip()
         # The lab keeps its state between runs: this run's keys are its own.
         s.prefix = s.prefix or f"r{int(time.time())}-"
-        # The hostile client runs on the local target only (the lab's client hosts run the
-        # deployed ``ftds workload``, which has no hostile session yet).
-        s.hostile = False
         self.workloads: list[subprocess.Popen[str]] = []
 
     def start(self) -> None:
@@ -176,10 +174,20 @@ class LabEnv:
                        f"--duration 86400 --keys {self.s.keys} --mix rw --seed {self.s.seed} "
                        f"--prefix {self.s.prefix} --duplicate {self.s.duplicate} "
                        f"--history /tmp/ftds-chaos/C{k}.jsonl --json -q")
-            self.workloads.append(subprocess.Popen(
-                ["ssh", "-F", str(self.lab.ssh_config), "-o", "ControlMaster=no",
-                 "-o", "ControlPath=none", self.client_host, command],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            self._workload_over_ssh(command)
+        if self.s.hostile:
+            # The deployed tool's own hostile session, beside one normal session.
+            self._workload_over_ssh(
+                f"exec /opt/ftds/bin/ftds workload --config /etc/ftds/cluster.yml --id H "
+                f"--clients 1 --rate {self.s.hostile_rate} --duration 86400 "
+                f"--keys {self.s.keys} --mix rw --seed {self.s.seed} --prefix {self.s.prefix} "
+                f"--hostile --history /tmp/ftds-chaos/H.jsonl --json -q")
+
+    def _workload_over_ssh(self, command: str) -> None:
+        self.workloads.append(subprocess.Popen(
+            ["ssh", "-F", str(self.lab.ssh_config), "-o", "ControlMaster=no",
+             "-o", "ControlPath=none", self.client_host, command],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
 
     def stop_workloads(self) -> list[dict[str, Any]]:
         self.lab.ssh(self.client_host, "pkill -INT -f 'ftds workload' || true", check=False)
@@ -194,10 +202,11 @@ class LabEnv:
         return results
 
     def fetch_histories(self, histories: Path) -> None:
-        for k in range(1, self.s.clients + 1):
-            data = self.lab.ssh(self.client_host, f"cat /tmp/ftds-chaos/C{k}.jsonl",
+        names = [f"C{k}" for k in range(1, self.s.clients + 1)] + (["H"] if self.s.hostile else [])
+        for name in names:
+            data = self.lab.ssh(self.client_host, f"cat /tmp/ftds-chaos/{name}.jsonl",
                                 timeout=300).stdout
-            (histories / f"C{k}.jsonl").write_text(data)
+            (histories / f"{name}.jsonl").write_text(data)
 
     def replica_logs(self) -> dict[str, str]:
         return {rid: self.lab.ssh(host, f"journalctl -u ftds-replica@{rid}.service --since "
