@@ -25,7 +25,6 @@ import heapq
 import itertools
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,8 +71,9 @@ class SimLoop(asyncio.base_events.BaseEventLoop):
         self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
         self._timer_order = itertools.count()
         self.errors: list[dict[str, Any]] = []
-        self.task_nodes: weakref.WeakKeyDictionary[asyncio.Task[Any], Node] = \
-            weakref.WeakKeyDictionary()
+        # Whose task each is, by id: asyncio reports a task destroyed while pending from its
+        # __del__, when a weak reference to it is already cleared. Finished tasks drop out.
+        self.task_nodes: dict[int, Node] = {}
         self.set_exception_handler(self._on_error)
 
     # -- time ------------------------------------------------------------------------------
@@ -129,8 +129,12 @@ class SimLoop(asyncio.base_events.BaseEventLoop):
         task = super().create_task(coro, name=name, context=context)
         node = context.get(NODE) if context is not None else NODE.get()
         if node is not None:
-            self.task_nodes[task] = node  # whose task it was, when asyncio reports on it
+            self.task_nodes[id(task)] = node
+            task.add_done_callback(self._forget_task)
         return task
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        self.task_nodes.pop(id(task), None)
 
     def resume(self, node: Node) -> None:
         node.paused = False
@@ -141,7 +145,7 @@ class SimLoop(asyncio.base_events.BaseEventLoop):
         node = NODE.get()
         task = context.get("task")
         if task is not None:
-            owner = self.task_nodes.get(task)
+            owner = self.task_nodes.pop(id(task), None)
             if owner is not None:
                 node = owner
                 if not owner.alive:
