@@ -23,6 +23,7 @@ import collections
 import logging
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,11 @@ REORDER = faults.on("reorder")
 ACK_AFTER_DEPOSED = faults.on("ack_after_deposed")
 EARLY_COMMIT = faults.on("early_commit")
 STALL_APPLIER = faults.on("stall_applier")
+# Upper bounds (ns) of the request latency histogram's buckets: from tens of microseconds (a
+# reply from the cache) through the ms of a commit round trip to a second; slower is +Inf.
+LATENCY_BOUNDS_NS = (50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+                     10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 500_000_000,
+                     1_000_000_000)
 
 
 @dataclass
@@ -81,6 +87,7 @@ class PendingReply:
     conn: Conn
     item: dict[str, Any]
     label: str = ""
+    received: int = 0  # monotonic ns the request came in (0: not timed)
 
 
 @dataclass(slots=True)
@@ -88,6 +95,7 @@ class Recorded:
     request_num: int
     op: dict[str, Any]
     conn: Conn
+    received: int = 0  # monotonic ns the request came in (0: not timed)
 
 
 @dataclass
@@ -100,6 +108,10 @@ class Stats:
     divergences: int = 0
     rejected_frames: int = 0
     started: float = field(default_factory=time.time)
+    # The request latency histogram: replies per bucket of LATENCY_BOUNDS_NS (+Inf last) and
+    # their total, in integers, so timing a request allocates nothing.
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_NS) + 1))
+    latency_sum_ns: int = 0
 
 
 class Replica:
@@ -317,7 +329,7 @@ class Replica:
             # batch as it came and look inside only then (checkpoints prune what is old).
             self.recorded_batches.append((time.monotonic(), conn, parsed))
             return
-        self.submit(self._handle_requests, conn, {"reqs": parsed})
+        self.submit(self._handle_requests, conn, {"reqs": parsed, "at": time.monotonic_ns()})
 
     @property
     def passive_backup(self) -> bool:
@@ -344,25 +356,27 @@ class Replica:
 
     def _handle_requests(self, conn: Conn, msg: Message) -> None:
         trace = self.config.trace.requests
+        received = msg.get("at", 0)
         for client, request_num, op, attempt in msg["reqs"]:
             if trace:
                 log.info("Received %s", msg_id(client, self.id, request_num, "request"),
                          extra={"kind": "received"})
             if self.serving:
-                self._order(conn, client, request_num, op)
+                self._order(conn, client, request_num, op, received)
             elif self.is_orderer:
                 # The view change is collecting the epoch's history: hold the request (a
                 # retry of an applied one included) and order or answer it once it is done.
                 self._held.append((conn, client, request_num, op))
             else:
-                self._record(conn, client, request_num, op, attempt)
+                self._record(conn, client, request_num, op, attempt, received)
 
-    def _record(self, conn: Conn, client: str, request_num: int, op: Any, attempt: int) -> None:
+    def _record(self, conn: Conn, client: str, request_num: int, op: Any, attempt: int,
+                received: int = 0) -> None:
         watermark = self.sm.watermark(client)
         if request_num > watermark:
             if validate_op(op) is not None:
                 return  # the orderer answers the error; nothing worth keeping
-            self.recorded[client] = Recorded(request_num, op, conn)
+            self.recorded[client] = Recorded(request_num, op, conn, received)
             if not self.ready and self.config.trace.requests:
                 log.info("Recorded %s (i_am_ready = 0, high_watermark_request_num = %d)",
                          msg_id(client, self.id, request_num, "request"), request_num,
@@ -373,16 +387,18 @@ class Replica:
             if cached is not None:
                 result, seq = cached
                 self._reply_when_committed(self.member_waiting, self.member_commit,
-                                           conn, client, request_num, seq, result)
+                                           conn, client, request_num, seq, result, received)
 
-    def _order(self, conn: Conn, client: str, request_num: int, op: Any) -> None:
+    def _order(self, conn: Conn, client: str, request_num: int, op: Any,
+               received: int = 0) -> None:
         watermark = self.sm.watermark(client)
         if request_num < watermark:
             # A restarted client reusing its id: tell it where its numbering stands.
             self._queue_reply(conn, {"c": client, "r": request_num, "s": 0,
                                      "watermark": watermark,
                                      "res": {"ok": False, "stale": True,
-                                             "error": f"stale request_num (last {watermark})"}})
+                                             "error": f"stale request_num (last {watermark})"}},
+                              received)
             return
         if request_num == watermark and not SKIP_REPLY_CACHE:
             if not self.sm.same_op(client, op):
@@ -392,19 +408,20 @@ class Replica:
                                          "watermark": watermark,
                                          "res": {"ok": False, "stale": True,
                                                  "error": f"request_num {request_num} was "
-                                                          "already used for another operation"}})
+                                                          "already used for another operation"}},
+                                  received)
                 return
             cached = self.sm.cached(client, request_num)
             if cached is not None:
                 result, seq = cached
                 self.stats.duplicates_answered += 1
                 self._reply_when_committed(self.waiting, self.commit, conn, client,
-                                           request_num, seq, result)
+                                           request_num, seq, result, received)
             return
         problem = validate_op(op)
         if problem is not None:
             self._queue_reply(conn, {"c": client, "r": request_num, "s": 0,
-                                     "res": {"ok": False, "error": problem}})
+                                     "res": {"ok": False, "error": problem}}, received)
             return
         self.recorded.pop(client, None)
         entry = {"s": self.sm.seq + 1, "e": self.epoch, "c": client, "r": request_num, "op": op,
@@ -415,7 +432,7 @@ class Replica:
         self._entries_out.append(entry)
         self.stats.ordered += 1
         self.waiting.append(PendingReply(entry["s"], conn, {
-            "c": client, "r": request_num, "s": entry["s"], "res": result}))
+            "c": client, "r": request_num, "s": entry["s"], "res": result}, "", received))
 
     def _apply(self, entry: dict[str, Any], *, announce: bool) -> dict[str, Any]:
         """Apply one entry to the state machine and the log, with the course's lines."""
@@ -441,21 +458,26 @@ class Replica:
 
     def _reply_when_committed(self, queue: collections.deque[PendingReply], commit: int,
                               conn: Conn, client: str, request_num: int, seq: int,
-                              result: dict[str, Any]) -> None:
+                              result: dict[str, Any], received: int = 0) -> None:
         item = {"c": client, "r": request_num, "s": seq, "res": result}
         if seq <= commit:
-            self._queue_reply(conn, item)
+            self._queue_reply(conn, item, received)
         else:
             # Answered in seq order once committed; an already-waiting original keeps its place.
-            queue.append(PendingReply(seq, conn, item))
+            queue.append(PendingReply(seq, conn, item, "", received))
             if len(queue) > 1 and queue[-2].seq > seq:
                 ordered = sorted(queue, key=lambda p: p.seq)
                 queue.clear()
                 queue.extend(ordered)
 
-    def _queue_reply(self, conn: Conn, item: dict[str, Any]) -> None:
+    def _queue_reply(self, conn: Conn, item: dict[str, Any], received: int = 0) -> None:
         if conn.is_closing():
             return
+        if received:  # time it: a clock read, a bisect, two integer additions
+            elapsed = time.monotonic_ns() - received
+            stats = self.stats
+            stats.latency_counts[bisect_left(LATENCY_BOUNDS_NS, elapsed)] += 1
+            stats.latency_sum_ns += elapsed
         item["from"] = self.id
         item["e"] = self.epoch
         if self.config.trace.requests:
@@ -478,7 +500,7 @@ class Replica:
     def _release(self, queue: collections.deque[PendingReply], commit: int) -> None:
         while queue and queue[0].seq <= commit:
             pending = queue.popleft()
-            self._queue_reply(pending.conn, pending.item)
+            self._queue_reply(pending.conn, pending.item, pending.received)
 
     def on_client_closed(self, conn: Conn) -> None:
         self.client_links.discard(conn)
@@ -894,7 +916,7 @@ class Replica:
         if asker is not None and asker.request_num == entry["r"] \
                 and fingerprint(asker.op) == fingerprint(entry["op"]):
             self._reply_when_committed(self.member_waiting, self.member_commit, asker.conn,
-                                       entry["c"], entry["r"], seq, result)
+                                       entry["c"], entry["r"], seq, result, asker.received)
 
     def _member_commit(self, commit: int) -> None:
         if commit > self.member_commit:
@@ -1217,7 +1239,15 @@ class Replica:
         if not light:
             data["digest"] = self.sm.digest()
             data["keys"] = len(self.sm.kv)
+            data["latency"] = self.latency_status()
         return data
+
+    def latency_status(self) -> dict[str, Any]:
+        """The request latency histogram: bucket bounds and sum in seconds, replies per
+        bucket (the last one over every bound). Not in the light status: no report needs it."""
+        return {"le": [ns / 1e9 for ns in LATENCY_BOUNDS_NS],
+                "counts": list(self.stats.latency_counts),
+                "sum": self.stats.latency_sum_ns / 1e9}
 
 
 class _NoConn:
