@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ class ReplicaSpec:
     port: int
     control_port: int
     ssh_host: str = ""  # where the RM reaches the replica's host over SSH ("" = host)
+    # Its Prometheus /metrics on ``host`` (0 = off). Not compared: no daemon talks to it, so a
+    # change must not look like a new address (the RM would reconnect to the replica).
+    metrics_port: int = field(default=0, compare=False)
 
     @property
     def index(self) -> int:
@@ -267,7 +270,8 @@ def _replicas(check: _Checker, raw: Any) -> tuple[ReplicaSpec, ...]:
     for i, item in enumerate(raw):
         where = f"replicas[{i}]"
         item = check.mapping(item, where)
-        check.no_unknown(item, {"id", "host", "port", "control_port", "ssh_host"}, where)
+        check.no_unknown(item, {"id", "host", "port", "control_port", "ssh_host",
+                                "metrics_port"}, where)
         for required in ("id", "host", "port", "control_port"):
             if required not in item:
                 raise check.fail(f"{where}.{required}", "is required")
@@ -281,13 +285,30 @@ def _replicas(check: _Checker, raw: Any) -> tuple[ReplicaSpec, ...]:
         port = check.port(item["port"], f"{where}.port")
         control = check.port(item["control_port"], f"{where}.control_port")
         ssh_host = check.host(item.get("ssh_host", host), f"{where}.ssh_host")
-        for name, number in (("port", port), ("control_port", control)):
+        metrics = item.get("metrics_port", 0)
+        if isinstance(metrics, bool) or not isinstance(metrics, int) \
+                or not 0 <= metrics <= 65535:
+            raise check.fail(f"{where}.metrics_port", "must be 0 (off) or 1-65535")
+        for name, number in (("port", port), ("control_port", control),
+                             ("metrics_port", metrics)):
+            if not number:
+                continue
             owner = seen_addr.get((host, number))
             if owner is not None:
                 raise check.fail(f"{where}.{name}", f"{host}:{number} already used by {owner}")
             seen_addr[(host, number)] = f"{where}.{name}"
-        specs.append(ReplicaSpec(rid, host, port, control, ssh_host))
+        specs.append(ReplicaSpec(rid, host, port, control, ssh_host, metrics))
     return tuple(specs)
+
+
+def _replica_metrics_ports(check: _Checker, replicas: tuple[ReplicaSpec, ...],
+                           managers: dict[str, tuple[str, int]]) -> None:
+    """A replica's metrics port must not be a port the GFD or RM listens on at its host."""
+    for i, spec in enumerate(replicas):
+        for name, address in managers.items():
+            if spec.metrics_port and address == (spec.host, spec.metrics_port):
+                raise check.fail(f"replicas[{i}].metrics_port",
+                                 f"{spec.host}:{spec.metrics_port} already used by {name}")
 
 
 def _metrics_port(check: _Checker, value: Any, rm: Endpoint, gfd: Endpoint) -> int:
@@ -360,6 +381,10 @@ def parse_config(data: Any, source: str = "cluster.yml") -> ClusterConfig:
                            if k not in ("state_dir", *metrics_fields)}, "rm")
     rm_state_dir = check.string(rm_raw.get("state_dir", "/var/lib/ftds-rm"), "rm.state_dir")
     rm_metrics_port = _metrics_port(check, rm_raw.get("metrics_port", 0), rm, gfd)
+    managers = {"gfd.port": (gfd.host, gfd.port), "rm.port": (rm.host, rm.port)}
+    if rm_metrics_port:
+        managers["rm.metrics_port"] = (rm.host, rm_metrics_port)
+    _replica_metrics_ports(check, replicas, managers)
     rm_metrics_address = rm_raw.get("metrics_address") or ""
     if rm_metrics_address:
         rm_metrics_address = check.host(rm_metrics_address, "rm.metrics_address")
@@ -424,6 +449,11 @@ def describe_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
         a_ids = ",".join(old.replica_ids)
         b_ids = ",".join(new.replica_ids)
         changes.append(f"replicas: {a_ids} -> {b_ids}" if a_ids != b_ids else "replicas: changed")
+    old_ports = {r.id: r.metrics_port for r in old.replicas}
+    for spec in new.replicas:  # not part of a spec's equality: said here
+        if spec.id in old_ports and old_ports[spec.id] != spec.metrics_port:
+            changes.append(f"replicas[{spec.id}].metrics_port: {old_ports[spec.id]} -> "
+                           f"{spec.metrics_port}")
     for name in ("mode", "replication", "key_file", "gfd", "rm", "rm_metrics_port",
                  "rm_metrics_address", "rm_metrics_web_config", "launcher", "ssh", "trace"):
         if getattr(old, name) != getattr(new, name):

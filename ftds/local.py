@@ -43,6 +43,8 @@ def plan_ports(replicas: int, base: int) -> dict[str, int]:
     ports["gfd"] = base + 200
     ports["rm"] = base + 201
     ports["rm_metrics"] = base + 202
+    for k in range(1, replicas + 1):  # Prometheus /metrics of each replica
+        ports[f"S{k}.metrics_port"] = base + 210 + k
     return ports
 
 
@@ -76,7 +78,8 @@ def write_cluster(run_dir: Path, replicas: int = 3, mode: str = "passive",
         "run_dir": str(run_dir.resolve()),
         "replicas": [
             {"id": f"S{k}", "host": "127.0.0.1", "port": ports[f"S{k}.port"],
-             "control_port": ports[f"S{k}.control_port"]}
+             "control_port": ports[f"S{k}.control_port"],
+             "metrics_port": ports[f"S{k}.metrics_port"]}
             for k in range(1, replicas + 1)
         ],
         "gfd": {"host": "127.0.0.1", "port": ports["gfd"]},

@@ -2,7 +2,8 @@
 
 - the **client port** takes client hellos and requests, nothing else;
 - the **control port** takes the LFD (heartbeats), the RM and operators (views, leases, status)
-  and the other replicas (the ordered stream). Heartbeats never share the client port.
+  and the other replicas (the ordered stream). Heartbeats never share the client port;
+- the **metrics port** (``metrics_port``, 0 = off) serves Prometheus ``/metrics`` over HTTP.
 
 Anything malformed, unauthenticated or of an unknown type closes that one connection with an
 error message; the state and every other connection are untouched.
@@ -19,6 +20,7 @@ from typing import Any
 from .. import faults
 from ..config import ConfigError, Tunables, describe_changes, load_config
 from ..gate import LISTEN_BACKLOG, Gate
+from ..metrics import Exporter, ReplicaCollector, Snapshot
 from ..sdnotify import nobody_listens
 from ..wire import Conn, Message, WireError, require
 from .core import _NO_CONN, Replica
@@ -35,7 +37,7 @@ class ReplicaDaemon:
         self.replica = Replica(config, replica_id, config.read_key())
         self.name = replica_id
         self.status_changed: Callable[[], None] = nobody_listens  # the run loop sets it
-        self.replica.status_changed = lambda: self.status_changed()
+        self.replica.status_changed = self._status_changed
         self._servers: list[asyncio.base_events.Server] = []
         self._conns: set[Conn] = set()
         self._hb_count = 0
@@ -44,6 +46,10 @@ class ReplicaDaemon:
                                 self._tunables)
         self.control_gate = Gate(f"{replica_id} control port {spec.host}:{spec.control_port}",
                                  self._tunables)
+        index = config.replica_ids.index(replica_id)
+        self.metrics = Exporter(replica_id, self._metrics_snapshot, self._tunables,
+                                setting=f"replicas[{index}].metrics", logger=log)
+        self.metrics.registry.register(ReplicaCollector(replica_id, lambda: self.metrics.latest))
 
     @property
     def config(self):
@@ -54,6 +60,16 @@ class ReplicaDaemon:
 
     def status_line(self) -> str:
         return self.replica.status_line()
+
+    def _status_changed(self) -> None:
+        self.status_changed()
+        self.metrics.changed()  # a role or view change shows at the next scrape
+
+    async def _metrics_snapshot(self) -> Snapshot:
+        # The light status: the digest would hash the whole store once a second.
+        status = self.replica.status(light=True)
+        status["latency"] = self.replica.latency_status()
+        return status
 
     # ====================================================================== lifecycle ====
     async def start(self) -> None:
@@ -66,6 +82,8 @@ class ReplicaDaemon:
             await loop.create_server(self._control_conn, spec.host, spec.control_port,
                                      reuse_address=True, backlog=LISTEN_BACKLOG),
         ]
+        if spec.metrics_port:  # logged and skipped when it cannot bind: metrics are optional
+            await self.metrics.start(spec.host, spec.metrics_port)
         if faults.ACTIVE:
             log.critical("%s: PLANTED BUGS ON (FTDS_FAULT=%s): this replica is broken on "
                          "purpose, for testing the tests", spec.id, ",".join(sorted(faults.ACTIVE)))
@@ -75,6 +93,7 @@ class ReplicaDaemon:
 
     async def stop(self) -> None:
         # Stop answering clients first, then the control side (the LFD sees us go last).
+        await self.metrics.close()
         for server in self._servers:
             server.close()
         for conn in list(self.replica.client_links):
@@ -103,6 +122,8 @@ class ReplicaDaemon:
         if new.replica(self.name) != old.replica(self.name):
             log.error("%s: reload refused: my own address changed (needs a restart)", self.name)
             return
+        if new.replica(self.name).metrics_port != old.replica(self.name).metrics_port:
+            log.warning("%s: the metrics port changed: that takes a restart", self.name)
         self.replica.config = new
         log.info("%s: configuration reloaded: %s", self.name,
                  "; ".join(changes) if changes else "no change")
