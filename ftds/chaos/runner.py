@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 import signal
@@ -475,6 +476,9 @@ def build_report(s: RunSettings, events: list[FaultEvent], ops: list[Op],
         by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
     outcomes = {o: sum(1 for op in ops if op.outcome == o) for o in ("ok", "fail", "info")}
     recent = [i for i in incidents if i["detected"] >= started - 1]
+    # The load the run sustained: acknowledged operations over the clients' whole run.
+    ends = [op.complete for op in ops if not math.isinf(op.complete)]
+    span = max(ends) - min(op.invoke for op in ops) if ends else 0.0
     return {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in s.__dict__.items()
                      if k != "env"} | {"planted": s.env.get("FTDS_FAULT", "")},
@@ -482,6 +486,8 @@ def build_report(s: RunSettings, events: list[FaultEvent], ops: list[Op],
         "faults": len(events), "faults_by_kind": by_kind,
         "faults_not_healed": sum(1 for e in events if e.healthy is None),
         "operations": len(ops), "outcomes": outcomes,
+        "clients_s": round(span, 1),
+        "acked_per_s": round(outcomes["ok"] / span, 1) if span > 0 else 0.0,
         "verdict": verdict,
         "events": [e.to_json() for e in events],
         "incidents": recent,
@@ -498,7 +504,9 @@ def render_text(report: dict[str, Any]) -> str:
         f"  {report['faults']} faults in {report['duration_s']}s: " + ", ".join(
             f"{k} {n}" for k, n in sorted(report["faults_by_kind"].items())),
         f"  operations: {report['operations']} ("
-        + ", ".join(f"{k} {n}" for k, n in report["outcomes"].items()) + ")",
+        + ", ".join(f"{k} {n}" for k, n in report["outcomes"].items()) + "); "
+        f"{report.get('acked_per_s', 0):,.0f} acknowledged/s over the clients' "
+        f"{report.get('clients_s', 0)}s",
         f"  acked lost: {v['acked_lost']}   duplicates: {v['duplicates']}   divergence: "
         f"{v['divergence']}   moved backward: {v.get('moved_backward', 0)}   split brain: "
         f"{v['split_brain']}   linearizable: "

@@ -269,3 +269,14 @@ def test_each_check_has_a_named_verdict_in_the_json_and_the_table():
     for name in CHECKS:
         line = next(x for x in text.splitlines() if x.strip().startswith(name))
         assert ("FAIL" if name == "divergence log" else "PASS") in line, line
+
+
+def test_the_report_gives_the_acknowledged_rate_over_the_clients_run():
+    from ftds.chaos.runner import RunSettings, build_report
+
+    ops = history(("C1", 1, "put", 10.0, 10.5, "S1", 1, 1),
+                  ("C1", 2, "put", 11.0, 12.0, "S1", 2, 1),
+                  ("C2", 1, "put", 10.2, 14.0, "S1", 3, 1))
+    report = build_report(RunSettings(), [], ops, verdict(logs(), ops), [], [], 0.0)
+    assert report["clients_s"] == 4.0 and report["acked_per_s"] == 0.8
+    assert "1 acknowledged/s over the clients' 4.0s" in render_text(report)
