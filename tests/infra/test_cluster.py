@@ -60,6 +60,26 @@ def test_metrics_endpoint(host, role, config, status):
             int(rid == status["primary"]), rid
 
 
+def test_replica_metrics_endpoint(host, replica_spec):
+    """Each replica's own Prometheus page, fetched on its host: its metrics port listens and
+    the page parses, says ftds_build_info and is about this replica."""
+    port = replica_spec.get("metrics_port")
+    rid = replica_spec["id"]
+    if not port:
+        pytest.skip(f"{rid}'s metrics are off (metrics_port: 0)")
+    address = replica_spec["host"]
+    assert host.socket(f"tcp://{address}:{port}").is_listening, \
+        f"nothing listens on {address}:{port} ({rid}'s metrics_port)"
+    url_host = f"[{address}]" if ":" in address else address
+    page = host.check_output(
+        f"{FTDS_PYTHON} -c 'import sys, urllib.request; sys.stdout.write(urllib.request"
+        f".urlopen(\"http://{url_host}:{port}/metrics\", timeout=5).read().decode())'")
+    samples = parse_metrics(page)
+    assert any(name == "ftds_build_info" for name, _ in samples), "no ftds_build_info"
+    assert samples[("ftds_replica_responsive", (("replica", rid),))] == 1
+    assert ("ftds_replica_request_duration_seconds_count", (("replica", rid),)) in samples
+
+
 def test_tunables_in_effect(status, config):
     """The heartbeat interval the LFDs run with is the one in the rendered cluster file."""
     want = config["tunables"]["heartbeat_interval"]
