@@ -273,7 +273,11 @@ class ReplicationManager:
     def _on_report(self, info: ReplicaInfo, conn: Conn, msg: Message, first: bool) -> None:
         inc = msg.get("incarnation")
         if isinstance(inc, str) and inc != info.incarnation:
-            if info.incarnation is not None:
+            view = self.view
+            # Known before, or (first heard since our start) not the process the view counts.
+            if info.incarnation is not None or (
+                    view is not None and info.spec.id in view.members
+                    and view.incarnation(info.spec.id) and not view.made_for(info.spec.id, inc)):
                 self._restarted(info, inc)
             info.incarnation = inc
         info.report = msg
@@ -302,12 +306,13 @@ class ReplicationManager:
     def _restarted(self, info: ReplicaInfo, inc: str) -> None:
         """A new process: whatever the old one held is gone (state lives in memory)."""
         rid = info.spec.id
+        view = self.view
         was_holder = rid in self.confirmed
         self.confirmed.discard(rid)
         if was_holder:
+            old = info.incarnation or (view.incarnation(rid) if view is not None else None)
             log.warning("RM: %s restarted (incarnation %s -> %s): it no longer holds the data",
-                        rid, info.incarnation, inc, extra={"kind": "decision"})
-        view = self.view
+                        rid, old, inc, extra={"kind": "decision"})
         if view is not None and rid in view.members and rid != view.primary:
             # Out of the ready set until it has caught up again as the process it is now.
             self._remove_members([rid], "restarted without its state")
@@ -345,6 +350,11 @@ class ReplicationManager:
             return not view.incarnation(rid)  # an old view without incarnations: trust it
         return view.made_for(rid, info.incarnation)
 
+    def _known_restarted(self, rid: str, view: View) -> bool:
+        info = self.replicas.get(rid)
+        return info is None or (info.incarnation is not None
+                                and not self._same_process(rid, view))
+
     def _note_confirmation(self, info: ReplicaInfo, msg: Message) -> None:
         view = self.view
         if view is None or info.spec.id != view.primary:
@@ -363,7 +373,10 @@ class ReplicationManager:
                 and reported.get("version") == view.version and not msg.get("recovering")
         if current:
             newly = set(view.members) - self.confirmed
-            self.confirmed = {m for m in view.members if self._same_process(m, view)}
+            # Vouched for as the processes the view counts: a member not heard since our start
+            # stays vouched (it is checked against the view when it reports, and at election);
+            # only one known to have restarted is not.
+            self.confirmed = {m for m in view.members if not self._known_restarted(m, view)}
             if newly:
                 self._persist()
             for rid in newly:

@@ -98,7 +98,9 @@ def test_restarted_rm_never_bootstraps_over_empty_replicas_when_data_existed(mak
     rm.started -= 10  # past the wait for every replica
     for rid in IDS:
         report(rm, rid, inc=f"new-{rid}")  # fresh processes: seq 0, no view
-    assert rm.view == old, "a new epoch over empty replicas, while data may exist"
+    assert rm.view.epoch == 4 and rm.view.primary == "S2", \
+        "a new epoch over empty replicas, while data may exist"
+    assert not rm.confirmed, "a fresh process counted as holding the data"
     assert "holds the data of epoch 4" in rm.unavailable
     assert rm.status(rm.gfd)["unavailable"]
 
@@ -298,6 +300,42 @@ def test_restarted_rm_elects_only_members_the_primary_had_vouched_for(make_rm):
         {"kind": "delete", "replica": "S1", "confirmed_dead": True, "reason": "exited"}]})
     assert rm.view.epoch == 4 and rm.view.primary == "S2" and rm.view.members == ("S2",), \
         rm.view
+
+
+def test_a_restarted_rm_keeps_on_record_the_vouched_members_it_has_not_heard_yet(make_rm):
+    """Found by the lab soak (fault 161, RM and primary killed together): the RM restarted, the
+    primary reported first and its vouching rewrote the record as only itself (the backups had
+    not reported yet); the next RM, with that primary dead, found nobody electable and waited
+    forever, while both backups held every write."""
+    view = View(5, 1, "S1", tuple(IDS), incs=(("S1", "a"), ("S2", "b"), ("S3", "c")))
+    rm = make_rm(RmRecord(epoch=5, view=view.to_wire(), confirmed=list(IDS)))
+    stable(rm, IDS)
+    report(rm, "S1", inc="a", seq=90, view=view)  # the primary first
+    report(rm, "S2", inc="b", seq=90, view=view)
+    report(rm, "S3", inc="c", seq=90, view=view)
+    assert sorted(RmStore(rm.state_dir).load().confirmed) == IDS
+
+    again = make_rm()  # the RM and the primary die together; a new RM starts
+    stable(again, ["S2", "S3"])
+    report(again, "S2", inc="b", seq=90, view=view)
+    report(again, "S3", inc="c", seq=90, view=view)
+    again._on_membership({"members": ["S2", "S3"], "stable": True, "view": 2, "changes": [
+        {"kind": "delete", "replica": "S1", "confirmed_dead": True, "reason": "exited"}]})
+    assert not again.unavailable, again.unavailable
+    assert again.view.epoch == 6 and again.view.primary == "S2" \
+        and again.view.members == ("S2", "S3"), again.view
+
+
+def test_a_vouched_member_first_heard_as_another_process_is_no_holder(make_rm):
+    """The other side of keeping unheard members vouched: one that reports, after the vouching,
+    as a process the view does not count (it restarted meanwhile) holds nothing."""
+    view = View(5, 1, "S1", tuple(IDS), incs=(("S1", "a"), ("S2", "b"), ("S3", "c")))
+    rm = make_rm(RmRecord(epoch=5, view=view.to_wire(), confirmed=list(IDS)))
+    stable(rm, IDS)
+    report(rm, "S1", inc="a", seq=90, view=view)
+    report(rm, "S2", inc="b", seq=90, view=view)
+    report(rm, "S3", inc="new", seq=0, view=None)
+    assert "S3" not in rm.confirmed and rm.view.members == ("S1", "S2"), rm.view
 
 
 def test_restarted_rm_that_finds_every_replica_gone_starts_them(make_rm):
