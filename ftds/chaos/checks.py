@@ -44,6 +44,9 @@ from .history import Op
 EXEC_RE = re.compile(r"EXEC (S\d+) seq=(\d+) e=(\d+) <([^,]+), (\d+)>( duplicate\S*)?")
 RESET_RE = re.compile(r"RESET (S\d+) seq=(\d+)")
 START_RE = re.compile(r"(S\d+): serving clients on")
+# Written by whoever fetched the log when it knows lines of the run are missing (a rotated
+# journal): what the replica did then is unknown, so no verdict on it can be trusted.
+INCOMPLETE_RE = re.compile(r"^LOG INCOMPLETE (S\d+): (.*)$")
 TAKEOVER_RE = re.compile(r"(S\d+): I am the (?:primary|sequencer) of epoch (\d+) \(seq (\d+)")
 DIVERGENCE_RE = re.compile(
     r"(S\d+): DIVERGENCE at seq (\d+)(?:: my digest (\w+), primary's (\w+))?")
@@ -90,6 +93,7 @@ class ReplicaTrace:
     events: list[Exec | Reset] = field(default_factory=list)  # in log order
     divergences: list[tuple[int, str]] = field(default_factory=list)  # (seq, what it said)
     incarnations: int = 0  # process starts in the log (it may begin mid-process)
+    incomplete: str = ""  # why lines of the run are missing from the log, if they are
 
     @property
     def execs(self) -> list[Exec]:
@@ -123,6 +127,8 @@ def parse_replica_logs(logs: dict[str, str]) -> tuple[dict[str, ReplicaTrace], l
                 trace.incarnations += 1  # a new process: it starts empty
             elif m := TAKEOVER_RE.search(line):
                 takeovers.append(Takeover(m.group(1), int(m.group(2)), int(m.group(3))))
+            elif m := INCOMPLETE_RE.search(line):
+                trace.incomplete = m.group(2)
             elif m := DIVERGENCE_RE.search(line):
                 said = f"its digest {m.group(3)}, the primary's {m.group(4)}" if m.group(3) \
                     else line.strip()
@@ -311,6 +317,14 @@ def check_epochs(takeovers: list[Takeover], ops: list[Op],
                 f"after epoch {newest[before - 1]} had acknowledged; epoch {t.epoch} took over "
                 f"at seq {t.seq}", [op]))
     return problems[:LIMIT]
+
+
+def check_logs_complete(traces: dict[str, ReplicaTrace]) -> list[Problem]:
+    """Executions and acknowledgements are judged from the replicas' logs: a log missing lines
+    of the run (say, its journal rotated) makes them unknowable, and is a problem itself."""
+    return [Problem("log incomplete", f"{replica}'s log is missing lines of the run "
+                                      f"({trace.incomplete}); its executions cannot be judged")
+            for replica, trace in sorted(traces.items()) if trace.incomplete]
 
 
 def check_divergence_log(traces: dict[str, ReplicaTrace]) -> list[Problem]:

@@ -41,6 +41,7 @@ from .checks import (
     check_epochs,
     check_executions,
     check_hostile,
+    check_logs_complete,
     excuse_forced_loss,
     parse_replica_logs,
 )
@@ -210,9 +211,20 @@ class LabEnv:
             (histories / f"{name}.jsonl").write_text(data)
 
     def replica_logs(self) -> dict[str, str]:
-        return {rid: self.lab.ssh(host, f"journalctl -u ftds-replica@{rid}.service --since "
-                                        f"'{self.started}' -o cat --no-pager", timeout=300).stdout
-                for rid, host in self.lab.replica_hosts.items()}
+        logs = {}
+        for rid, host in self.lab.replica_hosts.items():
+            unit = f"ftds-replica@{rid}.service"
+            text = self.lab.ssh(host, f"journalctl -u {unit} --since '{self.started}' -o cat "
+                                      "--no-pager", timeout=300).stdout
+            # The replica ran before the run began (it was deployed): a journal without its
+            # earlier lines has rotated away lines of the run too.
+            before = self.lab.ssh(host, f"journalctl -u {unit} --until '{self.started}' -n 1 "
+                                        "-q -o cat --no-pager", check=False, timeout=60).stdout
+            if not before.strip():
+                text = (f"LOG INCOMPLETE {rid}: the journal of {host} no longer holds {unit}'s "
+                        "lines from before the run began (raise SystemMaxUse)\n") + text
+            logs[rid] = text
+        return logs
 
     def stop(self) -> None:
         pass  # the lab stays up
@@ -418,7 +430,8 @@ def judge(ops: list[Op], logs: dict[str, str] | None, status: dict[str, Any] | N
     else:
         groups["counters"] = None
     traced = logs is not None
-    groups["executions"] = check_executions(traces, takeovers) if traced else None
+    groups["executions"] = check_logs_complete(traces) + check_executions(traces, takeovers) \
+        if traced else None
     groups["acknowledgements"] = check_acknowledged(ops, traces, takeovers) if traced else None
     groups["epochs"] = check_epochs(takeovers, ops, status) if traced else None
     groups["digests"] = check_digests(status) if status is not None else None

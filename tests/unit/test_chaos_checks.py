@@ -280,3 +280,15 @@ def test_the_report_gives_the_acknowledged_rate_over_the_clients_run():
     report = build_report(RunSettings(), [], ops, verdict(logs(), ops), [], [], 0.0)
     assert report["clients_s"] == 4.0 and report["acked_per_s"] == 0.8
     assert "1 acknowledged/s over the clients' 4.0s" in render_text(report)
+
+
+def test_a_log_missing_lines_of_the_run_is_a_problem_not_a_pass():
+    """A rotated journal once made the checker take a deposed primary's abandoned suffix for
+    the history (the new primary's takeover line was gone): a log known to be incomplete is
+    reported as such, first among the executions' problems."""
+    log = ("LOG INCOMPLETE S2: the journal of h2 no longer holds ftds-replica@S2.service's "
+           "lines from before the run began (raise SystemMaxUse)\n" + ex("S2", 7, 1, "C1", 1))
+    v = verdict(logs(S1=[*PRIMARY_S1], S2=[log]))
+    assert not v["valid"]
+    first = v["problems"]["executions"][0]
+    assert first["check"] == "log incomplete" and "S2's log is missing lines" in first["text"]
