@@ -139,6 +139,9 @@ def cluster_metrics(s: Snapshot) -> Iterator[Metric]:
         ("ftds_replica_restart_budget_exhausted",
          "1 when the RM stopped relaunching the replica (`ftds ctl reset-budget` resets it).",
          lambda _, r: int(r["budget_exhausted"])),
+        ("ftds_replica_held",
+         "1 while an operator holds the replica down for maintenance (`ftds ctl hold`).",
+         lambda _, r: int(bool(r.get("held")))),
     ]
     replicas = s["replicas"]
     for name, doc, value in per_replica:

@@ -166,7 +166,7 @@ def test_promtool_test_rules_passes():
 def test_every_alert_has_a_for_a_severity_and_says_what_to_do():
     for name, rule in alerts().items():
         assert rule.get("for"), name
-        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
         notes = rule["annotations"]
         assert notes["summary"].strip() and notes["description"].strip(), name
         assert re.search(r"`(ftds |journalctl |systemctl )", notes["description"]), \
