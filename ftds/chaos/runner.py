@@ -218,8 +218,10 @@ class LabEnv:
                                       "--no-pager", timeout=300).stdout
             # The replica ran before the run began (it was deployed): a journal without its
             # earlier lines has rotated away lines of the run too.
-            before = self.lab.ssh(host, f"journalctl -u {unit} --until '{self.started}' -n 1 "
-                                        "-q -o cat --no-pager", check=False, timeout=60).stdout
+            # (Not `-n 1`: with --until, after a reboot of the host, it finds nothing.)
+            before = self.lab.ssh(host, f"journalctl -u {unit} --until '{self.started}' -q "
+                                        "-o cat --no-pager | head -n 1", check=False,
+                                  timeout=60).stdout
             if not before.strip():
                 text = (f"LOG INCOMPLETE {rid}: the journal of {host} no longer holds {unit}'s "
                         "lines from before the run began (raise SystemMaxUse)\n") + text
