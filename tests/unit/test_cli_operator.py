@@ -7,7 +7,6 @@ other ports nobody listens on.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import secrets
@@ -17,12 +16,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from test_cli_errors import _actions  # the one walk over every subcommand's options
 
 from ftds import cli
 from ftds.cli import build_parser, main
@@ -90,15 +88,6 @@ def daemon_stderr(args: list[str], cwd: Path, seconds: float = 1.5) -> str:
 
 
 # ===================================================================== help ====
-def _actions(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, child in action.choices.items():
-                yield from _actions(child, f"{path} {name}")
-        else:
-            yield path, action
-
-
 def test_every_option_and_argument_of_every_subcommand_has_help():
     walked = list(_actions(build_parser(), "ftds"))
     paths = {path for path, _ in walked}
