@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import importlib
 import importlib.metadata
 import json
 import logging
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn
 
 from .config import ClusterConfig, ConfigError, load_config
@@ -499,9 +501,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing running in {run_dir}")
         return 0
     if args.local == "demo":
-        from .demo import demo
-
-        return demo(run_dir, args.mode, args.faults)
+        return dev_tool("demo", "the demo").demo(run_dir, args.mode, args.faults)
     if args.local == "supervise":
         setup_logging("never")
         return local.Supervisor(run_dir, with_managers=not args.no_managers).run()
@@ -566,17 +566,33 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bigstate_bench, core_bench, flood_bench, lab_bench, recovery_bench
+TOOLS = "ftds_tools"  # the development tools' package (ftds-tools, tools/ in the repository)
 
-    module = {"core": core_bench, "recovery": recovery_bench, "lab": lab_bench,
-              "bigstate": bigstate_bench, "flood": flood_bench}[args.which]
-    return module.main(args.rest)
+
+def dev_tool(module: str, what: str) -> ModuleType:
+    """``ftds_tools.<module>``, imported only when its command runs: the tools are not in the
+    wheel that hosts install (they change often, and a new package restarts the replicas).
+    Where they are not installed, a CliError says how to install them."""
+    name = f"{TOOLS}.{module}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        # Only the tools themselves missing (or an older ftds-tools without this module);
+        # anything else missing on the way in is a bug, to be seen whole.
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+            raise
+        raise CliError(f"{what} is a development tool, not installed here (ftds-tools)",
+                       "pip install -e tools in the ftds repository installs it") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    module = {"core": "core_bench", "recovery": "recovery_bench", "lab": "lab_bench",
+              "bigstate": "bigstate_bench", "flood": "flood_bench"}[args.which]
+    return dev_tool(f"bench.{module}", "the benchmark").main(args.rest)
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from .chaos import runner
-
+    runner = dev_tool("chaos.runner", "the chaos suite")
     if args.chaos == "check":
         result = runner.recheck(Path(args.dir))  # nothing to judge: main()'s handler, exit 2
         print(json.dumps(result, indent=2))
@@ -845,7 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("reload", "every daemon re-reads the cluster file (like systemctl "
                                   "reload)"),
                        ("supervise", "the supervisor that up starts (not for direct use)"),
-                       ("demo", "the course's Milestone 5: faults while clients run")):
+                       ("demo", "the course's Milestone 5: faults while clients run (a development "
+                                "tool: ftds-tools)")):
         q = local_sub.add_parser(name, help=text, description=text)
         q.add_argument("--dir", default=os.environ.get("FTDS_LOCAL_DIR", "run/local"),
                        help="the cluster's directory: file, key, logs, pids (default "
@@ -871,14 +888,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_local)
 
     p = sub.add_parser("bench", help="benchmarks: core (throughput/latency) or recovery "
-                       "(detection/failover/relaunch), each against PySyncObj")
+                       "(detection/failover/relaunch), each against PySyncObj (a development tool: "
+                       "ftds-tools)")
     p.add_argument("which", choices=["core", "recovery", "lab", "bigstate", "flood"],
                    help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...",
                    help="the benchmark's own options (ftds bench WHICH --help)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("chaos", help="fault injection with a recorded history and a checker")
+    p = sub.add_parser("chaos", help="fault injection with a recorded history and a checker (a "
+                       "development tool: ftds-tools)")
     chaos_sub = p.add_subparsers(dest="chaos", required=True, metavar="COMMAND")
     q = chaos_sub.add_parser("run", help="clients + nemesis, then the verdict")
     q.add_argument("--target", choices=["local", "lab"], default="local",
@@ -951,7 +970,7 @@ def _explain(exc: Exception) -> tuple[int, str, str] | None:
         return exc.code, str(exc), exc.hint
     # Only a loaded runner can have raised it; importing it (and its deps) here would slow
     # every other error, ftds status's UNKNOWN included.
-    runner = sys.modules.get("ftds.chaos.runner")
+    runner = sys.modules.get(f"{TOOLS}.chaos.runner")
     if runner is not None and isinstance(exc, runner.NothingToCheck):  # judged nothing
         return (EXIT_USAGE, str(exc), "name the directory of a ftds chaos run (its --out), "
                 "which holds histories/*.jsonl")

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .config import ConfigError, ReplicaSpec, describe_changes, load_config
-from .local import pid_alive
+from .procs import pid_alive
 from .sdnotify import nobody_listens
 from .supervise import spawn
 from .wire import Conn, Message, WireError, connect, require, stay_connected

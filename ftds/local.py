@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from .procs import pid_alive
+
 DEFAULT_DIR = "run/local"
 
 
@@ -135,16 +137,6 @@ def read_pid(run_dir: Path, name: str) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid_alive(pid) else None
-
-
-def pid_alive(pid: int) -> bool:
-    """True for a running process (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 @dataclass

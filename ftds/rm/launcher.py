@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import ClusterConfig, ReplicaSpec, SshLauncher, secret_path
-from ..local import pid_alive
+from ..procs import pid_alive
 
 log = logging.getLogger("ftds.rm")
 # A failed attempt is one LaunchError line in the RM's log; paramiko's transport thread would

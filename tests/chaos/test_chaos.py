@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from ftds.chaos.history import load
-from ftds.chaos.runner import RunSettings, run_chaos
 from ftds.workload import HOSTILE_KINDS
+from ftds_tools.chaos.history import load
+from ftds_tools.chaos.runner import RunSettings, run_chaos
 
 
 def chaos(tmp_path, **kwargs):

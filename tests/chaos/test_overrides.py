@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ftds.chaos.checks import check_hostile, excuse_forced_loss, parse_replica_logs
-from ftds.chaos.history import Op
-from ftds.chaos.nemesis import COMPOUND_KINDS, LAB_KINDS, LOCAL_KINDS, LocalTarget, Schedule
-from ftds.chaos.runner import judge
+from ftds_tools.chaos.checks import check_hostile, excuse_forced_loss, parse_replica_logs
+from ftds_tools.chaos.history import Op
+from ftds_tools.chaos.nemesis import COMPOUND_KINDS, LAB_KINDS, LOCAL_KINDS, LocalTarget, Schedule
+from ftds_tools.chaos.runner import judge
 
 # S1 ordered epoch 1; its backups were stopped at t=10 and dropped; it acknowledged alone and
 # was killed at t=11; S2, forced at seq 100, ordered epoch 2.
@@ -115,7 +115,7 @@ def test_compound_kinds_are_scheduled_by_name_all_and_random(tmp_path: Path):
 def test_an_unknown_schedule_is_refused_before_anything_starts(tmp_path: Path):
     import pytest
 
-    from ftds.chaos.runner import RunSettings, run_chaos
+    from ftds_tools.chaos.runner import RunSettings, run_chaos
 
     with pytest.raises(ValueError, match="fault kinds of the local target"):
         run_chaos(RunSettings(out=tmp_path / "chaos", schedule="power_cut"))

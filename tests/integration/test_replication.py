@@ -214,7 +214,7 @@ def test_idle_and_half_frame_strangers_are_closed_and_cost_little_while_clients_
     a stranger may send (64 KiB), on the primary's two ports from three other hosts of the
     loopback network: each is closed by the replica once tunables.hello_timeout has passed,
     the clients are served meanwhile, and the replica's memory stays bounded."""
-    from ftds.bench.flood_bench import Flood, memory_kib
+    from ftds_tools.bench.flood_bench import Flood, memory_kib
 
     ids = ["S1", "S2", "S3"]
     cluster = make_cluster()  # default tunables: hello within 2 s, 1024 per port, 256 a source

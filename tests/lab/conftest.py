@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from labcluster import LabCluster
 
-from ftds.labenv import Lab, LabError
+from ftds_tools.labenv import Lab, LabError
 
 
 @pytest.fixture(scope="session")

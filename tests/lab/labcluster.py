@@ -12,12 +12,12 @@ from typing import Any
 from helpers import wait_until
 
 from ftds import ctl
-from ftds.chaos.checks import check_counters, check_epochs, parse_replica_logs
-from ftds.chaos.history import load
-from ftds.chaos.linearizability import check
 from ftds.config import load_config
-from ftds.labenv import REPO, Lab
 from ftds.rmclient import rm_request
+from ftds_tools.chaos.checks import check_counters, check_epochs, parse_replica_logs
+from ftds_tools.chaos.history import load
+from ftds_tools.chaos.linearizability import check
+from ftds_tools.labenv import REPO, Lab
 
 
 class LabCluster:

@@ -12,7 +12,7 @@ import time
 
 import yaml
 
-from ftds.labenv import INVENTORY
+from ftds_tools.labenv import INVENTORY
 
 
 def test_a_playbook_rerun_changes_nothing(cluster):

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ftds import ctl, wire
-from ftds.chaos.history import load
-from ftds.chaos.runner import judge
 from ftds.client import Client
 from ftds.config import load_config
 from ftds.workload import run_workload
+from ftds_tools.chaos.history import load
+from ftds_tools.chaos.runner import judge
 
 from .cluster import CLIENT_HOST, Capture, SimCluster, install, replica_host
 from .loop import Node, SimLoop, ordered_hashes, virtual_world

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftds.chaos.history import parse
-from ftds.chaos.runner import judge, render_text
+from ftds_tools.chaos.history import parse
+from ftds_tools.chaos.runner import judge, render_text
 
 T = "[2026-01-01 10:00:00.000]"
 
@@ -272,7 +272,7 @@ def test_each_check_has_a_named_verdict_in_the_json_and_the_table():
 
 
 def test_the_report_gives_the_acknowledged_rate_over_the_clients_run():
-    from ftds.chaos.runner import RunSettings, build_report
+    from ftds_tools.chaos.runner import RunSettings, build_report
 
     ops = history(("C1", 1, "put", 10.0, 10.5, "S1", 1, 1),
                   ("C1", 2, "put", 11.0, 12.0, "S1", 2, 1),

@@ -1,9 +1,9 @@
 import math
 import random
 
-from ftds.chaos.history import Op, parse
-from ftds.chaos.linearizability import check_key
 from ftds.statemachine import execute
+from ftds_tools.chaos.history import Op, parse
+from ftds_tools.chaos.linearizability import check_key
 
 
 def op(i, f, invoke, complete, result=None, outcome="ok", key="x", **args):

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from ftds.config import load_config
+from ftds.rmclient import rm_request
+from ftds.status import incidents_text, status_text
+
 from .labenv import Lab
-from .rmclient import rm_request
-from .status import incidents_text, status_text
 
 
 def banner(text: str) -> None:

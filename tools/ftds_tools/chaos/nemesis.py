@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import ctl, local
-from ..config import ClusterConfig
+from ftds import ctl, local
+from ftds.config import ClusterConfig
+from ftds.rmclient import RMRefused, rm_request
+
 from ..labenv import Lab
-from ..rmclient import RMRefused, rm_request
 
 
 @dataclass

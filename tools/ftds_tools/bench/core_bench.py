@@ -1,9 +1,9 @@
 """Throughput and latency of acknowledged increments: ftds passive, ftds active, PySyncObj.
 
 All three run in the same invocation on this machine, three nodes each on 127.0.0.1, loaded by
-separate client processes over TCP (``ftds.bench.loadgen``). For each system: acknowledged ops/s
-at saturation (the best of a few concurrency levels) and p50/p99 latency at a fixed 1,000 ops/s;
-the median over repeats, and the ratios ftds / PySyncObj.
+separate client processes over TCP (``ftds_tools.bench.loadgen``). For each system:
+acknowledged ops/s at saturation (the best of a few concurrency levels) and p50/p99 latency at a
+fixed 1,000 ops/s; the median over repeats, and the ratios ftds / PySyncObj.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import ctl, local
-from ..config import load_config
-from ..view import View
+from ftds import ctl, local
+from ftds.config import load_config
+from ftds.view import View
 
 
 def loadgens(args_list: list[list[str]]) -> list[dict[str, float]]:
-    procs = [subprocess.Popen([sys.executable, "-m", "ftds.bench.loadgen", *args],
+    procs = [subprocess.Popen([sys.executable, "-m", "ftds_tools.bench.loadgen", *args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for args in args_list]
     results = []
@@ -115,7 +115,7 @@ class PySyncObjCluster:
             partners = [a for j, a in enumerate(self.raft) if j != i]
             log = open(self.dir / f"node{i + 1}.log", "ab")
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "ftds.bench.pysyncobj_node", "--raft", self.raft[i],
+                [sys.executable, "-m", "ftds_tools.bench.pysyncobj_node", "--raft", self.raft[i],
                  "--port", str(self.front[i]), "--partners", *partners],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.dir))
             log.close()

@@ -17,13 +17,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import ctl, local
-from .client import Client
-from .config import ClusterConfig, load_config
-from .rmclient import rm_request
-from .status import incidents_text, status_text
+from ftds import ctl, local
+from ftds.client import Client
+from ftds.config import ClusterConfig, load_config
+from ftds.rmclient import rm_request
+from ftds.status import incidents_text, status_text
 
-log = logging.getLogger("ftds.demo")
+log = logging.getLogger(__name__)
 
 
 class LogTail:
@@ -145,7 +145,7 @@ async def run_demo(run_dir: Path, faults: int = 3, pause: float = 3.0,
 
 
 def demo(run_dir: Path, mode: str, faults: int) -> int:
-    from .log import setup_logging
+    from ftds.log import setup_logging
 
     setup_logging("auto")
     if local.read_pid(run_dir, "supervisor") is None:

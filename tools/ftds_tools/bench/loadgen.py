@@ -13,8 +13,8 @@ import json
 import struct
 import time
 
-from ..runloop import tune_gc
-from ..workload import percentile
+from ftds.runloop import tune_gc
+from ftds.workload import percentile
 
 REQ = struct.Struct(">Q")
 REP = struct.Struct(">Qq")
@@ -48,8 +48,8 @@ async def pace(interval: float, next_at: float) -> float:
 
 
 async def run_ftds(args: argparse.Namespace, window: Window) -> None:
-    from ..client import Client
-    from ..config import load_config
+    from ftds.client import Client
+    from ftds.config import load_config
 
     config = load_config(args.config)
     client = Client(config, config.read_key(), args.name, trace=False)

@@ -1,4 +1,4 @@
-"""The chaos run's hostile client process: ``python -m ftds.chaos.hostile --config FILE ...``.
+"""The chaos run's hostile client process: ``python -m ftds_tools.chaos.hostile --config FILE ...``.
 
 One normal session and one hostile session (``ftds.workload``, ``hostile=True``) recording into
 one history, until SIGINT/SIGTERM; prints its summary as JSON, with per kind of hostile request
@@ -14,12 +14,12 @@ import signal
 import sys
 from typing import Any
 
-from ..config import load_config
-from ..workload import run_workload
+from ftds.config import load_config
+from ftds.workload import run_workload
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ftds.chaos.hostile")
+    p = argparse.ArgumentParser(prog="python -m ftds_tools.chaos.hostile")
     p.add_argument("--config", required=True)
     p.add_argument("--id", default="H")
     p.add_argument("--rate", type=float, default=20.0, help="normal session's requests/s")

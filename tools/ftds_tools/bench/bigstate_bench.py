@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import local
-from ..client import Client
-from ..config import load_config
-from ..replica.transfer import PartsCollector, checkpoint_bodies
-from ..rmclient import rm_request
-from ..statemachine import StateMachine, validate_checkpoint
-from ..wire import decode_body
+from ftds import local
+from ftds.client import Client
+from ftds.config import load_config
+from ftds.replica.transfer import PartsCollector, checkpoint_bodies
+from ftds.rmclient import rm_request
+from ftds.statemachine import StateMachine, validate_checkpoint
+from ftds.wire import decode_body
 
 VALUE_BYTES = 4000
 

@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import ctl, local
-from ..client import Client
-from ..config import load_config
-from ..rmclient import reset_budgets, rm_request
+from ftds import ctl, local
+from ftds.client import Client
+from ftds.config import load_config
+from ftds.rmclient import reset_budgets, rm_request
+
 from .core_bench import PySyncObjCluster
 from .loadgen import PsoConn
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..wire import PRE_AUTH_LIMIT
+from ftds.wire import PRE_AUTH_LIMIT
+
 from .core_bench import FtdsCluster, loadgens
 
 SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")

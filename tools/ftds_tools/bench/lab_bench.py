@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..client import Client
-from ..config import load_config
+from ftds.client import Client
+from ftds.config import load_config
+from ftds.rmclient import reset_budgets
+
 from ..labenv import REPO, Lab
-from ..rmclient import reset_budgets
 from .recovery_bench import Probe, ftds_probe, incident_of, wait_healthy
 
 

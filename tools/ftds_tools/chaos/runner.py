@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import ctl, local
-from ..config import ClusterConfig, load_config
-from ..rmclient import reset_budgets, rm_request
+from ftds import ctl, local
+from ftds.config import ClusterConfig, load_config
+from ftds.rmclient import reset_budgets, rm_request
+
 from .checks import (
     Problem,
     check_acknowledged,
@@ -106,7 +107,7 @@ class LocalEnv:
                  "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         if self.s.hostile:
             self.workloads.append(subprocess.Popen(
-                [sys.executable, "-m", "ftds.chaos.hostile", "--config", str(self.path),
+                [sys.executable, "-m", "ftds_tools.chaos.hostile", "--config", str(self.path),
                  "--id", "H", "--rate", str(self.s.hostile_rate), "--keys", str(self.s.keys),
                  "--seed", str(self.s.seed), "--prefix", self.s.prefix,
                  "--history", str(histories / "H.jsonl")],
@@ -381,7 +382,7 @@ async def _converged(config: ClusterConfig, key: bytes) -> dict[str, dict[str, A
 
 
 async def _read(config: ClusterConfig, key: bytes, keys: list[str]) -> dict[str, Any]:
-    from ..client import Client
+    from ftds.client import Client
 
     client = Client(config, key, f"chaos-reader-{os.getpid()}", trace=False)
     await client.start()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+# The checkout (tools/ftds_tools/labenv.py): the lab lives in it, beside scripts/lab.
+REPO = Path(__file__).resolve().parents[2]
 LAB_SCRIPT = REPO / "scripts" / "lab"
 INVENTORY = REPO / "inventory" / "lab"
 
