@@ -153,6 +153,31 @@ def test_units_grouped_by_ftds_target(host, role):
             "would return before the unit stopped"
 
 
+def test_unit_files_of_its_roles_only(host, role):
+    """A host keeps no unit of a role it lost (the deploy removes them), and ftds.target
+    lists the units itself (no wants directory of links that could outlive a role)."""
+    files = set(host.check_output(
+        "ls /etc/systemd/system | grep -E '^(ftds-.*[.]service|ftds[.]target)$' || true").split())
+    expected = set()
+    if role.replica:
+        expected |= {"ftds-replica@.service", "ftds-lfd@.service"}
+    if role.manager:
+        expected |= {"ftds-gfd.service", "ftds-rm.service"}
+    if role.runs_daemons:
+        expected.add("ftds.target")
+    assert files == expected
+    assert not host.file("/etc/systemd/system/ftds.target.wants").exists
+    enabled = set(host.check_output(
+        "ls /etc/systemd/system/multi-user.target.wants | grep '^ftds' || true").split())
+    assert enabled == set(role.units) | ({"ftds.target"} if role.runs_daemons else set())
+
+
+def test_units_carry_the_log_level(host, role):
+    for unit in role.units:
+        exec_start = show(host, unit, "ExecStart")["ExecStart"]
+        assert "/bin/ftds " in exec_start and "--log-level " in exec_start, unit
+
+
 def test_lfd_not_bound_to_replica(host, role):
     """Stopping the replica must not stop its LFD (it is the one that reports the loss)."""
     if not role.replica:

@@ -83,7 +83,7 @@ def test_e_heartbeat_interval_change_reloads_without_restart(cluster):
     change = INVENTORY / "group_vars" / "all" / "60-heartbeat.yml"
     try:
         change.write_text(yaml.safe_dump({"ftds_common_tunables": {"heartbeat_interval": 0.2}}))
-        result = cluster.deploy()
+        result = cluster.deploy("--tags", "ftds_configure")  # a tunable: configure only
         assert "changed=" in result.stdout
         status = cluster.wait(
             lambda: (s := cluster.status()) and all(r["heartbeat_interval"] == 0.2
@@ -173,7 +173,7 @@ def test_h_preflight_names_what_to_fix_and_changes_nothing(cluster, tmp_path):
     cluster.wait_healthy()
     pids = cluster.unit_pids()
     other = tmp_path / "python"  # a controller Python 3.12 on aarch64, as far as preflight asks
-    other.write_text('#!/bin/sh\necho "3.12 aarch64"\n')
+    other.write_text('#!/bin/sh\necho "3 12 aarch64"\n')
     other.chmod(0o755)
     result = cluster.deploy("-e", f"ftds_common_controller_python={other}", check=False)
     said = " ".join((result.stdout + result.stderr).split())
@@ -187,3 +187,31 @@ def test_h_preflight_names_what_to_fix_and_changes_nothing(cluster, tmp_path):
     assert "no usable Python at /usr/bin/python-missing" in said
     assert "install python3 and python3-venv, or set ftds_common_python" in said
     assert cluster.unit_pids() == pids, "a refused deploy restarted a daemon"
+
+
+def test_i_the_units_of_a_role_a_host_lost_are_stopped_and_removed(cluster):
+    """A host keeps no ftds unit of a role it no longer has: a replica host's old instance
+    (a renamed replica) and a client host's GFD (the manager moved away) go at the next run,
+    and nothing of the cluster restarts."""
+    cluster.wait_healthy()
+    pids = cluster.unit_pids()
+    replica_host, client_host = cluster.lab.host_of("S1"), cluster.client_host
+    cluster.lab.ssh(replica_host, "systemctl enable ftds-replica@S9.service", shared=True)
+    old_gfd = ("[Unit]\nDescription=an old GFD\n[Service]\nExecStart=/bin/sleep infinity\n"
+               "[Install]\nWantedBy=multi-user.target\n")
+    cluster.lab.ssh(client_host, f"printf '{old_gfd}' > /etc/systemd/system/ftds-gfd.service"
+                    " && systemctl daemon-reload && systemctl enable --now ftds-gfd.service",
+                    shared=True)
+    result = cluster.deploy("--tags", "ftds_run")
+    assert re.search(rf"^{client_host}\s*:\s*ok=\d+\s+changed=[1-9]", result.stdout, re.M)
+    gone = cluster.lab.ssh(client_host, "systemctl is-active ftds-gfd.service; "
+                           "test -e /etc/systemd/system/ftds-gfd.service && echo present || "
+                           "echo absent", shared=True, check=False).stdout.split()
+    assert gone == ["inactive", "absent"], gone
+    enabled = cluster.lab.ssh(replica_host, "systemctl is-enabled ftds-replica@S9.service",
+                              shared=True, check=False).stdout.strip()
+    assert enabled == "disabled", enabled
+    assert cluster.unit_pids() == pids, "removing a lost role's units restarted a daemon"
+    again = cluster.deploy("--tags", "ftds_run")
+    recap = re.findall(r"^(h\d+)\s*:\s*ok=\d+\s+changed=(\d+)", again.stdout, re.M)
+    assert recap and all(int(changed) == 0 for _, changed in recap), again.stdout[-3000:]
