@@ -51,6 +51,11 @@ def test_killed_orderer_then_promotion_loses_nothing(make_cluster, tmp_path, mod
     procs = [cluster.workload(f"C{i}", h, clients=3, rate=300, duration=4)
              for i, h in enumerate(histories, 1)]
     cluster.wait(lambda: (cluster.status_of("S1") or {}).get("seq", 0) > 200, 10, "load")
+    # Frozen first, so that requests are in flight at the kill whatever the timing: each of
+    # the 6 sessions has its next request outstanding within a few ms at this rate (a frozen
+    # process tells no one that it got them; the 0.1 s is below failure detection's 0.3 s).
+    cluster.procs["S1"].send_signal(signal.SIGSTOP)
+    time.sleep(0.1)
     cluster.kill("S1", signal.SIGKILL)
     view = run(ctl.promote(cluster.config, cluster.key, exclude=("S1",)))
     assert view.epoch == 2 and view.primary in ("S2", "S3")
