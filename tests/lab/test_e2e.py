@@ -6,13 +6,21 @@ Run by scripts/test-lab (which brings the lab up, deploys, runs these and testin
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 import secrets
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
+import pytest
 import yaml
 
 from ftds_tools.labenv import INVENTORY
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_playbook_rerun_changes_nothing(cluster):
@@ -167,20 +175,34 @@ def test_g_a_held_replica_host_stopped_as_one_target_stays_down_until_released(c
     assert states == ["active"] * 3, states
 
 
-def test_h_preflight_names_what_to_fix_and_changes_nothing(cluster, tmp_path):
-    """A controller whose Python or architecture the hosts do not share, or a host without a
-    usable Python, stops the deploy at preflight with what to fix, before anything changes."""
+def test_h_preflight_names_what_to_fix_and_changes_nothing(cluster):
+    """A host whose Python is too old, whose C library is not glibc, or that has no usable
+    Python stops the deploy at preflight with what to fix, before anything changes."""
     cluster.wait_healthy()
     pids = cluster.unit_pids()
-    other = tmp_path / "python"  # a controller Python 3.12 on aarch64, as far as preflight asks
-    other.write_text('#!/bin/sh\necho "3 12 aarch64"\n')
-    other.chmod(0o755)
-    result = cluster.deploy("-e", f"ftds_common_controller_python={other}", check=False)
-    said = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode != 0
-    assert "h1 cannot run ftds: Python 3.11 here but the wheels are built with the " \
-           "controller's Python 3.12" in said, said[-3000:]
-    assert "but the wheels are built on an aarch64 controller" in said
+    # Stand-ins for a host's Python: they answer the preflight's question (version, machine,
+    # C library) as a Python 3.10 and a musl-based Python would.
+    fakes = {"/usr/local/bin/python-old": "3.10 x86_64 glibc2.36",
+             "/usr/local/bin/python-musl": "3.11 x86_64 unknown"}
+    host = cluster.lab.host_of("S1")
+    try:
+        for path, answer in fakes.items():
+            cluster.lab.ssh(host, f"printf '#!/bin/sh\\necho \"{answer}\"\\n' > {path} && "
+                            f"chmod 755 {path}", shared=True)
+        old = cluster.deploy("--limit", host, "-e",
+                             "ftds_common_python=/usr/local/bin/python-old", check=False)
+        said = " ".join((old.stdout + old.stderr).split())
+        assert old.returncode != 0
+        assert f"{host} cannot run ftds: Python 3.10 at /usr/local/bin/python-old is older " \
+               "than 3.11; install a newer one and set ftds_common_python" in said, said[-3000:]
+        musl = cluster.deploy("--limit", host, "-e",
+                              "ftds_common_python=/usr/local/bin/python-musl", check=False)
+        said = " ".join((musl.stdout + musl.stderr).split())
+        assert musl.returncode != 0
+        assert f"{host} cannot run ftds: its Python reports the C library unknown, not glibc" \
+            in said, said[-3000:]
+    finally:
+        cluster.lab.ssh(host, "rm -f " + " ".join(fakes), shared=True, check=False)
     missing = cluster.deploy("-e", "ftds_common_python=/usr/bin/python-missing", check=False)
     said = " ".join((missing.stdout + missing.stderr).split())
     assert missing.returncode != 0
@@ -215,3 +237,56 @@ def test_i_the_units_of_a_role_a_host_lost_are_stopped_and_removed(cluster):
     again = cluster.deploy("--tags", "ftds_run")
     recap = re.findall(r"^(h\d+)\s*:\s*ok=\d+\s+changed=(\d+)", again.stdout, re.M)
     assert recap and all(int(changed) == 0 for _, changed in recap), again.stdout[-3000:]
+
+
+def other_python() -> str | None:
+    """A CPython 3.11+ of another minor version than the hosts' (Debian 12: 3.11), for a
+    controller that does not share the hosts' Python."""
+    found = [shutil.which(f"python3.{minor}") for minor in range(12, 16)]
+    found += sorted(glob.glob("/root/.pyenv/versions/3.1[2-9]*/bin/python3"))
+    for path in filter(None, found):
+        probe = subprocess.run([path, "-c", "import ensurepip, venv"], capture_output=True,
+                               check=False)
+        if probe.returncode == 0:
+            return path
+    return None
+
+
+def test_j_a_controller_on_another_python_deploys_the_hosts_wheels(cluster, tmp_path):
+    """The wheels follow the hosts' platform, not the controller's: ansible-playbook run from
+    a Python 3.12+ venv builds the Python 3.11 wheelhouse the hosts need, byte for byte the
+    one the usual controller builds, so the deploy succeeds and restarts nothing."""
+    python = other_python()
+    if python is None:
+        pytest.skip("no CPython 3.12 or later on this machine for a second controller")
+    cluster.wait_healthy()
+    pids = cluster.unit_pids()
+    venv = tmp_path / "controller"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                    "ansible-core==2.19.14"], check=True, timeout=600)
+    minor = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import sys; print(sys.version_info[1])"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert int(minor) >= 12
+    wheelhouse = tmp_path / "wheelhouse"
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible" / "ansible.cfg"),
+           "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    result = subprocess.run([str(venv / "bin" / "ansible-playbook"), "-i",
+                             str(INVENTORY / "hosts.yml"), str(REPO / "ansible" / "site.yml"),
+                             "-e", f"ftds_common_wheelhouse={wheelhouse}"],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=900,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    built = sorted(p.name for p in wheelhouse.iterdir() if not p.name.startswith("."))
+    assert built == ["3.11-x86_64-glibc2.36"], built  # the hosts' platform, not 3.{minor}
+    ours = (wheelhouse / built[0] / "requirements.txt").read_text()
+    usual = (REPO / "wheelhouse" / built[0] / "requirements.txt").read_text()
+    assert ours == usual  # the same wheels, pinned by the same hashes: the same package id
+    recap = re.findall(r"^(h\d+)\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=0",
+                       result.stdout, re.M)
+    # one change in all: the build of the new wheelhouse (on the controller, counted for the
+    # host it ran for); on the hosts, nothing
+    assert len(recap) == 5 and sum(int(c) for _, c in recap) == 1, result.stdout[-3000:]
+    assert re.search(r"^changed: \[h\d+ -> localhost\]", result.stdout, re.M)
+    assert cluster.unit_pids() == pids, "a deploy from another controller restarted a daemon"
