@@ -290,3 +290,30 @@ def test_j_a_controller_on_another_python_deploys_the_hosts_wheels(cluster, tmp_
     assert len(recap) == 5 and sum(int(c) for _, c in recap) == 1, result.stdout[-3000:]
     assert re.search(r"^changed: \[h\d+ -> localhost\]", result.stdout, re.M)
     assert cluster.unit_pids() == pids, "a deploy from another controller restarted a daemon"
+
+
+def test_k_a_rerun_repairs_drift_it_would_otherwise_skip(cluster):
+    """The re-run skips a file or unit only when the state it read is what it would make:
+    an edited launch gate, a loosened sudo rule, a unit file with another mode, a stopped
+    ftds.target and a launch account with another shell are each put back by one run."""
+    cluster.wait_healthy()
+    host = cluster.lab.host_of("S2")
+    gate = "/usr/local/lib/ftds/launch-gate"
+    before = cluster.lab.ssh(host, f"sha256sum {gate} /etc/sudoers.d/ftds-launch | cut -c1-64",
+                             shared=True).stdout.split()
+    cluster.lab.ssh(host, f"echo '# edited' >> {gate}; chmod 0644 /etc/sudoers.d/ftds-launch; "
+                    "chmod 0600 /etc/systemd/system/ftds-lfd@.service; "
+                    "usermod -s /bin/bash ftds-launch; systemctl disable ftds.target",
+                    shared=True)
+    result = cluster.deploy()
+    assert re.search(rf"^{host}\s*:\s*ok=\d+\s+changed=[1-9]", result.stdout, re.M), \
+        result.stdout[-3000:]
+    after = cluster.lab.ssh(host, f"sha256sum {gate} /etc/sudoers.d/ftds-launch | cut -c1-64; "
+                            "stat -c %a /etc/sudoers.d/ftds-launch "
+                            "/etc/systemd/system/ftds-lfd@.service; "
+                            "getent passwd ftds-launch | cut -d: -f7; "
+                            "systemctl is-enabled ftds.target", shared=True).stdout.split()
+    assert after == [*before, "440", "644", "/bin/sh", "enabled"], after
+    again = cluster.deploy()
+    recap = re.findall(r"^(h\d+)\s*:\s*ok=\d+\s+changed=(\d+)", again.stdout, re.M)
+    assert recap and all(int(changed) == 0 for _, changed in recap), again.stdout[-3000:]
