@@ -1,4 +1,4 @@
-# read_state PATH... [--units UNIT...] [--accounts NAME...]
+# read_state PATH... [--units UNIT...] [--accounts NAME...] [--packages NAME...]
 #
 # The state of what a role manages, read in one round trip so that its tasks can skip what is
 # already as they would make it (each task still runs whenever the state differs or is
@@ -7,13 +7,15 @@
 #                   | "link <target>" | "absent"}
 #   "unit_states": {unit: "<systemctl is-enabled> <systemctl is-active>"}
 #   "accounts":    {name: "<passwd gid:gecos:home:shell> <group gid>"}
+#   "packages":    {name: "<dpkg status: installed, not-installed, ...>"}
 # Sourced by the preflight's read and run by the roles' tasks/read_state.yml.
 read_state() {
-  local what=files files='' units='' accounts='' s item
+  local what=files files='' units='' accounts='' packages='' s item
   for item in "$@"; do
     case $item in
       --units) what=units; continue ;;
       --accounts) what=accounts; continue ;;
+      --packages) what=packages; continue ;;
     esac
     case $what in
       files)
@@ -33,9 +35,13 @@ read_state() {
       accounts)
         s="$(getent passwd "$item" | cut -d: -f4-) $(getent group "$item" | cut -d: -f3)"
         accounts="$accounts${accounts:+, }\"$item\": \"$(printf '%s' "$s" | tr -d '"\\')\"" ;;
+      packages)
+        s=$(dpkg-query --show --showformat='${db:Status-Status}' "$item" 2>/dev/null)
+        packages="$packages${packages:+, }\"$item\": \"${s:-not-installed}\"" ;;
     esac
   done
-  printf '"files": {%s}, "unit_states": {%s}, "accounts": {%s}' "$files" "$units" "$accounts"
+  printf '"files": {%s}, "unit_states": {%s}, "accounts": {%s}, "packages": {%s}' \
+    "$files" "$units" "$accounts" "$packages"
 }
 
 # Run as `bash -c "<this file>" read_state ARGS...`: print the object.
