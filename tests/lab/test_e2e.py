@@ -224,12 +224,28 @@ def test_i_the_units_of_a_role_a_host_lost_are_stopped_and_removed(cluster):
     cluster.lab.ssh(client_host, f"printf '{old_gfd}' > /etc/systemd/system/ftds-gfd.service"
                     " && systemctl daemon-reload && systemctl enable --now ftds-gfd.service",
                     shared=True)
+    # a replica host's launch account, as a host that was one keeps it: the RM's key in a
+    # root-owned home, and the sudo rule
+    cluster.lab.ssh(client_host, "useradd --system --home-dir /var/lib/ftds-launch "
+                    "--shell /bin/sh ftds-launch && install -d -m 0755 /var/lib/ftds-launch/.ssh"
+                    " && echo 'ssh-ed25519 AAAA rm' > /var/lib/ftds-launch/.ssh/authorized_keys"
+                    " && echo 'ftds-launch ALL=(root) NOPASSWD: /usr/bin/systemctl start x'"
+                    " > /etc/sudoers.d/ftds-launch && chmod 0440 /etc/sudoers.d/ftds-launch",
+                    shared=True)
     result = cluster.deploy("--tags", "ftds_run")
     assert re.search(rf"^{client_host}\s*:\s*ok=\d+\s+changed=[1-9]", result.stdout, re.M)
     gone = cluster.lab.ssh(client_host, "systemctl is-active ftds-gfd.service; "
                            "test -e /etc/systemd/system/ftds-gfd.service && echo present || "
                            "echo absent", shared=True, check=False).stdout.split()
     assert gone == ["inactive", "absent"], gone
+    launch = cluster.lab.ssh(client_host, "getent passwd ftds-launch || echo no-account; "
+                             "ls -d /var/lib/ftds-launch /etc/sudoers.d/ftds-launch 2>&1 | "
+                             "grep -c 'No such file'", shared=True, check=False).stdout.split()
+    assert launch == ["no-account", "2"], launch
+    kept = cluster.lab.ssh(replica_host, "getent passwd ftds-launch | cut -d: -f1; "
+                           "test -e /etc/sudoers.d/ftds-launch && echo rule", shared=True,
+                           check=False).stdout.split()
+    assert kept == ["ftds-launch", "rule"], kept  # a replica host keeps them
     enabled = cluster.lab.ssh(replica_host, "systemctl is-enabled ftds-replica@S9.service",
                               shared=True, check=False).stdout.strip()
     assert enabled == "disabled", enabled
