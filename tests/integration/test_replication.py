@@ -34,10 +34,17 @@ def test_active_replicas_never_diverge_with_concurrent_writers(make_cluster, tmp
              for i, h in enumerate(histories, 1)]
     results = [finish(p) for p in procs]
     assert all(r["acked"] > 50 for r in results), results
-    # Every replica answers in active mode: the clients discarded the extra replies.
-    assert sum(r["duplicates"] for r in results) > sum(r["acked"] for r in results)
+    acked = sum(r["acked"] for r in results)
+    # The clients discarded the replies after the first (how many arrive before a client
+    # moves on or stops depends on the machine's load, so only a share is asked for).
+    assert sum(r["duplicates"] for r in results) > acked // 2, results
     status = check_counters(cluster, histories, ids=ids)
     assert status["S1"]["role"] == "sequencer"
+    # Every replica answers in active mode, not the sequencer alone. (The others answered about
+    # two requests in three in this test's runs, fewer under load: only a share is asked for.)
+    replies = {rid: s["stats"]["replies"] + s["stats"]["duplicates_answered"]
+               for rid, s in status.items()}
+    assert all(n >= 0.1 * acked for n in replies.values()), (replies, acked)
     assert all(s["stats"]["divergences"] == 0 for s in status.values())
 
 
