@@ -72,9 +72,11 @@ def test_status_follows_a_failover(make_managed, tmp_path):
         ready = ", ".join(start["members"])
         rm, gfd, old_pid = cluster.pid("RM"), cluster.pid("GFD"), cluster.pid(old)
         lfd = cluster.pid(f"LFD{old[1:]}")
+        # awaited whole: the view change's own STATUS ("collecting from ...") comes first
         wait_until(lambda: listener.last(old_pid).startswith(
-            f"primary, epoch {epoch} (view {epoch}."), 10, "the primary's STATUS")
-        assert listener.last(old_pid).endswith(f"ready {ready}")
+            f"primary, epoch {epoch} (view {epoch}.")
+            and listener.last(old_pid).endswith(f"ready {ready}"), 10, "the primary's STATUS",
+            lambda: listener.of(old_pid))
         wait_until(lambda: listener.last(rm) == f"epoch {epoch}, primary {old}, ready {ready}",
                    10, "the RM's STATUS", lambda: listener.of(rm))
         wait_until(lambda: listener.last(gfd).startswith("GFD: 3 members: S1, S2, S3"), 10,
