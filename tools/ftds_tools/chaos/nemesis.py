@@ -5,6 +5,20 @@ over SSH, host faults through ``scripts/lab``). Each fault kind is a pair of act
 recover) plus how long the fault is held; kills need no recovery action, the RM brings the
 replica back. Every injection is timed on the wall clock for the report and the timeline.
 
+Partitions exist on both targets. A host is a replica with its LFD (``hN``) or the manager
+(``m``: GFD and RM). The lab cuts hosts with nftables (``scripts/lab partition``); the embedded
+cluster's daemons dial each other through the run's link proxies (``linkproxy``), which hold the
+bytes of a cut direction (TCP stays up, as when packets are dropped) and deliver them, in order,
+at the heal. The kinds, each held 1-3 s then healed:
+
+- ``partition``: the primary's host cut from every other host, both ways (the RM must depose it;
+  it must stop acknowledging when its lease runs out);
+- ``partition_backup``: the same for a backup's host;
+- ``partition_from_rm``: the primary's host cut from the manager host only, both ways;
+- ``partition_from_primary``: a backup's host cut from the primary's host only, both ways;
+- ``cut_oneway`` (local target): the primary's host -> a backup's host held, the other way open
+  (the backup's acknowledgements reach the primary, its stream does not reach the backup).
+
 *Compound* kinds overlap faults: they are scripts (``run_compound``) that watch the RM's status
 and strike again while the cluster is still recovering, built from each target's primitives
 (kill, pause, resume a replica; kill a manager daemon):
@@ -41,6 +55,7 @@ from ftds.config import ClusterConfig
 from ftds.rmclient import RMRefused, rm_request
 
 from ..labenv import Lab
+from .linkproxy import LinkProxyThread, host_of
 
 
 @dataclass
@@ -106,19 +121,48 @@ LOCAL_KINDS = {
     "kill_lfd": Kind("kill_lfd", "any", weight=1),
     "kill_gfd": Kind("kill_gfd", "manager", weight=1),
     "kill_rm": Kind("kill_rm", "manager", weight=1),
+    # Through the run's link proxies; held like the lab's nftables partitions.
+    "partition": Kind("partition", "primary", (1.5, 3.0), weight=2),
+    "partition_backup": Kind("partition_backup", "backup", (1.0, 2.0), weight=1),
+    "partition_from_rm": Kind("partition_from_rm", "primary", (1.5, 3.0), weight=2),
+    "partition_from_primary": Kind("partition_from_primary", "backup", (1.5, 3.0), weight=1),
+    "cut_oneway": Kind("cut_oneway", "backup", (1.5, 3.0), weight=1),
     **RESTART_WITH_CRASH,
     **COMPOUND_KINDS,
 }
+PARTITION_KINDS = ("partition", "partition_backup", "partition_from_rm",
+                   "partition_from_primary", "cut_oneway")
 
 
 class LocalTarget:
     name = "local"
     kinds = LOCAL_KINDS
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, links: LinkProxyThread | None = None) -> None:
         self.run_dir = run_dir
+        self.links = links  # the cluster's link proxies: partitions need them
         self._paused: set[int] = set()
         self._paused_by: dict[str, int] = {}
+
+    def _partition(self, name: str, victim: str, primary: str) -> str:
+        links = self.links
+        if links is None:
+            raise RuntimeError(f"{name} needs the run's link proxies (a cluster started by "
+                               "ftds chaos run)")
+        host, primary_host = host_of(victim), host_of(primary)
+        if name in ("partition", "partition_backup"):
+            others = [h for h in links.hosts if h != host]
+            links.cut_both(host, others)
+            return f"{host} ({victim}) cut from every other host ({', '.join(others)})"
+        if name == "partition_from_rm":
+            links.cut_both(host, ["m"])
+            return f"{host} ({victim}) cut from m (GFD/RM) only"
+        if name == "partition_from_primary":
+            links.cut_both(host, [primary_host])
+            return f"{host} ({victim}) cut from the primary's host {primary_host} only"
+        links.cut(primary_host, host)
+        return (f"{primary_host} -> {host} held ({primary}'s stream to {victim}), "
+                f"{host} -> {primary_host} open")
 
     def _pid(self, name: str) -> int:
         pid = local.read_pid(self.run_dir, name)
@@ -176,13 +220,17 @@ class LocalTarget:
             daemon = name.split("_")[1].upper()
             os.kill(self._pid(daemon), signal.SIGKILL)
             return f"kill -9 {daemon}"
+        if name in PARTITION_KINDS:
+            return self._partition(name, victim, primary)
         raise ValueError(f"unknown fault {name}")
 
     def recover(self, kind: Kind, victim: str) -> None:
-        if kind.name in ("pause", "pause_backup"):
+        if kind.name in ("pause", "pause_backup", *PARTITION_KINDS):
             self.heal_all()
 
     def heal_all(self) -> None:
+        if self.links is not None:
+            self.links.heal_all()  # held bytes delivered, in order
         for pid in list(self._paused):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
@@ -193,8 +241,10 @@ class LocalTarget:
 # ======================================================================= lab target ====
 LAB_KINDS = {
     # primary_crash_backups_out stays local: its override is judged against the clients'
-    # monotonic clock, which only the embedded cluster shares with the nemesis.
-    **{k: v for k, v in LOCAL_KINDS.items() if k not in ("stop", "primary_crash_backups_out")},
+    # monotonic clock, which only the embedded cluster shares with the nemesis. The lab's
+    # partitions are its own (nftables, both ways: no cut_oneway).
+    **{k: v for k, v in LOCAL_KINDS.items()
+       if k not in ("stop", "primary_crash_backups_out", *PARTITION_KINDS)},
     "systemctl_stop": Kind("systemctl_stop", "any", weight=2),
     "power_cut": Kind("power_cut", "any", (0.5, 1.5), weight=2),
     "host_stop": Kind("host_stop", "any", (0.5, 1.5), weight=1),

@@ -48,6 +48,7 @@ from .checks import (
 )
 from .history import Op, load
 from .linearizability import check
+from .linkproxy import LinkProxyThread
 from .nemesis import FaultEvent, LabTarget, LocalTarget, Schedule, Target, run_compound
 
 
@@ -88,12 +89,15 @@ class LocalEnv:
                                         trace={"requests": False, "executions": True})
         self.config = load_config(self.path)
         self.key = self.config.read_key()
-        self.target: Target = LocalTarget(self.dir)
+        # The daemons dial each other through these (partitions); the clients dial directly.
+        self.links = LinkProxyThread(self.config)
+        self.routes = self.links.write_routes(self.dir / "links.json")
+        self.target: Target = LocalTarget(self.dir, self.links)
         self.workloads: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         local.spawn(self.dir, "supervisor", ["local", "supervise", "--dir", str(self.dir)],
-                    env=self.s.env)
+                    env={**self.s.env, **self.links.env(self.routes)})
 
     def start_workloads(self, histories: Path) -> None:
         for k in range(1, self.s.clients + 1):
@@ -141,6 +145,7 @@ class LocalEnv:
 
     def stop(self) -> None:
         local.stop_cluster(self.dir)
+        self.links.stop()
 
 
 class LabEnv:
