@@ -6,7 +6,9 @@ breaks one promise, and the run's verdict must name that broken promise.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +133,94 @@ def test_hostile_session_is_refused_every_time(tmp_path):
     assert check["linearizability"]["verdict"] == "PASS"
     assert check["counters"]["verdict"] == "PASS"
     assert sum(v["hostile"][k]["fail"] for k in HOSTILE_KINDS) == len(hostile)
+
+
+# ===================================================================== partitions ====
+PARTITIONS = "partition,partition_from_rm,partition_from_primary,partition_backup,cut_oneway"
+
+
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_seeded_partitions_are_valid(tmp_path, mode):
+    """Every partition kind once, through the run's link proxies: the primary's host cut from
+    every other host, from the manager only, a backup cut from the primary, a backup's host
+    cut off, the primary's stream to a backup held one way. A partitioned primary is deposed
+    (a new epoch) and must not have acknowledged what the new one lacks; the held bytes arrive
+    at the heal and nothing diverges."""
+    report = chaos(tmp_path, mode=mode, schedule=PARTITIONS, faults=5, seed=3)
+    v = report["verdict"]
+    assert v["valid"], v["first_violation"]
+    assert report["faults_by_kind"] == dict.fromkeys(PARTITIONS.split(","), 1)
+    assert report["faults_not_healed"] == 0
+    events = {e["kind"]: e for e in report["events"]}
+    for kind in ("partition", "partition_from_rm"):  # cut from the manager: deposed
+        assert events[kind]["epoch_after"] > events[kind]["epoch_before"], events[kind]
+    assert " -> " in events["cut_oneway"]["note"] and "open" in events["cut_oneway"]["note"]
+    assert report["outcomes"]["ok"] > 500
+    assert "VERDICT: VALID" in (tmp_path / "chaos" / "report.txt").read_text()
+
+
+def test_a_partitioned_primary_is_replaced_and_relaunched_replicas_are_cut_too(tmp_path):
+    """Proof that the cuts are real. The primary, cut from every other host but running, is
+    replaced by the RM (the epoch moves). Then a backup killed and relaunched by the RM (with
+    the RM's environment) is cut from the new primary: its stream stops, the RM drops it."""
+    import asyncio
+    import time
+
+    from ftds import local
+    from ftds_tools.chaos.nemesis import LOCAL_KINDS, wait_status
+    from ftds_tools.chaos.runner import LocalEnv, wait_healthy
+
+    env = LocalEnv(RunSettings(out=tmp_path / "chaos", hostile=False))
+    try:
+        env.start()
+        status = asyncio.run(wait_healthy(env.config, env.key, 20))
+        old, epoch = status["primary"], status["epoch"]
+        assert "cut from every other host" in env.target.inject(LOCAL_KINDS["partition"], old, old)
+        new = asyncio.run(wait_status(
+            env.config, env.key, lambda s: s["epoch"] > epoch and s["primary"] not in (None, old),
+            10))
+        assert new is not None, "a primary cut from every other host stayed primary"
+        assert local.read_pid(env.dir, old) is not None  # cut off, not dead
+        env.target.heal_all()
+        status = asyncio.run(wait_healthy(env.config, env.key, 20))
+        primary = status["primary"]
+        backup = next(r for r in sorted(status["replicas"]) if r != primary)
+        pid = local.read_pid(env.dir, backup)
+        env.target.kill_replica(backup)
+        deadline = time.monotonic() + 20
+        while local.read_pid(env.dir, backup) in (None, pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        relaunched = local.read_pid(env.dir, backup)
+        assert relaunched not in (None, pid)
+        status = asyncio.run(wait_status(
+            env.config, env.key, lambda s: backup in s["members"] and not s["unavailable"]
+            and all(r["ready"] for r in s["replicas"].values()), 20))
+        assert status is not None, f"the relaunched {backup} did not become ready"
+        environ = (Path("/proc") / str(relaunched) / "environ").read_bytes().split(b"\0")
+        assert any(e.startswith(b"FTDS_LINKS=") for e in environ)
+        env.target.inject(LOCAL_KINDS["partition_from_primary"], backup, status["primary"])
+        # A write waits for the cut backup until the primary reports it and the RM drops it.
+        reply = asyncio.run(put(env, "cut", 1))
+        assert reply["res"]["ok"], reply
+        dropped = asyncio.run(wait_status(
+            env.config, env.key,
+            lambda s: backup not in s["members"] and s["epoch"] == status["epoch"], 1))
+        assert dropped is not None, f"the relaunched {backup} was not cut from the primary"
+        env.target.heal_all()
+        asyncio.run(wait_healthy(env.config, env.key, 20))
+    finally:
+        env.target.heal_all()
+        env.stop()
+
+
+async def put(env, key, value):
+    from ftds.client import Client
+
+    client = Client(env.config, env.key, "C9", trace=False)
+    await client.start()
+    try:
+        await client.wait_connected(10, count=1)
+        return await asyncio.wait_for(client.call({"op": "put", "key": key, "value": value}),
+                                      10)
+    finally:
+        await client.close()
