@@ -213,6 +213,18 @@ def test_a_partitioned_primary_is_replaced_and_relaunched_replicas_are_cut_too(t
         env.stop()
 
 
+def test_planted_split_brain_is_caught_through_a_partition(tmp_path):
+    """A primary that ignores its deposition and acknowledges alone once its backups stop
+    answering (planted) does so behind a partition: the clients still reach it directly, the
+    new primary lacks its writes, and the epochs check must say so."""
+    report = chaos(tmp_path, mode="passive", schedule="partition", faults=1, seed=2,
+                   env={"FTDS_FAULT": "ack_after_deposed"})
+    v = report["verdict"]
+    assert not v["valid"], "a deposed primary acknowledging behind a partition went unnoticed"
+    fired = {p["check"] for p in v["problems"].get("epochs", [])}
+    assert fired & {"acknowledged after deposed", "split brain"}, v["problems"].keys()
+
+
 async def put(env, key, value):
     from ftds.client import Client
 
