@@ -43,13 +43,17 @@ def make_rm(tmp_path):
 
 def serving_without(rm: ReplicationManager, down: str) -> None:
     """S1 primary of S1..S3, then ``down`` is gone per the GFD."""
-    members = [r for r in rm.replicas if r != down]
+    members = [r for r in rm.core.replicas if r != down]
     rm.gfd = {"view": 1, "members": members, "stable": True, "lfds": {}}
-    for rid, info in rm.replicas.items():
+    rm.core.gfd_stable = True
+    for rid, info in rm.core.replicas.items():
         info.present = rid != down
         info.incarnation = f"a-{rid}"
-    rm.confirmed = set(members)
-    rm._issue(rm._make_view(1, 0, "S1", members), "test")
+    rm.core.confirmed = set(members)
+    rm.core._out = []
+    rm.core._issue(rm.core._make_view(1, 0, "S1", members), "test")
+    for effect in rm.core._out:  # what a step carries out
+        rm._carry_out(effect, None)
 
 
 def admin(rm: ReplicationManager, kind: str, **fields) -> tuple[str, dict]:
@@ -91,10 +95,11 @@ def test_a_hold_outlives_an_rm_restart(make_rm, tmp_path):
     admin(rm, "hold", replica="S3", reason="kernel update")
     assert RmStore(tmp_path).load().held == {"S3": {"reason": "kernel update",
                                                     "at": pytest.approx(
-                                                        rm.record.held["S3"]["at"])}}
+                                                        rm.core.record.held["S3"]["at"])}}
     again = make_rm()
     again.gfd = {"view": 1, "members": ["S1", "S2"], "stable": True, "lfds": {}}
-    for rid, info in again.replicas.items():
+    again.core.gfd_stable = True
+    for rid, info in again.core.replicas.items():
         info.present = rid != "S3"
     again.decide()
     assert all("S3" not in batch for batch in again.relaunched)

@@ -9,6 +9,7 @@ is not durable or reads as zero when corrupt.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from ftds import local
 from ftds.config import ConfigError
+from ftds.rm import core
 from ftds.rm.manager import ReplicationManager
 from ftds.rm.store import FILE_NAME, RmRecord, RmStore
 from ftds.view import View
@@ -54,19 +56,27 @@ def make_rm(tmp_path):
     return make
 
 
+def decided(rm, decision, *args):
+    """Run one of the core's decisions directly and carry out its effects, as a step would."""
+    rm.core._out = []
+    decision(*args)
+    for effect in rm.core._out:
+        rm._carry_out(effect, None)
+
+
 def report(rm, rid, *, inc, seq=0, view=None, caught_up=True, e=None, commit=0):
-    info = rm.replicas[rid]
-    info.present = True
+    rm.core.replicas[rid].present = True
     msg = {"t": "report", "e": e if e is not None else (view.epoch if view else 0),
            "id": rid, "incarnation": inc, "seq": seq, "commit": commit,
            "view": view.to_wire() if view else None, "caught_up": caught_up,
            "upstream": None, "recovering": False}
-    rm._on_report(info, FakeConn(rid), msg, first=False)
+    rm._on_report(rm.links[rid], FakeConn(rid), msg, first=False)
 
 
 def stable(rm, members):
     rm.gfd = {"view": 1, "members": list(members), "stable": True, "lfds": {}}
-    for rid, info in rm.replicas.items():
+    rm.core.gfd_stable = True
+    for rid, info in rm.core.replicas.items():
         info.present = rid in members
 
 
@@ -74,10 +84,10 @@ def serving(rm, *, primary="S1", members=IDS, epoch=2):
     """An RM whose view (made for incarnations a-S1...) is in force and confirmed."""
     stable(rm, IDS)
     for rid in IDS:
-        rm.replicas[rid].incarnation = f"a-{rid}"
-    view = rm._make_view(epoch, 0, primary, list(members))
-    rm.confirmed = set(members)
-    rm._issue(view, "test")
+        rm.core.replicas[rid].incarnation = f"a-{rid}"
+    view = rm.core._make_view(epoch, 0, primary, list(members))
+    rm.core.confirmed = set(members)
+    decided(rm, rm.core._issue, view, "test")
     return view
 
 
@@ -95,12 +105,12 @@ def test_restarted_rm_never_bootstraps_over_empty_replicas_when_data_existed(mak
     old = View(4, 2, "S2", ("S2", "S3"), incs=(("S2", "x"), ("S3", "y")))
     rm = make_rm(RmRecord(epoch=4, view=old.to_wire(), committed_seq=180_000))
     stable(rm, IDS)
-    rm.started -= 10  # past the wait for every replica
+    rm.core.started -= 10  # past the wait for every replica
     for rid in IDS:
         report(rm, rid, inc=f"new-{rid}")  # fresh processes: seq 0, no view
     assert rm.view.epoch == 4 and rm.view.primary == "S2", \
         "a new epoch over empty replicas, while data may exist"
-    assert not rm.confirmed, "a fresh process counted as holding the data"
+    assert not rm.core.confirmed, "a fresh process counted as holding the data"
     assert "holds the data of epoch 4" in rm.unavailable
     assert rm.status(rm.gfd)["unavailable"]
 
@@ -112,7 +122,7 @@ def test_returning_holder_is_adopted_after_an_rm_restart(make_rm):
     report(rm, "S2", inc="x", seq=50, view=old)
     report(rm, "S3", inc="y", seq=50, view=old)
     report(rm, "S2", inc="x", seq=50, view=old)  # the primary's next report confirms S3
-    assert rm.view == old and rm.confirmed == {"S2", "S3"}
+    assert rm.view == old and rm.core.confirmed == {"S2", "S3"}
 
 
 def test_restarted_primary_is_lost_and_an_empty_one_never_leads(make_rm):
@@ -150,16 +160,16 @@ def test_restarted_backup_leaves_the_ready_set_and_is_not_electable(make_rm):
     view = serving(rm)
     report(rm, "S1", inc="a-S1", seq=5, view=view)
     report(rm, "S3", inc="relaunched")
-    assert "S3" not in rm.view.members and "S3" not in rm.confirmed
+    assert "S3" not in rm.view.members and "S3" not in rm.core.confirmed
     # The primary confirming the old version does not bring the new process back in.
     report(rm, "S1", inc="a-S1", seq=5, view=view)
-    assert "S3" not in rm.confirmed
+    assert "S3" not in rm.core.confirmed
 
 
 def test_lagging_report_from_a_deposed_primary_is_ignored(make_rm):
     rm = make_rm()
     view = serving(rm, primary="S2", epoch=3)
-    info = rm.replicas["S1"]
+    info = rm.links["S1"]
     rm._on_replica_message(FakeConn("S1"), {"t": "lagging", "e": 2, "members": ["S3"]})
     assert rm.view == view, "a deposed primary shrank the ready set"
     rm._on_replica_message(FakeConn("S2"), {"t": "lagging", "e": 2, "members": ["S3"]})
@@ -173,12 +183,10 @@ def test_lease_grants_carry_the_epoch_and_a_reload_never_shortens_the_wait(make_
     rm = make_rm(tunables={"lease": 2.0})
     view = serving(rm)
     conn = FakeConn("S1")
-    rm._on_lease_request(rm.replicas["S1"], conn, {"t": "lease_req", "n": 1, "e": view.epoch})
+    rm._on_lease_request(rm.links["S1"], conn, {"t": "lease_req", "n": 1, "e": view.epoch})
     assert conn.sent and conn.sent[-1][0] == "lease"
     granted_at = time.monotonic()
-    rm.config = rm.config.__class__(**{**rm.config.__dict__,
-                                       "tunables": rm.config.tunables.__class__(
-                                           **{**rm.config.tunables.__dict__, "lease": 0.1})})
+    rm._step(core.Reconfigured(dataclasses.replace(rm.core.settings, lease=0.1)))
     stable(rm, ["S2", "S3"])  # the primary hangs: not confirmed dead
     rm.decide()
     assert rm.failover is not None
@@ -189,7 +197,7 @@ def test_lease_grants_carry_the_epoch_and_a_reload_never_shortens_the_wait(make_
 def test_restarted_rm_waits_out_the_longest_lease_ever_granted(make_rm):
     before = time.monotonic()
     rm = make_rm(RmRecord(epoch=3, lease_max=7.0), tunables={"lease": 0.5})
-    assert rm.lease_expiry >= before + 7.0
+    assert rm.core.lease_expiry >= before + 7.0
 
 
 def test_crash_record_is_cleared_when_the_replica_comes_back(make_rm):
@@ -201,7 +209,7 @@ def test_crash_record_is_cleared_when_the_replica_comes_back(make_rm):
     new = rm.view
     rm._on_membership({"members": IDS, "stable": True, "view": 3,
                        "changes": [{"kind": "add", "replica": "S1"}]})
-    assert rm.replicas["S1"].loss == {}
+    assert rm.core.replicas["S1"].loss is None
     assert new.primary in ("S2", "S3") and view.epoch < new.epoch
 
 
@@ -260,15 +268,15 @@ def test_a_removed_backup_is_admitted_again_only_on_a_report_made_after_its_remo
     serving(rm)
     old = rm.view
     report(rm, "S3", inc="a-S3", seq=40, view=old, caught_up=True)
-    rm.replicas["S3"].report["upstream"] = "S1"
-    rm._remove_members(["S3"], "S1 reports them unreachable")
+    rm.core.replicas["S3"].report["upstream"] = "S1"
+    decided(rm, rm.core._remove_members, ["S3"], "S1 reports them unreachable")
     removed = rm.view
     assert "S3" not in removed.members
     rm.decide()
     assert rm.view == removed, "admitted again on a report from before the removal"
     # Its report on the new view, caught up again with the primary's stream: admitted.
     report(rm, "S3", inc="a-S3", seq=45, view=removed, caught_up=True)
-    rm.replicas["S3"].report["upstream"] = "S1"
+    rm.core.replicas["S3"].report["upstream"] = "S1"
     rm.decide()
     assert "S3" in rm.view.members
 
@@ -278,13 +286,13 @@ def test_an_admitted_backup_is_electable_only_once_the_primary_vouches_for_it(ma
     it had committed before: until then the member may miss acknowledged writes."""
     rm = make_rm()
     serving(rm, members=["S1", "S2"])
-    view = rm._make_view(2, 1, "S1", ["S1", "S2", "S3"])
-    rm._issue(view, "admitting S3")
+    view = rm.core._make_view(2, 1, "S1", ["S1", "S2", "S3"])
+    decided(rm, rm.core._issue, view, "admitting S3")
     primary_report = {"view": view.to_wire(), "commit": 9, "recovering": False}
-    rm._note_confirmation(rm.replicas["S1"], {**primary_report, "vouched": [2, 0]})
-    assert "S3" not in rm.confirmed
-    rm._note_confirmation(rm.replicas["S1"], {**primary_report, "vouched": [2, 1]})
-    assert "S3" in rm.confirmed
+    decided(rm, rm.core._note_confirmation, "S1", {**primary_report, "vouched": [2, 0]})
+    assert "S3" not in rm.core.confirmed
+    decided(rm, rm.core._note_confirmation, "S1", {**primary_report, "vouched": [2, 1]})
+    assert "S3" in rm.core.confirmed
     assert rm.store.load().confirmed == ["S1", "S2", "S3"], "kept for a restarted RM"
 
 
@@ -335,7 +343,7 @@ def test_a_vouched_member_first_heard_as_another_process_is_no_holder(make_rm):
     report(rm, "S1", inc="a", seq=90, view=view)
     report(rm, "S2", inc="b", seq=90, view=view)
     report(rm, "S3", inc="new", seq=0, view=None)
-    assert "S3" not in rm.confirmed and rm.view.members == ("S1", "S2"), rm.view
+    assert "S3" not in rm.core.confirmed and rm.view.members == ("S1", "S2"), rm.view
 
 
 def test_restarted_rm_that_finds_every_replica_gone_starts_them(make_rm):
@@ -358,8 +366,8 @@ def test_restarted_rm_never_takes_back_an_older_view_a_replica_reports(make_rm):
     stable(rm, ["S1", "S2"])
     older = View(2, 0, "S2", ("S2", "S3"), incs=(("S2", "b"), ("S3", "c")))
     conn = FakeConn("S2")
-    rm.replicas["S2"].present = True
-    rm._on_report(rm.replicas["S2"], conn, {
+    rm.core.replicas["S2"].present = True
+    rm._on_report(rm.links["S2"], conn, {
         "t": "report", "e": 2, "id": "S2", "incarnation": "b", "seq": 230, "commit": 226,
         "view": older.to_wire(), "caught_up": True, "upstream": None, "recovering": False},
         first=True)
@@ -386,9 +394,9 @@ def test_lost_primary_seen_again_is_back_only_after_it_reports_as_the_same_proce
 def test_unavailable_reason_stays_while_a_view_shrinks(make_rm):
     rm = make_rm()
     serving(rm, members=["S1", "S2"])
-    rm.confirmed = {"S1"}  # S2 was admitted but never vouched for
+    rm.core.confirmed = {"S1"}  # S2 was admitted but never vouched for
     rm._on_membership({"members": ["S2"], "stable": True, "view": 2, "changes": [
         {"kind": "delete", "replica": "S1", "confirmed_dead": True, "reason": "exited"}]})
     assert rm.unavailable
-    rm._remove_members(["S2"], "restarted without its state")
+    decided(rm, rm.core._remove_members, ["S2"], "restarted without its state")
     assert rm.unavailable, "the reason it waits must stay in ftds status"
