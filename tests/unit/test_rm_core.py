@@ -320,3 +320,58 @@ def test_a_malformed_view_on_a_welcome_closes_that_connection_after_what_came_be
     effects = rm.step(Report("S3", {"incarnation": "i-S3", "view": {"epoch": "x"}}, True),
                       T0 + 2)
     assert isinstance(effects[-1], core.Reject) and effects[-1].code == "malformed"
+
+
+# ================================================================ admission, removal ====
+def test_a_removed_backup_is_admitted_on_a_fresh_report_and_electable_once_vouched_for():
+    rm = new_core()
+    first = serving(rm)
+    effects = rm.step(core.Lagging("S1", first.epoch, ("S3",), "no ack for 2 s"), T0 + 2)
+    [removed] = views_sent(effects)
+    assert removed.members == ("S1", "S2") and "S3" not in rm.confirmed
+    assert effects.index(core.MarkIncident("S3", "removed")) < effects.index(
+        of(effects, core.SendView)[0])
+    # Its report from before the removal (caught up in the old version) is stale.
+    stale = report("S3", "i-S3", view=first, upstream="S1")
+    assert not views_sent(rm.step(stale, T0 + 2))
+    effects = rm.step(report("S3", "i-S3", view=removed, upstream="S1"), T0 + 3)
+    [admitting] = of(effects, core.SendView)
+    assert admitting.view.members == IDS and admitting.primary_first
+    assert "RM: admitting S3 -> view epoch 1.2: primary S1, ready S1, S2, S3" \
+        in lines(effects, logging.INFO)
+    assert "S3" not in rm.confirmed, "electable before the primary vouched for it"
+    # The primary vouches for the previous version only: not yet.
+    rm.step(report("S1", "i-S1", view=admitting.view, vouched=[1, 1]), T0 + 3)
+    assert "S3" not in rm.confirmed
+    effects = rm.step(report("S1", "i-S1", view=admitting.view, vouched=[1, 2]), T0 + 3)
+    assert "S3" in rm.confirmed
+    assert of(effects, core.Persist)[0].record.confirmed == list(IDS)
+    assert core.MarkIncident("S3", "ready") in effects
+
+
+def test_lagging_from_anyone_but_the_current_primary_changes_nothing():
+    rm = new_core()
+    view = serving(rm)
+    assert not rm.step(core.Lagging("S2", view.epoch, ("S3",), "x"), T0 + 2)
+    assert not rm.step(core.Lagging("S1", view.epoch - 1, ("S3",), "x"), T0 + 2)
+    rm.step(report("S1", "relaunched-S1", view=None), T0 + 2)  # a new process on its ports
+    assert rm.view.primary != "S1"
+    assert not views_sent(rm.step(core.Lagging("S1", view.epoch, ("S2",), "x"), T0 + 2))
+
+
+def test_a_restarted_rm_adopts_a_newer_view_and_never_an_older_one():
+    recorded = View(3, 0, "S3", ("S2", "S3"), incs=(("S2", "b"), ("S3", "c")))
+    rm = new_core(RmRecord(epoch=3, view=recorded.to_wire(), confirmed=["S2", "S3"]))
+    rm.step(membership(*IDS), T0)
+    older = View(2, 0, "S2", ("S2", "S3"), incs=(("S2", "b"), ("S3", "c")))
+    effects = rm.step(report("S2", "b", seq=9, view=older, first=True), T0)
+    assert rm.view == recorded
+    assert of(effects, core.Reply) == [core.Reply("view", {"view": recorded.to_wire()}, 3)]
+    newer = View(3, 1, "S3", ("S2", "S3"), incs=(("S2", "b"), ("S3", "c")))
+    effects = rm.step(report("S3", "c", seq=9, view=newer), T0)
+    assert rm.view == newer and rm.confirmed == {"S2", "S3"}
+    [persist] = of(effects, core.Persist)
+    assert persist.record.view == newer.to_wire()
+    assert effects.index(persist) < effects.index(of(effects, core.Log)[0])
+    assert lines(effects)[0] == ("RM: adopted view epoch 3.1: primary S3, ready S2, S3 "
+                                 "(reported by S3)")
