@@ -124,7 +124,8 @@ def _draw(rng: random.Random, kind: str, replicas: int, duration: float) -> Faul
         # Within a few ms of "I am the primary of epoch N": mid view change, or just after it
         # answered the requests held during it, before its backups acknowledged them.
         # Half the time one backup lags first: the primary's stream to it is cut one way for
-        # a moment, so the successor holds entries that backup does not.
+        # a moment, so the successor holds entries that backup does not; the successor's
+        # catch-up of it is then held on the link (heal_s after the kill) while it dies.
         extra: dict[str, Any] = {"delay_ms": round(rng.uniform(0.0, 8.0), 3)}
         if rng.random() < 0.5:
             extra["lag_s"] = round(rng.uniform(0.02, 0.4), 3)
