@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import faults
@@ -56,11 +56,67 @@ class Settings:
         return "sequencer" if self.mode == "active" else "primary"
 
 
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """What a replica says of itself (``welcome``, ``report``, ``view_ack``, ``status``)."""
+
+    incarnation: str | None = None  # its process
+    seq: int | None = None  # the highest seq it applied
+    commit: int | None = None  # a primary's commit index
+    view: Any = None  # the view it holds, as sent: the core parses it (and refuses a bad one)
+    # [epoch, version] of the view whose members a primary vouches for (None: none yet).
+    vouched: tuple[int, int] | None = None
+    # Whether the report speaks of vouching at all: a replica from before vouching does not,
+    # and then the view it holds, out of its view change, counts.
+    vouches: bool = False
+    recovering: bool = False  # a primary in its view change
+    caught_up: bool = False  # a backup holds the primary's stream
+    upstream: str | None = None  # whose stream it follows
+    # Only shown by ``ftds status``.
+    role: str | None = None
+    i_am_ready: int | None = None  # 0 or 1
+    checkpoint_count: int | None = None
+    epoch: int | None = None
+    pid: int | None = None
+
+    @staticmethod
+    def from_wire(msg: dict[str, Any]) -> ReplicaReport:
+        """A report from its message; a field of the wrong type reads as not given."""
+        vouched = msg.get("vouched")
+        pair: tuple[int, int] | None = None
+        if isinstance(vouched, list) and len(vouched) == 2:
+            epoch, version = (_int(n) for n in vouched)
+            if epoch is not None and version is not None:
+                pair = (epoch, version)
+        return ReplicaReport(
+            incarnation=_str(msg.get("incarnation")), seq=_int(msg.get("seq")),
+            commit=_int(msg.get("commit")), view=msg.get("view"),
+            vouched=pair, vouches="vouched" in msg,
+            recovering=bool(msg.get("recovering")), caught_up=bool(msg.get("caught_up")),
+            upstream=_str(msg.get("upstream")), role=_str(msg.get("role")),
+            i_am_ready=_int(msg.get("i_am_ready")),
+            checkpoint_count=_int(msg.get("checkpoint_count")), epoch=_int(msg.get("epoch")),
+            pid=_int(msg.get("pid")))
+
+    @property
+    def view_fields(self) -> dict[str, Any]:
+        """The view as sent, for its epoch and version ({} when none or not an object)."""
+        return self.view if isinstance(self.view, dict) else {}
+
+
 @dataclass
 class ReplicaState:
     """What the RM knows of one replica (rebuilt from reports after a restart)."""
 
-    report: dict[str, Any] = field(default_factory=dict)  # its last report, as sent
+    report: ReplicaReport | None = None  # its last report (none since a loss)
     report_at: float = 0.0  # monotonic
     present: bool = False  # in the GFD's membership
     loss: GfdChange | None = None  # the GFD's last delete for it, until it is back
@@ -108,7 +164,7 @@ class Report:
     """A replica's report (``welcome``, ``report``, ``view_ack`` or ``status``)."""
 
     replica: str
-    fields: dict[str, Any]
+    report: ReplicaReport
     first: bool = False  # its welcome on a new link
 
 
@@ -382,12 +438,12 @@ class RmCore:
                 and view.made_for(rid, info.incarnation))
 
     def _on_report(self, event: Report) -> None:
-        rid, msg = event.replica, event.fields
+        rid, report = event.replica, event.report
         info = self.replicas.get(rid)
         if info is None:
             return
-        inc = msg.get("incarnation")
-        if isinstance(inc, str) and inc != info.incarnation:
+        inc = report.incarnation
+        if inc is not None and inc != info.incarnation:
             view = self.view
             # Known before, or (first heard since our start) not the process the view counts.
             if info.incarnation is not None or (
@@ -395,7 +451,7 @@ class RmCore:
                     and view.incarnation(rid) and not view.made_for(rid, inc)):
                 self._restarted(rid, inc)
             info.incarnation = inc
-        info.report = msg
+        info.report = report
         info.report_at = self.now
         if self.adopted and self.view is not None and rid in self.view.members \
                 and rid in self._vouched_before(self.view) \
@@ -404,7 +460,7 @@ class RmCore:
             # process that view counts, if its primary had vouched for it before we restarted
             # (it may have died since): the record says which members it had.
             self.confirmed.add(rid)
-        reported = msg.get("view")
+        reported = report.view
         view = bad = None
         if reported:
             try:
@@ -419,7 +475,7 @@ class RmCore:
                 return
             if view is None or view.key < self.view.key:
                 self._reply("view", {"view": self.view.to_wire()})  # a replica that was away
-        self._note_confirmation(rid, msg)
+        self._note_confirmation(rid, report)
         self._decide()
 
     def _restarted(self, rid: str, inc: str) -> None:
@@ -475,22 +531,21 @@ class RmCore:
         return info is None or (info.incarnation is not None
                                 and not self._same_process(rid, view))
 
-    def _note_confirmation(self, rid: str, msg: dict[str, Any]) -> None:
+    def _note_confirmation(self, rid: str, report: ReplicaReport) -> None:
         view = self.view
         if view is None or rid != view.primary:
             return
-        reported = msg.get("view") or {}
-        commit = msg.get("commit")
-        if isinstance(commit, int) and commit > self.record.committed_seq \
+        reported = report.view_fields
+        commit = report.commit
+        if commit is not None and commit > self.record.committed_seq \
                 and reported.get("epoch") == view.epoch:
             self.record.committed_seq = commit  # kept on the next write of the record
-        vouched = msg.get("vouched")
-        if "vouched" in msg:
+        if report.vouches:
             # Its members hold everything it committed before it took this view.
-            current = vouched == [view.epoch, view.version]
+            current = report.vouched == (view.epoch, view.version)
         else:  # a replica from before vouching: the view in force, out of its view change
             current = reported.get("epoch") == view.epoch \
-                and reported.get("version") == view.version and not msg.get("recovering")
+                and reported.get("version") == view.version and not report.recovering
         if current:
             newly = set(view.members) - self.confirmed
             # Vouched for as the processes the view counts: a member not heard since our start
@@ -530,7 +585,7 @@ class RmCore:
             if change.kind == "delete":
                 info.loss = change
                 # What it reported is stale: it is admitted again only on a new report.
-                info.report = {}
+                info.report = None
                 was_primary = self.view is not None and self.view.primary == rid
                 cause = "crash" if change.confirmed_dead else "lost"
                 reason = change.reason if change.reason is not None else ""
@@ -595,9 +650,8 @@ class RmCore:
 
     def _bootstrap(self, present: set[str]) -> None:
         fresh = sorted((rid for rid in present
-                        if self.replicas[rid].report
-                        and not self.replicas[rid].report.get("view")
-                        and self.replicas[rid].report.get("seq") == 0),
+                        if (report := self.replicas[rid].report) is not None
+                        and not report.view and report.seq == 0),
                        key=lambda r: int(r[1:]))
         everyone = set(self.replicas)
         # Wait for every configured replica for a moment, so epoch 1 starts with all of them.
@@ -629,6 +683,10 @@ class RmCore:
         incs = () if EMPTY_PRIMARY_KEEPS_EPOCH else tuple(
             (m, inc) for m in ordered if (inc := self.replicas[m].incarnation) is not None)
         return View(epoch, version, primary, ordered, incs=incs)
+
+    def _applied(self, rid: str) -> int:
+        report = self.replicas[rid].report
+        return 0 if report is None or report.seq is None else report.seq
 
     def _failover(self, present: set[str]) -> None:
         view = self.view
@@ -673,7 +731,7 @@ class RmCore:
             return
 
         def seq(rid: str) -> tuple[int, int]:
-            return (int(self.replicas[rid].report.get("seq", 0)), -int(rid[1:]))
+            return (self._applied(rid), -int(rid[1:]))
         new_primary = max(candidates, key=seq)
         epoch = max(self.epoch_floor, view.epoch) + 1
         new_view = self._make_view(epoch, 0, new_primary, candidates)
@@ -713,13 +771,15 @@ class RmCore:
             if rid in view.members:
                 continue
             report = self.replicas[rid].report
-            rview = report.get("view") or {}
+            if report is None:
+                continue
+            rview = report.view_fields
             # Caught up in *this* view: a report from before a removal is stale (it caught up
             # with a stream the primary has since stopped waiting for).
-            if report.get("caught_up") and rview.get("epoch") == view.epoch \
+            if report.caught_up and rview.get("epoch") == view.epoch \
                     and rview.get("version") == view.version \
-                    and report.get("upstream") == view.primary \
-                    and report.get("incarnation") == self.replicas[rid].incarnation:
+                    and report.upstream == view.primary \
+                    and report.incarnation == self.replicas[rid].incarnation:
                 joining.append(rid)
         if joining:
             new_view = self._make_view(view.epoch, view.version + 1, view.primary,
@@ -801,7 +861,7 @@ class RmCore:
             self._reply("error", {"code": "not_present", "message": f"{rid} is not up (or has "
                                   "not reported yet); start it first"})
             return
-        seq = int(info.report.get("seq") or 0)
+        seq = self._applied(rid)
         epoch = max(self.epoch_floor, self.view.epoch if self.view else 0) + 1
         view = self._make_view(epoch, 0, rid, [rid])
         self.record.forced.append({"at": event.at, "replica": rid, "epoch": epoch,

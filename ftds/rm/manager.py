@@ -284,7 +284,7 @@ class ReplicationManager:
             raise WireError("unknown_type", f"{kind!r} from a replica")
 
     def _on_report(self, link: ReplicaLink, conn: Conn, msg: Message, first: bool) -> None:
-        self._step(core.Report(link.spec.id, msg, first), conn)
+        self._step(core.Report(link.spec.id, core.ReplicaReport.from_wire(msg), first), conn)
         self.status_changed()
 
     def _on_lease_request(self, link: ReplicaLink, conn: Conn, msg: Message) -> None:
@@ -399,7 +399,7 @@ class ReplicationManager:
         now = time.monotonic()
         for rid, link in self.links.items():
             info = c.replicas[rid]
-            r = info.report
+            r = info.report or core.ReplicaReport()
             lfd = lfds.get(rid, {})
             state = self.relauncher.states.get(rid)
             replicas[rid] = {
@@ -407,12 +407,12 @@ class ReplicationManager:
                 "connected": link.conn is not None,
                 "ready": bool(view and rid in view.members and rid in c.confirmed
                               and info.present),
-                "role": r.get("role") if info.present else "down",
-                "i_am_ready": r.get("i_am_ready"),
-                "seq": r.get("seq"),
-                "checkpoint_count": r.get("checkpoint_count"),
-                "epoch": r.get("epoch"),
-                "pid": r.get("pid"),
+                "role": r.role if info.present else "down",
+                "i_am_ready": r.i_am_ready,
+                "seq": r.seq,
+                "checkpoint_count": r.checkpoint_count,
+                "epoch": r.epoch,
+                "pid": r.pid,
                 "incarnation": info.incarnation,
                 "report_age": round(now - info.report_at, 3) if info.report_at else None,
                 "heartbeat_age": lfd.get("heartbeat_age"),

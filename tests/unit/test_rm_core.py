@@ -21,6 +21,7 @@ from ftds.rm.core import (
     Membership,
     Reconfigured,
     Release,
+    ReplicaReport,
     Report,
     RmCore,
     Settings,
@@ -42,7 +43,7 @@ def report(rid: str, inc: str, *, seq: int = 0, view: View | None = None, first:
     fields = {"t": "report", "e": view.epoch if view else 0, "id": rid, "incarnation": inc,
               "seq": seq, "commit": 0, "view": view.to_wire() if view else None,
               "caught_up": True, "upstream": None, "recovering": False, **extra}
-    return Report(rid, fields, first)
+    return Report(rid, ReplicaReport.from_wire(fields), first)
 
 
 def membership(*members: str, changes: tuple[GfdChange, ...] = ()) -> Membership:
@@ -317,7 +318,7 @@ def test_a_replica_that_was_away_is_told_the_view_on_its_welcome():
 def test_a_malformed_view_on_a_welcome_closes_that_connection_after_what_came_before():
     rm = new_core()
     serving(rm)
-    effects = rm.step(Report("S3", {"incarnation": "i-S3", "view": {"epoch": "x"}}, True),
+    effects = rm.step(Report("S3", ReplicaReport(incarnation="i-S3", view={"epoch": "x"}), True),
                       T0 + 2)
     assert isinstance(effects[-1], core.Reject) and effects[-1].code == "malformed"
 
@@ -375,3 +376,13 @@ def test_a_restarted_rm_adopts_a_newer_view_and_never_an_older_one():
     assert effects.index(persist) < effects.index(of(effects, core.Log)[0])
     assert lines(effects)[0] == ("RM: adopted view epoch 3.1: primary S3, ready S2, S3 "
                                  "(reported by S3)")
+
+
+def test_a_report_reads_a_field_of_the_wrong_type_as_not_given():
+    parsed = ReplicaReport.from_wire({"incarnation": 5, "seq": "12", "commit": True,
+                                      "vouched": None, "i_am_ready": 1, "view": [1]})
+    assert (parsed.incarnation, parsed.seq, parsed.commit) == (None, None, None)
+    assert parsed.vouches and parsed.vouched is None, "a primary that has vouched for nothing"
+    assert parsed.i_am_ready == 1 and parsed.view_fields == {}
+    assert not ReplicaReport.from_wire({"seq": 3}).vouches
+    assert ReplicaReport.from_wire({"vouched": [4, 2]}).vouched == (4, 2)

@@ -64,12 +64,12 @@ def decided(rm, decision, *args):
         rm._carry_out(effect, None)
 
 
-def report(rm, rid, *, inc, seq=0, view=None, caught_up=True, e=None, commit=0):
+def report(rm, rid, *, inc, seq=0, view=None, caught_up=True, e=None, commit=0, upstream=None):
     rm.core.replicas[rid].present = True
     msg = {"t": "report", "e": e if e is not None else (view.epoch if view else 0),
            "id": rid, "incarnation": inc, "seq": seq, "commit": commit,
            "view": view.to_wire() if view else None, "caught_up": caught_up,
-           "upstream": None, "recovering": False}
+           "upstream": upstream, "recovering": False}
     rm._on_report(rm.links[rid], FakeConn(rid), msg, first=False)
 
 
@@ -267,16 +267,14 @@ def test_a_removed_backup_is_admitted_again_only_on_a_report_made_after_its_remo
     rm = make_rm()
     serving(rm)
     old = rm.view
-    report(rm, "S3", inc="a-S3", seq=40, view=old, caught_up=True)
-    rm.core.replicas["S3"].report["upstream"] = "S1"
+    report(rm, "S3", inc="a-S3", seq=40, view=old, caught_up=True, upstream="S1")
     decided(rm, rm.core._remove_members, ["S3"], "S1 reports them unreachable")
     removed = rm.view
     assert "S3" not in removed.members
     rm.decide()
     assert rm.view == removed, "admitted again on a report from before the removal"
     # Its report on the new view, caught up again with the primary's stream: admitted.
-    report(rm, "S3", inc="a-S3", seq=45, view=removed, caught_up=True)
-    rm.core.replicas["S3"].report["upstream"] = "S1"
+    report(rm, "S3", inc="a-S3", seq=45, view=removed, caught_up=True, upstream="S1")
     rm.decide()
     assert "S3" in rm.view.members
 
@@ -289,9 +287,11 @@ def test_an_admitted_backup_is_electable_only_once_the_primary_vouches_for_it(ma
     view = rm.core._make_view(2, 1, "S1", ["S1", "S2", "S3"])
     decided(rm, rm.core._issue, view, "admitting S3")
     primary_report = {"view": view.to_wire(), "commit": 9, "recovering": False}
-    decided(rm, rm.core._note_confirmation, "S1", {**primary_report, "vouched": [2, 0]})
+    decided(rm, rm.core._note_confirmation, "S1",
+            core.ReplicaReport.from_wire({**primary_report, "vouched": [2, 0]}))
     assert "S3" not in rm.core.confirmed
-    decided(rm, rm.core._note_confirmation, "S1", {**primary_report, "vouched": [2, 1]})
+    decided(rm, rm.core._note_confirmation, "S1",
+            core.ReplicaReport.from_wire({**primary_report, "vouched": [2, 1]}))
     assert "S3" in rm.core.confirmed
     assert rm.store.load().confirmed == ["S1", "S2", "S3"], "kept for a restarted RM"
 
