@@ -138,6 +138,10 @@ def execute(kv: dict[str, Any], op: dict[str, Any]) -> Result:
 class StateMachine:
     def __init__(self, reply_cache_ttl: float = REPLY_CACHE_TTL) -> None:
         self.kv: dict[str, Any] = {}
+        # The digest is kept as sums of per-item hashes, refreshed only for what changed since
+        # the last digest: a periodic checkpoint of a large store costs what it changed, not
+        # the whole store, so the event loop keeps answering heartbeats.
+        self._sums = Sums()
         self.reply_cache_ttl = reply_cache_ttl
         # client id -> [high watermark request_num, cached result, seq of that request,
         #               its operation (its fingerprint once it came through a checkpoint),
@@ -186,6 +190,9 @@ class StateMachine:
             return {"ok": False, "error": "stale request"}, False
         op = entry["op"]
         result = execute(self.kv, op)
+        if op["op"] != "get":
+            self._sums.dirty_keys.add(op["key"])
+        self._sums.dirty_clients.add(client)
         at = entry.get("t", 0)
         # The op itself (no cost here); checkpoints carry its fingerprint instead.
         self.clients[client] = [request_num, result, seq, op, at]
@@ -201,11 +208,12 @@ class StateMachine:
         idle = [c for c, rec in self.clients.items() if len(rec) > 4 and rec[4] < horizon]
         for client in idle:
             del self.clients[client]
+        self._sums.dirty_clients.update(idle)
         return len(idle)
 
     # -- checkpoints -----------------------------------------------------------------------
     def digest(self) -> str:
-        return state_digest(self.kv, self.clients)
+        return self._sums.refresh(self.kv, self.clients)
 
     def snapshot(self, epoch: int) -> dict[str, Any]:
         """A checkpoint of everything a newcomer needs (the course's my_state and more)."""
@@ -220,10 +228,12 @@ class StateMachine:
             "digest": self.digest(),
         }
 
-    def install(self, checkpoint: dict[str, Any]) -> None:
-        """Replace the state by a checkpoint (already verified against its digest)."""
+    def install(self, checkpoint: dict[str, Any], sums: Sums | None = None) -> None:
+        """Replace the state by a checkpoint (already verified against its digest; ``sums``
+        are the hashes that verification computed, so the next digest need not redo them)."""
         self.kv = dict(checkpoint["my_state"])
         self.clients = {c: list(rec) for c, rec in checkpoint["clients"].items()}
+        self._sums = sums if sums is not None else Sums.of(self.kv, self.clients, lazy=True)
         self.seq = checkpoint["seq"]
         self.last_epoch = checkpoint["last_epoch"]
         self.checkpoint_count = checkpoint["checkpoint_count"]
@@ -240,17 +250,96 @@ def _portable(record: list[Any]) -> list[Any]:
     return record
 
 
+_MOD = 1 << 256
+
+
+def _item_hash(name: str, value: Any) -> int:
+    return int.from_bytes(hashlib.blake2b(
+        orjson.dumps([name, value], option=orjson.OPT_SORT_KEYS), digest_size=32).digest())
+
+
+class Sums:
+    """The state's digest as two sums (mod 2**256) of per-item hashes: one over the store's
+    (key, value) pairs, one over each client's (id, watermark, reply). A sum does not depend on
+    the order items were added in, so replicas at the same seq agree; ``refresh`` rehashes only
+    the items marked dirty since the last digest."""
+
+    def __init__(self) -> None:
+        self.key_hash: dict[str, int] = {}
+        self.client_hash: dict[str, int] = {}
+        self.kv_sum = 0
+        self.clients_sum = 0
+        self.dirty_keys: set[str] = set()
+        self.dirty_clients: set[str] = set()
+
+    @classmethod
+    def of(cls, kv: dict[str, Any], clients: dict[str, list[Any]], lazy: bool = False) -> Sums:
+        sums = cls()
+        sums.dirty_keys.update(kv)
+        sums.dirty_clients.update(clients)
+        if not lazy:
+            sums.refresh(kv, clients)
+        return sums
+
+    def absorb(self, kv: dict[str, Any], clients: dict[str, Any]) -> None:
+        """Hash items as they arrive (a checkpoint's parts), a later one replacing an earlier
+        one of the same name as the joined state does."""
+        for key, value in kv.items():
+            self.kv_sum -= self.key_hash.get(key, 0)
+            self.key_hash[key] = h = _item_hash(key, value)
+            self.kv_sum += h
+        for client, rec in clients.items():
+            self.clients_sum -= self.client_hash.get(client, 0)
+            # A malformed record is refused by the checkpoint's shape check, not here.
+            self.client_hash[client] = h = _item_hash(
+                client, rec[:2] if isinstance(rec, list) else rec)
+            self.clients_sum += h
+
+    def refresh(self, kv: dict[str, Any], clients: dict[str, list[Any]]) -> str:
+        for key in self.dirty_keys:
+            self.kv_sum -= self.key_hash.pop(key, 0)
+            if key in kv:
+                self.key_hash[key] = h = _item_hash(key, kv[key])
+                self.kv_sum += h
+        for client in self.dirty_clients:
+            self.clients_sum -= self.client_hash.pop(client, 0)
+            rec = clients.get(client)
+            if rec is not None:
+                self.client_hash[client] = h = _item_hash(client, rec[:2])
+                self.clients_sum += h
+        self.dirty_keys.clear()
+        self.dirty_clients.clear()
+        self.kv_sum %= _MOD
+        self.clients_sum %= _MOD
+        return hashlib.sha256(b"ftds-state-2 %d %d %064x %064x" % (
+            len(kv), len(clients), self.kv_sum, self.clients_sum)).hexdigest()
+
+
 def state_digest(kv: dict[str, Any], clients: dict[str, list[Any]]) -> str:
-    """SHA-256 of the canonical state: the store and each client's watermark and reply."""
-    canonical = orjson.dumps(
-        {"kv": kv, "clients": {c: rec[:2] for c, rec in clients.items()}},
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return hashlib.sha256(canonical).hexdigest()
+    """The digest of a whole state: the store and each client's watermark and reply."""
+    return Sums.of(kv, clients, lazy=True).refresh(kv, clients)
 
 
 def validate_checkpoint(cp: Any) -> str | None:
     """None if a received checkpoint has the right shape and digest, else what is wrong."""
+    return verify_checkpoint(cp)[0]
+
+
+def verify_checkpoint(cp: Any, sums: Sums | None = None) -> tuple[str | None, Sums | None]:
+    """(None, the hashes it computed) if a received checkpoint has the right shape and digest,
+    else (what is wrong, None). The hashes make the installed state's next digest cheap.
+    ``sums``: its items' hashes, already taken as its parts arrived."""
+    problem = _checkpoint_shape(cp)
+    if problem:
+        return problem, None
+    if sums is None:
+        sums = Sums.of(cp["my_state"], cp["clients"], lazy=True)
+    if sums.refresh(cp["my_state"], cp["clients"]) != cp["digest"]:
+        return "checkpoint digest does not match its state", None
+    return None, sums
+
+
+def _checkpoint_shape(cp: Any) -> str | None:
     if not isinstance(cp, dict):
         return "checkpoint must be an object"
     for name, kind in (("checkpoint_count", int), ("seq", int), ("epoch", int),
@@ -263,6 +352,4 @@ def validate_checkpoint(cp: Any) -> str | None:
                 and isinstance(rec[2], int)
                 and all(isinstance(x, int) and not isinstance(x, bool) for x in rec[3:])):
             return f"checkpoint client record of {client!r} is malformed"
-    if state_digest(cp["my_state"], cp["clients"]) != cp["digest"]:
-        return "checkpoint digest does not match its state"
     return None

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +35,10 @@ from ..sdnotify import nobody_listens
 from ..statemachine import (
     SKIP_REPLY_CACHE,
     StateMachine,
+    Sums,
     fingerprint,
-    validate_checkpoint,
     validate_op,
+    verify_checkpoint,
 )
 from ..supervise import spawn
 from ..view import View
@@ -45,8 +46,8 @@ from ..wire import Conn, Message, WireError, encode_body, envelope, frame, requi
 from .replog import ReplicationLog
 from .transfer import (
     STATE_FIELDS,
+    CheckpointParts,
     PartsCollector,
-    checkpoint_bodies,
     limit_for,
     pack,
     send_paced,
@@ -663,9 +664,18 @@ class Replica:
             cp = self._snapshot()
             held = 0  # what it had is not known to be ours: only its ack counts
             self._log_checkpoint(cp, [sub.id], "catch-up")
-            bodies = checkpoint_bodies(cp, "catchup", {**payload, "entries": []}, self.id,
-                                       self.epoch, self._limit)
-            self._state_parts, self._state_keys = len(bodies) - 1, len(self.sm.kv)
+            # A state of many parts is encoded as the link drains, so it is sent from a copy
+            # the applier does not change meanwhile; one that fits a part goes at once.
+            cp["my_state"] = dict(cp["my_state"])
+            parts = CheckpointParts(cp, "catchup", {**payload, "entries": []}, self.id,
+                                    self.epoch, self._limit)
+            small = parts.all_if_small()
+            if small is None:
+                spawn(self._transfer(sub, parts, self.sm.seq, held, parts),
+                      f"transfer-{sub.id}")
+                return
+            bodies = small
+            self._state_parts, self._state_keys = parts.parts, len(self.sm.kv)
         else:
             whole = self._body("catchup", {**payload, "entries": entries})
             if len(whole) <= self._limit:
@@ -686,12 +696,22 @@ class Replica:
         if sub.id in self.sync_set:
             self.acked[sub.id] = max(self.acked.get(sub.id, 0), held)
 
-    async def _transfer(self, sub: Subscriber, bodies: list[bytes], upto: int,
-                        held: int) -> None:
+    async def _transfer(self, sub: Subscriber, bodies: Iterable[bytes], upto: int,
+                        held: int, parts: CheckpointParts | None = None) -> None:
         """A catch-up of many frames, sent as the link drains (a burst of the whole would
         overflow the write buffer), then the entries ordered since ``upto``, then the stream."""
-        if not await send_paced(sub.conn, bodies):
+        sent = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal sent
+            for body in bodies:
+                sent += 1
+                yield body
+
+        if not await send_paced(sub.conn, counted()):
             return
+        if parts is not None:
+            self._state_parts, self._state_keys = parts.parts, len(self.sm.kv)
         if self.subs.get(sub.id) is not sub or not self.is_orderer:
             return
         rest = self.log.entries_after(upto)
@@ -702,7 +722,7 @@ class Replica:
             sub.conn.send_raw(body)
         self._mark_synced(sub, held)
         log.info("%s: catch-up of %s sent in %d frames (+%d entries ordered meanwhile)",
-                 self.id, sub.id, len(bodies), len(rest))
+                 self.id, sub.id, sent, len(rest))
 
     def watch_member_close(self, conn: Conn) -> None:
         previous = conn.on_close
@@ -776,9 +796,11 @@ class Replica:
         if msg["t"] == "cp_part":
             self._fetch_parts.add(msg)
             return
+        sums = None
         if msg.get("checkpoint") is not None:
             msg = {**msg, "checkpoint": self._fetch_parts.complete(msg["checkpoint"])}
-        self._install_payload(msg)
+            sums = self._fetch_parts.last_sums
+        self._install_payload(msg, sums)
         self._fetch_from = None
         self._continue_recovery()
 
@@ -793,10 +815,13 @@ class Replica:
         # A state of many frames is not broadcast whole: the members hold it already (they
         # applied the stream), so they verify its digest at this seq, and only a member that
         # differs is sent the state (it subscribes again). Measured again once it halved.
-        bodies = []
+        bodies: list[bytes] = []
         if self._state_parts <= 1 or len(self.sm.kv) < self._state_keys // 2:
-            bodies = checkpoint_bodies(cp, "checkpoint", {}, self.id, self.epoch, self._limit)
-            self._state_parts, self._state_keys = len(bodies) - 1, len(self.sm.kv)
+            # Made only if the state fits one part: a larger one costs one part to find out.
+            parts = CheckpointParts(cp, "checkpoint", {}, self.id, self.epoch, self._limit)
+            bodies = parts.all_if_small() or []
+            self._state_parts = parts.parts if bodies else max(parts.parts, 2)
+            self._state_keys = len(self.sm.kv)
         why = "periodic"
         if self._state_parts > 1:
             meta = {k: v for k, v in cp.items() if k not in STATE_FIELDS}
@@ -843,9 +868,11 @@ class Replica:
             self._parts.add(msg)
             return
         if kind == "catchup":
+            sums = None
             if msg.get("checkpoint") is not None:
                 msg = {**msg, "checkpoint": self._parts.complete(msg["checkpoint"])}
-            self._install_payload(msg)
+                sums = self._parts.last_sums
+            self._install_payload(msg, sums)
             self.caught_up = True
             self.member_commit = max(self.member_commit, require(msg, "commit", int))
             log.info("%s: caught up with %s at seq %d (i_am_ready = %d)", self.id,
@@ -874,13 +901,20 @@ class Replica:
                     return
             else:
                 cp = self._parts.complete(require(msg, "checkpoint", dict))
-                self._install_checkpoint_from_stream(cp)
+                self._install_checkpoint_from_stream(cp, self._parts.last_sums)
         elif kind == "fetch":
             since = require(msg, "from", int)
             entries = self.log.entries_after(since)
             if entries is None:
-                bodies = checkpoint_bodies(self.sm.snapshot(self.epoch), "fetched",
-                                           {"entries": []}, self.id, self.epoch, self._limit)
+                cp = self.sm.snapshot(self.epoch)
+                cp["my_state"] = dict(cp["my_state"])  # sent over many turns: a copy
+                parts = CheckpointParts(cp, "fetched", {"entries": []}, self.id, self.epoch,
+                                        self._limit)
+                small = parts.all_if_small()
+                if small is None:
+                    spawn(send_paced(conn, parts), "fetched")
+                    return
+                bodies = small
             else:  # the first slice that fits: the new orderer fetches again for the rest
                 bodies = pack(entries, lambda part: self._body("fetched", {"entries": part}),
                               self._limit)[:1]
@@ -923,14 +957,15 @@ class Replica:
             self.member_commit = commit
             self._release(self.member_waiting, commit)
 
-    def _install_payload(self, msg: Message) -> None:
-        """Install a catch-up/fetch payload: optional checkpoint, then entries beyond it."""
+    def _install_payload(self, msg: Message, sums: Sums | None = None) -> None:
+        """Install a catch-up/fetch payload: optional checkpoint, then entries beyond it
+        (``sums``: the checkpoint's hashes, taken as its parts arrived)."""
         cp = msg.get("checkpoint")
         if cp is not None:
-            problem = validate_checkpoint(cp)
+            problem, sums = verify_checkpoint(cp, sums)
             if problem:
                 raise WireError("malformed", problem)
-            self.sm.install(cp)
+            self.sm.install(cp, sums)
             self.log.reset(cp["seq"])
             self._trace_reset(cp["seq"])
             self._prev_checkpoint_seq = self._checkpoint_seq = cp["seq"]
@@ -978,8 +1013,9 @@ class Replica:
         conn.close()
         return False
 
-    def _install_checkpoint_from_stream(self, cp: dict[str, Any]) -> None:
-        problem = validate_checkpoint(cp)
+    def _install_checkpoint_from_stream(self, cp: dict[str, Any],
+                                        sums: Sums | None = None) -> None:
+        problem, sums = verify_checkpoint(cp, sums)
         if problem:
             raise WireError("malformed", problem)
         self.stats.checkpoints_received += 1
@@ -992,7 +1028,7 @@ class Replica:
                 log.error("%s: DIVERGENCE at seq %d: my digest %s, primary's %s; installing "
                           "the checkpoint", self.id, cp["seq"], self.sm.digest()[:12],
                           cp["digest"][:12])
-            self.sm.install(cp)
+            self.sm.install(cp, sums)
             self.log.reset(cp["seq"])
             self._trace_reset(cp["seq"])
             verdict = "installed"

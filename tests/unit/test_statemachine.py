@@ -169,3 +169,79 @@ def test_reply_cache_keeps_clients_within_the_ttl():
         sm.apply({"s": seq, "e": 1, "c": f"C{seq % 3}", "r": seq // 3 + 1, "t": 5000 + seq,
                   "op": {"op": "incr", "key": "n"}})
     assert set(sm.clients) == {"C0", "C1", "C2"}
+
+
+def test_the_kept_digest_is_the_digest_of_the_whole_state_at_every_step():
+    """Digests taken now and then, with installs and reply-cache sweeps between them, always
+    equal the digest computed from scratch over the same store and client records."""
+    from ftds import statemachine
+
+    sm = StateMachine(reply_cache_ttl=5)
+    for i, e in enumerate(entries(3000, seed=7, clients=6, keys=40)):
+        e["t"] = i // 50  # the orderer's clock: idle clients age out of the reply cache
+        sm.apply(e)
+        if i % 97 == 0:
+            assert sm.digest() == statemachine.state_digest(sm.kv, sm.clients)
+        if i % 701 == 0:
+            newborn = StateMachine()
+            newborn.install(sm.snapshot(1))  # lazily hashed on its first digest
+            assert newborn.digest() == sm.digest()
+            sm = newborn
+    sm.digest()
+    swept = sm.prune(10**6)  # nothing applied since that digest: only the sweep changed it
+    assert swept > 0
+    assert sm.digest() == statemachine.state_digest(sm.kv, sm.clients)
+
+
+def test_the_same_state_reached_in_another_order_has_the_same_digest():
+    a, b = StateMachine(), StateMachine()
+    puts = [{"op": "put", "key": f"k{i}", "value": {"n": i, "tags": ["x", i]}} for i in range(50)]
+    for n, op in enumerate(puts, 1):
+        a.apply({"s": n, "e": 1, "c": f"C{n}", "r": 1, "op": op})
+    for n, op in enumerate(reversed(puts), 1):
+        b.apply({"s": n, "e": 1, "c": f"C{51 - n}", "r": 1, "op": op})
+    assert a.kv == b.kv and list(a.kv) != list(b.kv)
+    assert a.digest() == b.digest()
+    b.apply({"s": 51, "e": 1, "c": "C1", "r": 2, "op": {"op": "put", "key": "k3", "value": 0}})
+    assert a.digest() != b.digest()
+
+
+def test_a_digest_rehashes_only_what_changed_since_the_last(monkeypatch):
+    """A periodic checkpoint of a large store costs what changed, not the whole store."""
+    from ftds import statemachine
+
+    sm = StateMachine()
+    for n in range(1, 5001):
+        sm.apply({"s": n, "e": 1, "c": "C1", "r": n,
+                  "op": {"op": "put", "key": f"k{n}", "value": "v" * 100}})
+    sm.digest()
+    hashed = []
+    real = statemachine._item_hash
+    monkeypatch.setattr(statemachine, "_item_hash",
+                        lambda name, value: hashed.append(name) or real(name, value))
+    for n, op in enumerate([{"op": "put", "key": "k7", "value": 1},
+                            {"op": "get", "key": "k8"},
+                            {"op": "delete", "key": "k9"}], 5001):
+        sm.apply({"s": n, "e": 1, "c": "C2", "r": n, "op": op})
+    digest = sm.digest()
+    assert sorted(hashed) == ["C2", "k7"], "one client record and one live key rehashed"
+    assert digest == statemachine.state_digest(sm.kv, sm.clients)
+
+
+def test_an_installed_checkpoint_keeps_the_hashes_its_verification_computed(monkeypatch):
+    from ftds import statemachine
+
+    primary = StateMachine()
+    for e in entries(300, keys=50):
+        primary.apply(e)
+    cp = primary.snapshot(1)
+    problem, sums = statemachine.verify_checkpoint(cp)
+    assert problem is None and sums is not None
+    tampered = {**cp, "my_state": {**cp["my_state"], "k0": "tampered"}}
+    assert statemachine.verify_checkpoint(tampered) == (
+        "checkpoint digest does not match its state", None)
+    hashed = []
+    monkeypatch.setattr(statemachine, "_item_hash", lambda *a: hashed.append(a) or 0)
+    member = StateMachine()
+    member.install(cp, sums)
+    assert member.digest() == primary.digest() and not hashed

@@ -5,7 +5,7 @@ import orjson
 import pytest
 
 from ftds.replica.transfer import PartsCollector, checkpoint_bodies, pack
-from ftds.statemachine import StateMachine, validate_checkpoint
+from ftds.statemachine import StateMachine, validate_checkpoint, verify_checkpoint
 from ftds.wire import WireError, decode_body, encode_body, envelope
 
 
@@ -47,3 +47,109 @@ def test_a_missing_part_is_refused_not_installed():
     with pytest.raises(WireError, match="parts"):
         collector.complete(decode_body(bodies[-1])["checkpoint"])
     assert collector.count == 0
+
+
+def test_parts_are_hashed_as_they_arrive_and_the_check_at_the_end_rehashes_nothing(monkeypatch):
+    from ftds import statemachine
+
+    sm = StateMachine()
+    for n in range(1, 301):
+        sm.apply({"s": n, "e": 1, "c": f"C{n % 7}", "r": n,
+                  "op": {"op": "put", "key": f"k{n}", "value": "v" * 200}})
+    bodies = checkpoint_bodies(sm.snapshot(1), "catchup", {"commit": 300}, "S1", 1, 8192)
+    collector = PartsCollector()
+    for body in bodies[:-1]:
+        collector.add(decode_body(body))
+    whole = collector.complete(decode_body(bodies[-1])["checkpoint"])
+    sums = collector.last_sums
+    assert sums is not None
+    hashed = []
+    real = statemachine._item_hash
+    monkeypatch.setattr(statemachine, "_item_hash",
+                        lambda *a: hashed.append(a) or real(*a))
+    problem, kept = statemachine.verify_checkpoint(whole, sums)
+    assert problem is None and kept is sums and not hashed
+    member = StateMachine()
+    member.install(whole, kept)
+    assert member.digest() == sm.digest() and not hashed
+
+
+def test_a_part_altered_on_the_way_fails_the_digest_hashed_on_arrival():
+    sm = StateMachine()
+    for n in range(1, 101):
+        sm.apply({"s": n, "e": 1, "c": "C1", "r": n,
+                  "op": {"op": "put", "key": f"k{n}", "value": "v" * 200}})
+    bodies = checkpoint_bodies(sm.snapshot(1), "checkpoint", {}, "S1", 1, 4096)
+    collector = PartsCollector()
+    for i, body in enumerate(bodies[:-1]):
+        part = decode_body(body)
+        if i == 1:
+            key = next(iter(part["kv"]))
+            part["kv"][key] = "altered"
+        collector.add(part)
+    whole = collector.complete(decode_body(bodies[-1])["checkpoint"])
+    assert verify_checkpoint(whole, collector.last_sums) == (
+        "checkpoint digest does not match its state", None)
+
+
+def test_checkpoint_parts_are_made_one_at_a_time_and_join_back_to_the_state():
+    from ftds.replica.transfer import CheckpointParts
+
+    sm = StateMachine()
+    for n in range(1, 2001):
+        sm.apply({"s": n, "e": 1, "c": f"C{n % 5}", "r": n,
+                  "op": {"op": "put", "key": f"k{n}", "value": {"n": n, "pad": "v" * 300}}})
+    cp = sm.snapshot(1)
+    parts = CheckpointParts(cp, "catchup", {"commit": 2000}, "S1", 1, 16384)
+    stream = iter(parts)
+    next(stream)
+    assert parts.parts == 1 and not parts.scanned, "only the first part is encoded so far"
+    bodies = [*stream]
+    assert parts.scanned and parts.parts == len(bodies) > 20
+    assert all(len(b) <= 16384 for b in bodies)
+    collector = PartsCollector()
+    for body in bodies[:-1]:
+        collector.add(decode_body(body))
+    first = decode_body(next(iter(CheckpointParts(cp, "catchup", {"commit": 2000}, "S1", 1,
+                                                  16384))))
+    collector.add(first)  # the first part, pulled above, joins in any order
+    whole = collector.complete(decode_body(bodies[-1])["checkpoint"])
+    assert verify_checkpoint(whole, collector.last_sums)[0] is None
+    assert whole["my_state"] == cp["my_state"] and whole["clients"] == cp["clients"]
+
+
+def test_a_state_that_fits_one_part_is_sent_exactly_as_before():
+    from ftds.replica.transfer import CheckpointParts
+
+    sm = StateMachine()
+    for n in range(1, 51):
+        sm.apply({"s": n, "e": 1, "c": "C1", "r": n,
+                  "op": {"op": "put", "key": f"k{n}", "value": n}})
+    cp = sm.snapshot(1)
+    parts = CheckpointParts(cp, "catchup", {"commit": 50}, "S1", 1, 1 << 20)
+    stream = iter(parts)
+    next(stream)
+    assert parts.scanned
+    assert list(CheckpointParts(cp, "catchup", {"commit": 50}, "S1", 1, 1 << 20)) == \
+        checkpoint_bodies(cp, "catchup", {"commit": 50}, "S1", 1, 1 << 20)
+
+
+def test_all_if_small_makes_one_part_of_a_large_state_and_sending_goes_on_from_there():
+    from ftds.replica.transfer import CheckpointParts
+
+    sm = StateMachine()
+    for n in range(1, 1001):
+        sm.apply({"s": n, "e": 1, "c": "C1", "r": n,
+                  "op": {"op": "put", "key": f"k{n}", "value": "v" * 500}})
+    cp = sm.snapshot(1)
+    parts = CheckpointParts(cp, "catchup", {"commit": 1000}, "S1", 1, 16384)
+    assert parts.all_if_small() is None and parts.parts == 1
+    bodies = list(parts)
+    assert parts.parts == len(bodies) - 1 > 20
+    collector = PartsCollector()
+    for body in bodies[:-1]:
+        collector.add(decode_body(body))
+    whole = collector.complete(decode_body(bodies[-1])["checkpoint"])
+    assert verify_checkpoint(whole, collector.last_sums)[0] is None
+    small = CheckpointParts(cp, "catchup", {"commit": 1000}, "S1", 1, 1 << 22).all_if_small()
+    assert small is not None and len(small) == 2

@@ -25,9 +25,9 @@ from typing import Any
 from ftds import local
 from ftds.client import Client
 from ftds.config import load_config
-from ftds.replica.transfer import PartsCollector, checkpoint_bodies
+from ftds.replica.transfer import CheckpointParts, PartsCollector
 from ftds.rmclient import rm_request
-from ftds.statemachine import StateMachine, validate_checkpoint
+from ftds.statemachine import StateMachine, state_digest, verify_checkpoint
 from ftds.wire import decode_body
 
 VALUE_BYTES = 4000
@@ -41,28 +41,50 @@ def in_process(mib: int, repeats: int, max_frame: int) -> dict[str, float]:
         sm.apply({"s": n, "e": 1, "c": f"C{n % 64}", "r": n // 64 + 1,
                   "op": {"op": "put", "key": f"key{n:08d}", "value": value}})
     timings: dict[str, list[float]] = {k: [] for k in (
-        "snapshot_ms", "encode_ms", "decode_join_ms", "verify_ms", "install_ms")}
+        "snapshot_ms", "encode_ms", "decode_join_ms", "verify_ms", "install_ms",
+        "full_digest_ms", "periodic_digest_ms", "longest_part_ms")}
     frames = 0
+    seq = keys
     for _ in range(repeats):
+        t = time.perf_counter()
+        state_digest(sm.kv, sm.clients)  # from scratch: what a digest of everything costs
+        timings["full_digest_ms"].append((time.perf_counter() - t) * 1000)
+        # A periodic checkpoint's digest: 1,000 writes since the last one (kept sums).
+        sm.digest()
+        for n in range(1000):
+            seq += 1
+            sm.apply({"s": seq, "e": 1, "c": f"C{n % 64}", "r": seq // 64 + 1,
+                      "op": {"op": "put", "key": f"key{n * 37 % keys:08d}", "value": value}})
+        t = time.perf_counter()
+        sm.digest()
+        timings["periodic_digest_ms"].append((time.perf_counter() - t) * 1000)
         t0 = time.perf_counter()
         cp = sm.snapshot(1)
         t1 = time.perf_counter()
-        bodies = checkpoint_bodies(cp, "catchup", {"commit": sm.seq}, "S1", 1, max_frame // 2)
+        cp["my_state"] = dict(cp["my_state"])  # what a catch-up sends: a copy
+        bodies, step = [], time.perf_counter()
+        for body in CheckpointParts(cp, "catchup", {"commit": sm.seq}, "S1", 1, max_frame // 2):
+            bodies.append(body)  # the loop runs between two bodies: the longest is its stall
+            now = time.perf_counter()
+            timings["longest_part_ms"].append((now - step) * 1000)
+            step = now
         t2 = time.perf_counter()
         collector = PartsCollector()
         for body in bodies[:-1]:
             collector.add(decode_body(body))
         whole = collector.complete(decode_body(bodies[-1])["checkpoint"])
         t3 = time.perf_counter()
-        assert validate_checkpoint(whole) is None
+        problem, sums = verify_checkpoint(whole, collector.last_sums)  # hashed as parts came
+        assert problem is None
         t4 = time.perf_counter()
-        StateMachine().install(whole)
+        StateMachine().install(whole, sums)
         t5 = time.perf_counter()
         frames = len(bodies)
-        for name, (a, b) in zip(timings, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)),
-                                strict=True):
+        for name, (a, b) in zip(list(timings)[:5],
+                                ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)), strict=True):
             timings[name].append((b - a) * 1000)
     out = {name: statistics.median(v) for name, v in timings.items()}
+    out["longest_part_ms"] = max(timings["longest_part_ms"])
     out.update(keys=keys, frames=frames, mib=mib)
     return out
 
@@ -157,13 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report: dict[str, Any] = {"in_process": [], "cluster": None}
     print(f"{'MiB':>5s} {'keys':>7s} {'frames':>6s} {'snapshot':>9s} {'encode':>8s} "
-          f"{'decode':>8s} {'verify':>8s} {'install':>8s}   (ms, median of {args.repeats})")
+          f"{'decode':>8s} {'verify':>8s} {'install':>8s} {'digest':>8s} {'periodic':>8s} "
+          f"{'1 part':>7s}"
+          f"   (ms, median of {args.repeats})")
     for mib in (int(s) for s in args.sizes.split(",") if s.strip()):
         row = in_process(mib, args.repeats, 16 * 1024 * 1024)
         report["in_process"].append(row)
         print(f"{mib:5d} {row['keys']:7d} {row['frames']:6d} {row['snapshot_ms']:9.0f} "
               f"{row['encode_ms']:8.0f} {row['decode_join_ms']:8.0f} {row['verify_ms']:8.0f} "
-              f"{row['install_ms']:8.0f}")
+              f"{row['install_ms']:8.0f} {row['full_digest_ms']:8.0f} "
+              f"{row['periodic_digest_ms']:8.1f} {row['longest_part_ms']:7.1f}")
     if args.mib:
         report["cluster"] = cluster = on_cluster(args.mib, args.misses)
         print(f"cluster, {args.mib} MiB: filled in {cluster['fill_s']} s; kill -9 of a backup: "
