@@ -24,6 +24,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import math
 import platform
 import re
 import socket
@@ -396,7 +397,10 @@ class Exporter:
         self._bcrypt: ThreadPoolExecutor | None = None
         self._pending_auth = 0
         self._auth_ok: OrderedDict[bytes, None] = OrderedDict()
-        self._tokens = 0.0
+        # The rate limit's bucket starts full: on its first use, not from the clock's zero
+        # (a monotonic clock counts from boot, so an hour's interval on a host up for less
+        # than an hour would refuse the first scrapes).
+        self._tokens = math.inf
         self._tokens_at = 0.0
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
