@@ -625,6 +625,38 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pki(args: argparse.Namespace) -> int:
+    from . import pki  # cryptography: loaded only for this command
+
+    try:
+        if args.pki == "ca":
+            crt = pki.create_ca(Path(args.dir), args.cluster, args.days, force=args.force)
+            print(f"wrote a new CA for cluster {args.cluster}: {crt}, {crt.parent / pki.CA_KEY} "
+                  f"(mode 0600), {crt.parent / pki.CA_CRL}")
+        elif args.pki == "issue":
+            crt, key = pki.issue(Path(args.ca), Path(args.out), role=args.role, name=args.name,
+                                 hosts=args.host, days=args.days)
+            print(f"wrote {crt} and {key} (mode 0600): {args.role} {args.name} on "
+                  f"{', '.join(args.host)}")
+        elif args.pki == "revoke":
+            pki.revoke(Path(args.ca), Path(args.cert))
+            print(f"revoked {args.cert} in {Path(args.ca) / pki.CA_CRL}: copy it to every host "
+                  "(the cluster file's tls.crl)")
+        elif args.pki == "show":
+            for field, value in pki.summary(pki.load_cert(Path(args.cert))).items():
+                print(f"{field + ':':<11}{value}")
+        else:  # cluster
+            crts = pki.issue_cluster(Path(args.ca), Path(args.out), _config(args))
+            print(f"wrote {len(crts)} certificates and keys to {args.out}: "
+                  f"{', '.join(c.stem for c in crts)}")
+    except pki.PkiError as exc:
+        raise UsageError(str(exc), prog=f"ftds pki {args.pki}") from None
+    except ConfigError as exc:  # here, for the line to begin with the subcommand
+        raise UsageError(str(exc), "fix it, or name the cluster file with --config FILE or "
+                         "$FTDS_CONFIG", prog=f"ftds pki {args.pki}") from None
+    return EXIT_OK
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     try:
         import shtab
@@ -932,6 +964,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="write a new cluster key file")
     p.add_argument("file", help="where (never overwritten: it must not exist yet)")
     p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("pki", help="the cluster's CA and certificates for mutual TLS (one per "
+                       "daemon: role in the OU, name in the CN)")
+    pki_sub = p.add_subparsers(dest="pki", required=True, metavar="COMMAND")
+    q = pki_sub.add_parser("ca", help="make a new CA: DIR/ca.crt, ca.key (0600), ca.crl")
+    q.add_argument("--dir", required=True, metavar="DIR", help="the CA's directory")
+    q.add_argument("--cluster", required=True, metavar="NAME",
+                   help="the cluster's name (the cluster file's name), the certificates' O")
+    q.add_argument("--days", type=COUNT, default=3650, metavar="N",
+                   help="how long the CA is valid (default 3650)")
+    q.add_argument("--force", action="store_true",
+                   help="replace an existing CA in DIR (what it issued is no longer trusted "
+                   "unless its ca.crt stays in the verifiers' bundle)")
+    q = pki_sub.add_parser("issue", help="issue one daemon's certificate: OUT/NAME.crt and "
+                           "NAME.key (0600), replacing earlier ones")
+    q.add_argument("--ca", required=True, metavar="DIR", help="the CA's directory")
+    q.add_argument("--out", required=True, metavar="DIR", help="where the files go")
+    # ftds.pki.ROLES, written out: importing it would load cryptography for every command.
+    q.add_argument("--role", required=True,
+                   choices=["replica", "lfd", "gfd", "rm", "admin", "client"],
+                   help="what the holder is (the certificate's OU)")
+    q.add_argument("--name", required=True, metavar="NAME",
+                   help="who: S1, LFD1, GFD, RM, admin, client (the CN, and the file's name)")
+    q.add_argument("--host", required=True, action="append", metavar="HOST",
+                   help="an address or name it serves on (repeat for more)")
+    q.add_argument("--days", type=COUNT, default=825, metavar="N",
+                   help="how long it is valid (default 825; never beyond the CA)")
+    q = pki_sub.add_parser("revoke", help="add a certificate to the CA's ca.crl")
+    q.add_argument("--ca", required=True, metavar="DIR", help="the CA's directory")
+    q.add_argument("cert", metavar="FILE", help="the certificate to revoke (a .crt it issued)")
+    q = pki_sub.add_parser("show", help="a certificate's role, name, cluster, hosts, expiry, "
+                           "issuer and serial")
+    q.add_argument("cert", metavar="FILE", help="the certificate (.crt)")
+    q = with_config(pki_sub.add_parser("cluster", help="issue every daemon's and tool's "
+                                       "certificate for a cluster file"))
+    q.add_argument("--ca", required=True, metavar="DIR", help="the CA's directory")
+    q.add_argument("--out", required=True, metavar="DIR", help="where the files go")
+    p.set_defaults(func=cmd_pki)
 
     p = with_config(sub.add_parser("check-config", help="validate a cluster file"))
     p.set_defaults(func=cmd_check_config)
