@@ -518,7 +518,8 @@ def local_up(args: argparse.Namespace, run_dir: Path) -> int:
     if args.heartbeat_interval:
         tunables["heartbeat_interval"] = args.heartbeat_interval
     path = local.write_cluster(run_dir, args.replicas, args.mode, args.base_port,
-                               tunables=tunables, trace={"requests": not args.quiet})
+                               tunables=tunables, trace={"requests": not args.quiet},
+                               tls=args.tls)
     if local.forget_previous_cluster(run_dir):
         print(f"a new cluster in {run_dir}: the previous one's data (in memory) is gone")
     sup_args = ["local", "supervise", "--dir", str(run_dir)]
@@ -912,6 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--heartbeat-interval", type=SECONDS, metavar="SECONDS",
                            help="LFD heartbeat interval (default 0.1)")
             q.add_argument("--quiet", action="store_true", help="no per-request log lines")
+            q.add_argument("--tls", action="store_true",
+                           help="mutual TLS on every link: a CA and every daemon's "
+                           "certificate in the cluster's directory (default: the cluster key)")
         if name == "demo":
             q.add_argument("--mode", choices=["passive", "active"], default="passive",
                            help="replication mode (default passive)")

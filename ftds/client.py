@@ -80,7 +80,8 @@ class ReplicaLink:
         def dial() -> Awaitable[Conn]:
             return connect(self.spec.host, self.spec.port, c.key, c.config.tunables.max_frame,
                            c.name, timeout=c.config.tunables.connect_timeout,
-                           on_message=self._on_message, label=f"{c.name}->{self.spec.id}")
+                           on_message=self._on_message, label=f"{c.name}->{self.spec.id}",
+                           tls=c.tls, expect=f"replica {self.spec.id}")
 
         async def linked(conn: Conn) -> None:
             self.conn = conn
@@ -119,6 +120,8 @@ class Client:
                  trace: bool | None = None, replicas: list[str] | None = None) -> None:
         self.config = config
         self.key = key
+        # Under TLS a client presents the client certificate of its host (tls.dir/client.crt).
+        self.tls = config.link_tls("client")
         self.name = name
         self.trace = config.trace.requests if trace is None else trace
         wanted = replicas or config.replica_ids

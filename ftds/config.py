@@ -11,9 +11,12 @@ import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from .tls import LinkTls
 
 MODES = ("passive", "active")
 REPLICATION = ("sync", "async")
@@ -88,6 +91,22 @@ class Tunables:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Mutual TLS on every link (see ftds.tls): the CA bundle, revocations, and where each
+    daemon's ``<name>.crt`` and ``<name>.key`` are (S1, LFD1, GFD, RM, admin, client)."""
+
+    ca: str
+    dir: str
+    crl: str = ""  # PEM CRL(s) of the CAs; "" = no revocation list
+
+    def cert(self, name: str) -> str:
+        return os.path.join(self.dir, f"{name}.crt")
+
+    def key(self, name: str) -> str:
+        return os.path.join(self.dir, f"{name}.key")
+
+
+@dataclass(frozen=True)
 class Trace:
     requests: bool = True
     heartbeats: bool = False
@@ -114,6 +133,7 @@ class ClusterConfig:
     rm_metrics_port: int = 0  # Prometheus /metrics of the RM; 0 = off
     rm_metrics_address: str = ""  # where it listens ("" = rm.host; 0.0.0.0 = everywhere)
     rm_metrics_web_config: str = ""  # exporter-toolkit web config: TLS, basic auth ("" = none)
+    tls: TlsSettings | None = None  # None: frames authenticated with the cluster key (HMAC)
 
     def replica(self, replica_id: str) -> ReplicaSpec:
         for spec in self.replicas:
@@ -127,7 +147,18 @@ class ClusterConfig:
         return [r.id for r in self.replicas]
 
     def read_key(self) -> bytes:
+        """The cluster key that authenticates frames; b"" under TLS, where links carry no MAC."""
+        if self.tls is not None:
+            return b""
         return read_key_file(secret_path(self.key_file, "cluster.key"), self.path)
+
+    def link_tls(self, name: str) -> LinkTls | None:
+        """The TLS contexts of the daemon or tool called ``name`` (None without TLS)."""
+        if self.tls is None:
+            return None
+        from .tls import load_link_tls
+
+        return load_link_tls(self.tls, name, self.path)
 
 
 def secret_path(configured: str, credential: str) -> str:
@@ -362,16 +393,19 @@ def parse_config(data: Any, source: str = "cluster.yml") -> ClusterConfig:
     root = check.mapping(data, "(top level)")
     allowed = {
         "name", "mode", "replication", "key_file", "replicas", "gfd", "rm", "launcher",
-        "tunables", "trace", "run_dir",
+        "tunables", "trace", "run_dir", "tls",
     }
     check.no_unknown(root, allowed, "")
-    for required in ("replicas", "gfd", "rm", "key_file"):
+    for required in ("replicas", "gfd", "rm"):
         if required not in root:
             raise check.fail(required, "is required")
+    tls = _tls(check, root["tls"]) if root.get("tls") is not None else None
+    if tls is None and "key_file" not in root:
+        raise check.fail("key_file", "is required (or a tls section)")
     name = check.string(root.get("name", "ftds"), "name")
     mode = check.string(root.get("mode", "passive"), "mode", choices=MODES)
     replication = check.string(root.get("replication", "sync"), "replication", choices=REPLICATION)
-    key_file = check.string(root["key_file"], "key_file")
+    key_file = check.string(root["key_file"], "key_file") if "key_file" in root else ""
     replicas = _replicas(check, root["replicas"])
     gfd = _endpoint(check, root["gfd"], "gfd")
     rm_raw = check.mapping(root["rm"], "rm")
@@ -414,8 +448,20 @@ def parse_config(data: Any, source: str = "cluster.yml") -> ClusterConfig:
         replicas=replicas, gfd=gfd, rm=rm, rm_state_dir=rm_state_dir, launcher=launcher,
         ssh=ssh, tunables=tunables, trace=trace, run_dir=run_dir,
         rm_metrics_port=rm_metrics_port, rm_metrics_address=rm_metrics_address,
-        rm_metrics_web_config=rm_metrics_web_config,
+        rm_metrics_web_config=rm_metrics_web_config, tls=tls,
     )
+
+
+def _tls(check: _Checker, raw: Any) -> TlsSettings:
+    data = check.mapping(raw, "tls")
+    check.no_unknown(data, {"ca", "dir", "crl"}, "tls")
+    for required in ("ca", "dir"):
+        if required not in data:
+            raise check.fail(f"tls.{required}", "is required")
+    crl = data.get("crl") or ""
+    return TlsSettings(ca=check.string(data["ca"], "tls.ca"),
+                       dir=check.string(data["dir"], "tls.dir"),
+                       crl=check.string(crl, "tls.crl") if crl else "")
 
 
 def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
@@ -435,7 +481,11 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
     web_config = config.rm_metrics_web_config
     if web_config and not os.path.isabs(web_config):  # beside the cluster file, not the cwd
         web_config = os.path.join(os.path.dirname(os.path.abspath(source)), web_config)
-    return replace(config, path=source, rm_metrics_web_config=web_config)
+    tls = config.tls
+    if tls is not None:  # relative paths are beside the cluster file, not the cwd
+        here = os.path.dirname(os.path.abspath(source))
+        tls = TlsSettings(*(os.path.join(here, p) if p else p for p in (tls.ca, tls.dir, tls.crl)))
+    return replace(config, path=source, rm_metrics_web_config=web_config, tls=tls)
 
 
 def describe_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
@@ -454,7 +504,7 @@ def describe_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
         if spec.id in old_ports and old_ports[spec.id] != spec.metrics_port:
             changes.append(f"replicas[{spec.id}].metrics_port: {old_ports[spec.id]} -> "
                            f"{spec.metrics_port}")
-    for name in ("mode", "replication", "key_file", "gfd", "rm", "rm_metrics_port",
+    for name in ("mode", "replication", "key_file", "tls", "gfd", "rm", "rm_metrics_port",
                  "rm_metrics_address", "rm_metrics_web_config", "launcher", "ssh", "trace"):
         if getattr(old, name) != getattr(new, name):
             changes.append(f"{name}: changed")
@@ -467,6 +517,7 @@ __all__ = [
     "Endpoint",
     "ReplicaSpec",
     "SshLauncher",
+    "TlsSettings",
     "Trace",
     "Tunables",
     "describe_changes",

@@ -23,7 +23,8 @@ class CtlError(RuntimeError):
 async def admin_conn(config: ClusterConfig, key: bytes, spec: ReplicaSpec,
                      timeout: float = 2.0) -> Conn:
     conn = await connect(spec.host, spec.control_port, key, config.tunables.max_frame, "ctl",
-                         timeout=timeout, label=f"ctl->{spec.id}")
+                         timeout=timeout, label=f"ctl->{spec.id}",
+                         tls=config.link_tls("admin"), expect=f"replica {spec.id}")
     try:
         await conn.request("hello", {"role": "admin", "id": "ctl"}, timeout=timeout,
                            expect=("welcome",))

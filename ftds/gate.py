@@ -84,8 +84,9 @@ class Throttle:
 class Gate:
     """The connection accounting of one listening port (see the module's docstring)."""
 
-    def __init__(self, name: str, tunables: Callable[[], Tunables]) -> None:
+    def __init__(self, name: str, tunables: Callable[[], Tunables], port: str = "") -> None:
         self.name = name  # e.g. "S1 client port 127.0.0.1:7100"
+        self.port = port  # its kind in ftds.authz: who may say what here ("" = not checked)
         self._tunables = tunables  # read at each use: a reload changes the limits
         self.open = 0
         self.by_source: collections.Counter[str] = collections.Counter()

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ConfigError, describe_changes, load_config
-from .gate import LISTEN_BACKLOG, Gate
+from .gate import Gate
 from .log import members_line
 from .sdnotify import nobody_listens
 from .supervise import spawn
-from .wire import Conn, Message, WireError, connect, require, stay_connected
+from .wire import Conn, Message, WireError, connect, listen, require, stay_connected
 
 log = logging.getLogger("ftds.gfd")
 
@@ -47,6 +47,7 @@ class GlobalFaultDetector:
         self.config_path = config_path
         self.config = load_config(config_path)
         self.key = self.config.read_key()
+        self.tls = self.config.link_tls("GFD")
         self.lfds: dict[str, LfdLink] = {}  # by replica id
         self.membership: list[str] = []
         self.view = 0
@@ -59,7 +60,7 @@ class GlobalFaultDetector:
         self._tasks: list[asyncio.Task[None]] = []
         self._hb_count = 0
         gfd = self.config.gfd
-        self.gate = Gate(f"GFD port {gfd.host}:{gfd.port}", lambda: self.config.tunables)
+        self.gate = Gate(f"GFD port {gfd.host}:{gfd.port}", lambda: self.config.tunables, "gfd")
 
     @property
     def tunables(self):
@@ -70,10 +71,9 @@ class GlobalFaultDetector:
         return f"{members_line('GFD', self.membership)} (membership view {self.view}{stable})"
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         gfd = self.config.gfd
-        self._server = await loop.create_server(self._new_conn, gfd.host, gfd.port,
-                                                reuse_address=True, backlog=LISTEN_BACKLOG)
+        self._server = await listen(self._new_conn, gfd.host, gfd.port, tls=self.tls,
+                                    handshake_timeout=self.tunables.hello_timeout)
         log.info("GFD: listening on %s:%d, heartbeating LFDs every %.0f ms", gfd.host, gfd.port,
                  self.tunables.gfd_heartbeat_interval * 1000)
         log.info(members_line("GFD", []), extra={"kind": "membership"})
@@ -160,7 +160,11 @@ class GlobalFaultDetector:
         if conn.role is None:
             if kind != "hello" or msg.get("role") not in ("lfd", "admin"):
                 raise WireError("protocol", "expected hello from an LFD or an operator")
-            conn.role = msg["role"]
+            replica = msg.get("replica")
+            # An LFD speaks only for the replica beside it: LFD1 for S1.
+            lfd = self.config.replica(replica).lfd_id \
+                if replica in self.config.replica_ids else None
+            conn.claim(msg["role"], lfd if msg["role"] == "lfd" else None)
             if conn.role == "admin":
                 conn.send("welcome", self.snapshot())
                 return
@@ -253,7 +257,8 @@ class GlobalFaultDetector:
             rm = self.config.rm
             return connect(rm.host, rm.port, self.key, self.tunables.max_frame, "GFD",
                            timeout=self.tunables.connect_timeout,
-                           on_message=self._on_rm_message, label="GFD->RM")
+                           on_message=self._on_rm_message, label="GFD->RM",
+                           tls=self.tls, expect="rm RM")
 
         async def registered(conn: Conn) -> None:
             self._rm_conn = conn

@@ -38,6 +38,7 @@ class LocalFaultDetector:
         self.spec: ReplicaSpec = self.config.replica(replica_id)
         self.replica_id = replica_id
         self.name = self.spec.lfd_id
+        self.tls = self.config.link_tls(self.name)
         self.heartbeat_count = 0  # the course's heartbeat_count
         self.status_changed: Callable[[], None] = nobody_listens  # the run loop sets it
         self.present = False
@@ -103,7 +104,8 @@ class LocalFaultDetector:
                                      tun.max_frame, self.name, timeout=tun.connect_timeout,
                                      on_message=self._on_replica_message,
                                      on_close=self._on_replica_closed,
-                                     label=f"{self.name}->{self.replica_id}")
+                                     label=f"{self.name}->{self.replica_id}",
+                                     tls=self.tls, expect=f"replica {self.replica_id}")
             except (OSError, TimeoutError):
                 await asyncio.sleep(tun.heartbeat_interval)
                 continue
@@ -231,7 +233,7 @@ class LocalFaultDetector:
             gfd = self.config.gfd
             return connect(gfd.host, gfd.port, self.key, tun.max_frame, self.name,
                            timeout=tun.connect_timeout, on_message=self._on_gfd_message,
-                           label=f"{self.name}->GFD")
+                           label=f"{self.name}->GFD", tls=self.tls, expect="gfd GFD")
 
         async def registered(conn: Conn) -> None:
             self._gfd_conn = conn

@@ -60,8 +60,11 @@ def pick_base(replicas: int, start: int = 7000) -> int:
 def write_cluster(run_dir: Path, replicas: int = 3, mode: str = "passive",
                   base: int | None = None, replication: str = "sync",
                   tunables: dict[str, float] | None = None,
-                  trace: dict[str, object] | None = None) -> Path:
-    """A cluster file and key for a local cluster in ``run_dir``; returns the file's path."""
+                  trace: dict[str, object] | None = None, tls: bool = False) -> Path:
+    """A cluster file and key for a local cluster in ``run_dir``; returns the file's path.
+
+    With ``tls``, links run mutual TLS instead of the cluster key: a CA in ``run_dir/ca`` (made
+    once) and every daemon's certificate in ``run_dir/tls``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     (run_dir / "pids").mkdir(exist_ok=True)
@@ -91,8 +94,20 @@ def write_cluster(run_dir: Path, replicas: int = 3, mode: str = "passive",
         "tunables": tunables or {},
         "trace": trace or {},
     }
+    if tls:
+        ca_dir, tls_dir = (run_dir / "ca").resolve(), (run_dir / "tls").resolve()
+        del data["key_file"]
+        data["tls"] = {"ca": str(ca_dir / "ca.crt"), "dir": str(tls_dir),
+                       "crl": str(ca_dir / "ca.crl")}
     path = run_dir / "cluster.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    if tls:
+        from . import pki  # the CA's tooling: only a TLS cluster needs it
+        from .config import load_config
+
+        if not (ca_dir / "ca.crt").exists():
+            pki.create_ca(ca_dir, "local")
+        pki.issue_cluster(ca_dir, tls_dir, load_config(path))
     return path
 
 

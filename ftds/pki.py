@@ -40,10 +40,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from . import tls
+from .authz import CERT_ROLES as ROLES
+
 if TYPE_CHECKING:
     from .config import ClusterConfig
 
-ROLES = ("replica", "lfd", "gfd", "rm", "admin", "client")
 CA_CERT, CA_KEY, CA_CRL, ISSUED = "ca.crt", "ca.key", "ca.crl", "issued"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # also a file name: no "/", no ".x"
@@ -313,38 +315,19 @@ def revoke(ca_dir: Path, cert_path: Path) -> None:
 
 
 # =================================================================== identity ====
-def _identity(role: str | None, name: str | None, what: str) -> tuple[str, str]:
-    if not role:
-        raise ValueError(f"{what} states no role: its subject needs exactly one OU (one of "
-                         f"{', '.join(ROLES)})")
-    if role not in ROLES:
-        raise ValueError(f"{what} states an unknown role {role!r} (OU); known: "
-                         f"{', '.join(ROLES)}")
-    if not name:
-        raise ValueError(f"{what} states no name: its subject needs exactly one CN")
-    return role, name
-
-
 def identity_of(cert: x509.Certificate) -> tuple[str, str]:
     """(role, name) from the subject's OU and CN; a ValueError if either is missing or the role
     is not one of ``ROLES``."""
-    return _identity(_one(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME),
-                     _one(cert.subject, NameOID.COMMON_NAME),
-                     f"the certificate {cert.subject.rfc4514_string()!r}")
+    found = tls.check_identity(_one(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME),
+                               _one(cert.subject, NameOID.COMMON_NAME),
+                               f"the certificate {cert.subject.rfc4514_string()!r}")
+    return found.role, found.name
 
 
 def identity_from_peercert(peercert: dict) -> tuple[str, str]:
     """identity_of for ``ssl.SSLSocket.getpeercert()``'s dict (empty if nothing verified)."""
-    fields: dict[str, list[str]] = {}
-    for rdn in (peercert or {}).get("subject", ()):
-        for key, value in rdn:
-            fields.setdefault(key, []).append(value)
-
-    def one(key: str) -> str | None:
-        values = fields.get(key, [])
-        return values[0] if len(values) == 1 else None
-
-    return _identity(one("organizationalUnitName"), one("commonName"), "the peer's certificate")
+    found = tls.parse_peercert(peercert)
+    return found.role, found.name
 
 
 def summary(cert: x509.Certificate) -> dict[str, str]:

@@ -34,7 +34,8 @@ async def rm_request(config: ClusterConfig, key: bytes, kind: str,
     where = f"the RM at {rm.host}:{rm.port}"
     try:
         conn = await connect(rm.host, rm.port, key, config.tunables.max_frame, "ctl",
-                             timeout=timeout, label="ctl->RM")
+                             timeout=timeout, label="ctl->RM", tls=config.link_tls("admin"),
+                             expect="rm RM")
     except TimeoutError:
         raise RMUnreachable(f"{where} does not accept connections (waited {timeout:g}s)") \
             from None

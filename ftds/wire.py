@@ -7,7 +7,11 @@ Frame layout::
     +----------------+----------------------+---------------------------+
 
 ``length`` counts the MAC and the body. The MAC covers the body bytes exactly as sent, so no
-canonical re-encoding is needed, and a frame is authenticated before its JSON is parsed. Every
+canonical re-encoding is needed, and a frame is authenticated before its JSON is parsed.
+
+Under mutual TLS (the cluster file's ``tls`` section, ``ftds.tls``) the TLS record layer
+authenticates and encrypts every byte and rules out replay, so frames carry no MAC (the key is
+``b""``): ``length: u32 BE | body``. A connection without a key that is not TLS is refused. Every
 body carries ``v`` (protocol version), ``t`` (type), ``from`` (sender id) and ``e`` (the sender's
 epoch). Nothing on the wire is ever evaluated or unpickled.
 """
@@ -23,6 +27,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from . import authz
+from .tls import Identity, LinkTls, identity_of
 
 if TYPE_CHECKING:
     from .gate import Gate
@@ -57,6 +64,8 @@ def encode_body(msg: Message) -> bytes:
 
 
 def frame(body: bytes, key: bytes) -> bytes:
+    if not key:  # a TLS link: the record layer authenticates it
+        return HEADER.pack(len(body)) + body
     mac = hmac.digest(key, body, "sha256")
     return HEADER.pack(len(body) + MAC_LEN) + mac + body
 
@@ -118,6 +127,7 @@ class FrameDecoder:
         end = len(buf)
         unpack_from = HEADER.unpack_from
         key = self._key
+        mac_len = MAC_LEN if key else 0
         limit = self._limit
         one = self.pre_auth
         while end - pos >= 4:
@@ -129,15 +139,15 @@ class FrameDecoder:
                 raise WireError(
                     "oversize", f"frame of {length} bytes exceeds max_frame {self._max_frame}"
                 )
-            if length < MAC_LEN + 2:
+            if length < mac_len + 2:
                 raise WireError("malformed", f"frame of {length} bytes is too short")
             if end - pos - 4 < length:
                 break
-            body_start = pos + 4 + MAC_LEN
+            body_start = pos + 4 + mac_len
             stop = pos + 4 + length
             body = bytes(buf[body_start:stop])
-            if not hmac.compare_digest(hmac.digest(key, body, "sha256"),
-                                       bytes(buf[pos + 4:body_start])):
+            if key and not hmac.compare_digest(hmac.digest(key, body, "sha256"),
+                                               bytes(buf[pos + 4:body_start])):
                 raise WireError("auth", "HMAC does not match the cluster key")
             out.append(decode_body(body))
             pos = stop
@@ -188,6 +198,8 @@ class Conn(asyncio.Protocol):
         self.label = label
         self.peer_id: str | None = None
         self.role: str | None = None
+        # Under TLS, who the peer's verified certificate says it is (see claim()).
+        self.identity: Identity | None = None
         self.attrs: dict[str, Any] = {}
         self.transport: asyncio.Transport | None = None
         self.closed = asyncio.get_running_loop().create_future()
@@ -216,6 +228,19 @@ class Conn(asyncio.Protocol):
             self.peer_addr = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
             if self.label == "peer":
                 self.label = self.peer_addr
+        if not self.key:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is None:  # no MAC and no TLS: nothing would authenticate it
+                log.error("%s: a link without TLS in a TLS cluster; closing", self.label)
+                transport.abort()
+                return
+            self.identity = identity_of(ssl_object.getpeercert())
+            if self.identity is None:
+                log.error("%s: the peer's certificate states no ftds role and name; closing",
+                          self.label)
+                transport.abort()
+                return
+            self.label = f"{self.label} ({self.identity})"
         gate = self.gate
         if gate is None:
             return
@@ -236,8 +261,12 @@ class Conn(asyncio.Protocol):
             except WireError as exc:
                 self.reject(exc.code, exc.detail)
                 return
+            port = self.gate.port if self.gate is not None else ""
             for msg in messages:
                 if self.is_closing():
+                    return
+                if port and not authz.may_send(port, self.role, msg["t"]):
+                    self.reject("forbidden", authz.refusal(port, self.role, msg["t"]))
                     return
                 if self.on_message is not None:
                     try:
@@ -269,6 +298,20 @@ class Conn(asyncio.Protocol):
         if self.on_close is not None:
             callback, self.on_close = self.on_close, None
             callback(self)
+
+    # -- who may say what ------------------------------------------------------------------
+    def claim(self, role: str, name: str | None = None) -> None:
+        """Accept a hello's ``role`` for this connection. Under TLS the peer's certificate must
+        allow it (``authz.may_claim``) and, with ``name``, carry that name; else WireError."""
+        ident = self.identity
+        if ident is not None:
+            port = self.gate.port if self.gate is not None else ""
+            if port and not authz.may_claim(port, ident.role, role):
+                raise WireError("forbidden", f"a {ident.role} certificate ({ident.name}) may "
+                                             f"not speak as {role!r} here")
+            if name is not None and name != ident.name:
+                raise WireError("forbidden", f"{ident} may not speak as {role} {name!r}")
+        self.role = role
 
     # -- strangers -------------------------------------------------------------------------
     def _authenticated(self) -> None:
@@ -403,6 +446,21 @@ def broadcast(conns: Iterable[Conn], kind: str, fields: Message, sender: str, ep
     return count
 
 
+async def listen(factory: Callable[[], Conn], host: str, port: int, *,
+                 tls: LinkTls | None = None, handshake_timeout: float = 2.0) -> asyncio.Server:
+    """A listening port of a daemon; under TLS every connection must finish its handshake
+    within ``handshake_timeout`` (the hello timeout) before its hello clock starts."""
+    from .gate import LISTEN_BACKLOG
+
+    loop = asyncio.get_running_loop()
+    if tls is None:
+        return await loop.create_server(factory, host, port, reuse_address=True,
+                                        backlog=LISTEN_BACKLOG)
+    return await loop.create_server(factory, host, port, reuse_address=True,
+                                    backlog=LISTEN_BACKLOG, ssl=tls.listener,
+                                    ssl_handshake_timeout=handshake_timeout)
+
+
 async def connect(
     host: str,
     port: int,
@@ -415,8 +473,15 @@ async def connect(
     on_message: Callable[[Conn, Message], None] | None = None,
     on_close: Callable[[Conn], None] | None = None,
     label: str | None = None,
+    tls: LinkTls | None = None,
+    expect: str | None = None,
 ) -> Conn:
+    """Dial a peer. Under TLS (``tls`` given, ``key`` empty) the peer's certificate must name
+    ``host`` and, with ``expect`` ("role" or "role name"), be that role (and name)."""
     loop = asyncio.get_running_loop()
+    if not key and tls is None:
+        raise ConnectionRefusedError(f"{host}:{port}: a TLS cluster, and no TLS identity to "
+                                     f"dial with")
 
     def factory() -> Conn:
         return Conn(key, max_frame, sender, epoch_fn, on_message, on_close,
@@ -425,7 +490,18 @@ async def connect(
     # asyncio.timeout, not wait_for: on Python 3.11, wait_for cancelled just as the connect
     # fails raises the connect's OSError and loses the cancellation (a close never returns).
     async with asyncio.timeout(timeout):
-        _, conn = await loop.create_connection(factory, host, port)
+        if tls is None:
+            _, conn = await loop.create_connection(factory, host, port)
+        else:
+            _, conn = await loop.create_connection(factory, host, port, ssl=tls.client(),
+                                                   server_hostname=host)
+    if expect is not None and tls is not None:
+        want = expect.split(" ", 1)
+        got = conn.identity
+        if got is None or got.role != want[0] or (len(want) > 1 and got.name != want[1]):
+            conn.abort()
+            raise ConnectionRefusedError(f"{host}:{port} is {got or 'no ftds identity'}, "
+                                         f"not {expect}")
     return conn
 
 

@@ -44,10 +44,10 @@ class LocalCluster:
 
     def __init__(self, run_dir: Path, replicas: int = 3, mode: str = "passive",
                  tunables: dict[str, float] | None = None, trace: bool = False,
-                 env: dict[str, dict[str, str]] | None = None) -> None:
+                 env: dict[str, dict[str, str]] | None = None, tls: bool = False) -> None:
         self.dir = run_dir
         self.path = local.write_cluster(run_dir, replicas, mode, tunables=tunables,
-                                        trace={"requests": trace})
+                                        trace={"requests": trace}, tls=tls)
         self.config: ClusterConfig = load_config(self.path)
         self.key = self.config.read_key()
         self.env = env or {}
@@ -193,11 +193,11 @@ class ManagedCluster(LocalCluster):
     def __init__(self, run_dir: Path, replicas: int = 3, mode: str = "passive",
                  tunables: dict[str, float] | None = None, trace: bool = False,
                  env: dict[str, str] | None = None, base_port: int | None = None,
-                 replication: str = "sync") -> None:
+                 replication: str = "sync", tls: bool = False) -> None:
         self.dir = run_dir
         self.path = local.write_cluster(run_dir, replicas, mode, base=base_port,
                                         tunables=tunables, trace={"requests": trace},
-                                        replication=replication)
+                                        replication=replication, tls=tls)
         self.config = load_config(self.path)
         self.key = self.config.read_key()
         self.env = {}

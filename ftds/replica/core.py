@@ -41,6 +41,7 @@ from ..statemachine import (
     verify_checkpoint,
 )
 from ..supervise import spawn
+from ..tls import LinkTls
 from ..view import View
 from ..wire import Conn, Message, WireError, encode_body, envelope, frame, require
 from .replog import ReplicationLog
@@ -121,6 +122,7 @@ class Replica:
         self.spec = config.replica(replica_id)
         self.id = replica_id
         self.key = key
+        self.tls: LinkTls | None = None  # its TLS identity, when the cluster runs TLS
         # A new one at every process start: views name the incarnations they count, so a
         # restarted (empty) replica is never taken for the one that held the state.
         self.incarnation = os.urandom(6).hex()
@@ -622,7 +624,7 @@ class Replica:
         if member not in self.config.replica_ids or member == self.id:
             raise WireError("unknown_peer", f"{member!r} is not a replica of this cluster")
         conn.peer_id = member
-        conn.role = "member"
+        conn.claim("member", member)
         self.submit(self._handle_subscribe, conn,
                     {"id": member, "seq": seq, "last_epoch": last_epoch, "trusted": trusted,
                      "epoch": msg["e"]})

@@ -19,10 +19,10 @@ from typing import Any
 
 from .. import faults
 from ..config import ConfigError, Tunables, describe_changes, load_config
-from ..gate import LISTEN_BACKLOG, Gate
+from ..gate import Gate
 from ..metrics import Exporter, ReplicaCollector, Snapshot
 from ..sdnotify import nobody_listens
-from ..wire import Conn, Message, WireError, require
+from ..wire import Conn, Message, WireError, listen, require
 from .core import _NO_CONN, Replica
 
 log = logging.getLogger("ftds.replica")
@@ -35,6 +35,7 @@ class ReplicaDaemon:
         self.config_path = config_path
         config = load_config(config_path)
         self.replica = Replica(config, replica_id, config.read_key())
+        self.replica.tls = config.link_tls(replica_id)
         self.name = replica_id
         self.status_changed: Callable[[], None] = nobody_listens  # the run loop sets it
         self.replica.status_changed = self._status_changed
@@ -43,9 +44,9 @@ class ReplicaDaemon:
         self._hb_count = 0
         spec = self.replica.spec
         self.client_gate = Gate(f"{replica_id} client port {spec.host}:{spec.port}",
-                                self._tunables)
+                                self._tunables, "replica_client")
         self.control_gate = Gate(f"{replica_id} control port {spec.host}:{spec.control_port}",
-                                 self._tunables)
+                                 self._tunables, "replica_control")
         index = config.replica_ids.index(replica_id)
         self.metrics = Exporter(replica_id, self._metrics_snapshot, self._tunables,
                                 setting=f"replicas[{index}].metrics", logger=log)
@@ -73,14 +74,13 @@ class ReplicaDaemon:
 
     # ====================================================================== lifecycle ====
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         spec = self.replica.spec
         self.replica.start()
         self._servers = [
-            await loop.create_server(self._client_conn, spec.host, spec.port,
-                                     reuse_address=True, backlog=LISTEN_BACKLOG),
-            await loop.create_server(self._control_conn, spec.host, spec.control_port,
-                                     reuse_address=True, backlog=LISTEN_BACKLOG),
+            await listen(self._client_conn, spec.host, spec.port, tls=self.replica.tls,
+                         handshake_timeout=self._tunables().hello_timeout),
+            await listen(self._control_conn, spec.host, spec.control_port,
+                         tls=self.replica.tls, handshake_timeout=self._tunables().hello_timeout),
         ]
         if spec.metrics_port:  # logged and skipped when it cannot bind: metrics are optional
             await self.metrics.start(spec.host, spec.metrics_port)
@@ -156,7 +156,7 @@ class ReplicaDaemon:
         if conn.role is None:
             if kind != "hello":
                 raise WireError("protocol", f"expected hello first, got {kind!r}")
-            conn.role = "client"
+            conn.claim("client")
             self.replica.on_client_hello(conn, msg)
             conn.label = f"client {conn.peer_id}"
         elif kind == "req":
@@ -195,7 +195,9 @@ class ReplicaDaemon:
         role = require(msg, "role", str)
         if role not in CONTROL_ROLES:
             raise WireError("protocol", f"unknown role {role!r}")
-        conn.role = role
+        # The name a certificate must carry for that role here (None: any of that role).
+        names = {"member": msg.get("id"), "lfd": r.spec.lfd_id, "rm": "RM"}
+        conn.claim(role, names.get(role))
         if role == "member":
             r.on_member_hello(conn, msg)
             return

@@ -53,7 +53,8 @@ class Upstream:
                            replica.id, timeout=tun.connect_timeout,
                            epoch_fn=lambda: replica.epoch,
                            on_message=replica.on_upstream_message,
-                           label=f"{replica.id}->{self.target} stream")
+                           label=f"{replica.id}->{self.target} stream",
+                           tls=replica.tls, expect=f"replica {self.target}")
 
         async def subscribed(conn: Conn) -> None:
             if self._closed:

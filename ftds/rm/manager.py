@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ClusterConfig, ConfigError, ReplicaSpec, describe_changes, load_config
-from ..gate import LISTEN_BACKLOG, Gate
+from ..gate import Gate
 from ..log import members_line
 from ..sdnotify import nobody_listens
 from ..supervise import spawn
 from ..view import View
-from ..wire import Conn, Message, WireError, connect, require, stay_connected
+from ..wire import Conn, Message, WireError, connect, listen, require, stay_connected
 from . import core
 from .core import Failover, RmCore, Settings
 from .incidents import IncidentLog
@@ -57,6 +57,7 @@ class ReplicationManager:
         self.config_path = config_path
         self.config: ClusterConfig = load_config(config_path)
         self.key = self.config.read_key()
+        self.tls = self.config.link_tls("RM")
         self.state_dir = Path(self.config.rm_state_dir)
         self.links: dict[str, ReplicaLink] = {
             s.id: ReplicaLink(s) for s in self.config.replicas}
@@ -80,7 +81,7 @@ class ReplicationManager:
         # The epoch on messages to replicas: the view in force when the effect was decided.
         self._epoch_stamp: int | None = None
         rm = self.config.rm
-        self.gate = Gate(f"RM port {rm.host}:{rm.port}", lambda: self.config.tunables)
+        self.gate = Gate(f"RM port {rm.host}:{rm.port}", lambda: self.config.tunables, "rm")
 
     # What the simulator and ``ftds status`` read of the decisions.
     @property
@@ -119,11 +120,10 @@ class ReplicationManager:
         return "; ".join(parts)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         rm = self.config.rm
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._server = await loop.create_server(self._new_conn, rm.host, rm.port,
-                                                reuse_address=True, backlog=LISTEN_BACKLOG)
+        self._server = await listen(self._new_conn, rm.host, rm.port, tls=self.tls,
+                                    handshake_timeout=self.config.tunables.hello_timeout)
         log.info("RM: listening on %s:%d (%s mode, launcher %s, last epoch %d)", rm.host,
                  rm.port, self.config.mode, self.config.launcher, self.core.epoch_floor)
         if self.config.rm_metrics_port:
@@ -251,7 +251,8 @@ class ReplicationManager:
             # Every message carries the current epoch: lease grants are fenced by it.
             return connect(spec.host, spec.control_port, self.key, tun.max_frame, "RM",
                            timeout=tun.connect_timeout, epoch_fn=self._link_epoch,
-                           on_message=self._on_replica_message, label=f"RM->{spec.id}")
+                           on_message=self._on_replica_message, label=f"RM->{spec.id}",
+                           tls=self.tls, expect=f"replica {spec.id}")
 
         async def linked(conn: Conn) -> None:
             conn.peer_id = link.spec.id
@@ -301,7 +302,7 @@ class ReplicationManager:
         if conn.role is None:
             if kind != "hello" or msg.get("role") not in ("gfd", "admin"):
                 raise WireError("protocol", "expected hello from the GFD or an operator")
-            conn.role = msg["role"]
+            conn.claim(msg["role"], "GFD" if msg["role"] == "gfd" else None)
             if conn.role == "gfd":
                 if self.gfd_conn is not None and self.gfd_conn is not conn:
                     self.gfd_conn.close()

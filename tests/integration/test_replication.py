@@ -159,8 +159,9 @@ def test_bad_frames_close_only_that_connection_and_change_nothing(make_cluster, 
                     assert errors, f"{name} to {rid}:{port}: no error answer ({messages})"
                 seen[name] = errors[0]["code"] if errors else "closed"
     assert seen["oversize"] == "oversize"
-    assert seen["unknown-type"] == "unknown_type"
-    assert seen["no-hello"] == "protocol"
+    # Refused by the authorisation table (ftds.authz) before any handler sees them.
+    assert seen["unknown-type"] == "forbidden"
+    assert seen["no-hello"] == "forbidden"
     result = finish(procs[0])
     assert result["failed"] == 0 and result["retries"] == 0, result
     after = cluster.wait_converged(ids)
