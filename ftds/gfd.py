@@ -72,8 +72,7 @@ class GlobalFaultDetector:
 
     async def start(self) -> None:
         gfd = self.config.gfd
-        self._server = await listen(self._new_conn, gfd.host, gfd.port, tls=self.tls,
-                                    handshake_timeout=self.tunables.hello_timeout)
+        self._server = await listen(self._new_conn, gfd.host, gfd.port, tls=self.tls)
         log.info("GFD: listening on %s:%d, heartbeating LFDs every %.0f ms", gfd.host, gfd.port,
                  self.tunables.gfd_heartbeat_interval * 1000)
         log.info(members_line("GFD", []), extra={"kind": "membership"})

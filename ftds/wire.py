@@ -19,8 +19,10 @@ epoch). Nothing on the wire is ever evaluated or unpickled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,6 +46,8 @@ PRE_AUTH_LIMIT = 64 * 1024
 # A hello deadline that fires this late means a busy loop: bytes may wait unread, so read first.
 HELLO_LATE = 0.05
 HELLO_LATE_CHECKS = 3
+TLS_READ = 256 * 1024  # plaintext taken from TLS per read call
+_NO_BIO = ssl.MemoryBIO()  # a connection without server-side TLS never touches it
 
 log = logging.getLogger("ftds.wire")
 
@@ -211,6 +215,12 @@ class Conn(asyncio.Protocol):
         self._hello_timer: asyncio.TimerHandle | None = None
         self._hello_deadline = 0.0
         self._late_checks = 0
+        # A listening port's TLS (set by listen()), run in memory once the gate counted it.
+        self.server_tls: LinkTls | None = None
+        self._tls: ssl.SSLObject | None = None
+        self._tls_in = self._tls_out = _NO_BIO
+        self._handshaking = False
+        self._closed_down = False
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._queue: asyncio.Queue[Message | None] | None = (
@@ -228,32 +238,114 @@ class Conn(asyncio.Protocol):
             self.peer_addr = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
             if self.label == "peer":
                 self.label = self.peer_addr
-        if not self.key:
-            ssl_object = transport.get_extra_info("ssl_object")
-            if ssl_object is None:  # no MAC and no TLS: nothing would authenticate it
-                log.error("%s: a link without TLS in a TLS cluster; closing", self.label)
-                transport.abort()
-                return
-            self.identity = identity_of(ssl_object.getpeercert())
-            if self.identity is None:
-                log.error("%s: the peer's certificate states no ftds role and name; closing",
-                          self.label)
-                transport.abort()
-                return
-            self.label = f"{self.label} ({self.identity})"
         gate = self.gate
-        if gate is None:
+        if gate is not None:
+            self.label = f"{self.label} from {self.peer_addr}"
+            if not gate.admit(self.peer_host, self.peer_addr):
+                transport.abort()  # refused at once: nothing read, nothing said
+                return
+            self._admitted = True
+            # The deadline covers the TLS handshake too: a stranger is counted and timed
+            # from its TCP connect, not from a handshake it may never finish.
+            self._arm_hello(gate.hello_timeout())
+        if self.server_tls is not None:
+            # TLS in memory on the TCP connection the gate counted and timed: the handshake
+            # is a stranger's like its hello, bounded by the same deadline and caps.
+            self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self._tls = self.server_tls.listener.wrap_bio(self._tls_in, self._tls_out,
+                                                          server_side=True)
+            self._handshaking = True
             return
-        self.label = f"{self.label} from {self.peer_addr}"
-        if not gate.admit(self.peer_host, self.peer_addr):
-            transport.abort()  # refused at once: nothing read, nothing said
+        if not self.key:
+            self._take_identity(transport.get_extra_info("ssl_object"))
+
+    def _take_identity(self, ssl_object: ssl.SSLObject | None) -> bool:
+        """The peer's identity from its verified certificate; False (and closed) if none."""
+        assert self.transport is not None
+        if ssl_object is None:  # no MAC and no TLS: nothing would authenticate it
+            log.error("%s: a link without TLS in a TLS cluster; closing", self.label)
+            self.transport.abort()
+            return False
+        self.identity = identity_of(ssl_object.getpeercert())
+        if self.identity is None:
+            log.error("%s: the peer's certificate states no ftds role and name; closing",
+                      self.label)
+            self.transport.abort()
+            return False
+        self.label = f"{self.label} ({self.identity})"
+        return True
+
+    # -- TLS of an accepted connection -----------------------------------------------------
+    def _tls_receive(self, data: bytes) -> bytes:
+        """Feed what TCP brought to TLS; the plaintext it yields (b"" for none yet)."""
+        tls = self._tls
+        assert tls is not None
+        self._tls_in.write(data)
+        if self._handshaking:
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._tls_send_pending()
+                return b""
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                self._tls_send_pending()  # the alert that says why
+                self._stranger_gone(f"TLS handshake failed ({_short(exc)})")
+                return b""
+            self._handshaking = False
+            self._tls_send_pending()
+            if not self._take_identity(tls):
+                return b""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = tls.read(TLS_READ)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # the peer closed its side of TLS
+                self.close()
+                break
+            except ssl.SSLError as exc:
+                log.error("%s: TLS: %s; closing", self.label, _short(exc))
+                self.abort()
+                return b""
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _tls_send_pending(self) -> None:
+        out = self._tls_out.read()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out)
+
+    def _tls_write(self, data: bytes) -> None:
+        tls = self._tls
+        assert tls is not None
+        view = memoryview(data)
+        while view:
+            view = view[tls.write(view):]
+        self._tls_send_pending()
+
+    def _tls_goodbye(self) -> None:
+        """close_notify before a close, so the peer reads an end rather than a cut."""
+        if self._tls is None or self._handshaking:
             return
-        self._admitted = True
-        self._arm_hello(gate.hello_timeout())
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            self._tls.unwrap()
+        self._tls_send_pending()
+
+    def _stranger_gone(self, why: str) -> None:
+        if self.gate is not None and not self._closed_down:
+            self.gate.stranger_closed(self.peer_host, self.peer_addr, why)
+        self.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.gate is not None and not self._admitted:
             return
+        if self._tls is not None:
+            data = self._tls_receive(data)
+            if not data or self.is_closing():
+                return
         while True:
             pre_auth = self._decoder.pre_auth
             try:
@@ -284,6 +376,9 @@ class Conn(asyncio.Protocol):
             data = b""  # frames after the hello wait in the decoder
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed_down:  # a failed handshake reports it, and TLS may report it again
+            return
+        self._closed_down = True
         self._out.clear()
         if self._hello_timer is not None:
             self._hello_timer.cancel()
@@ -342,6 +437,10 @@ class Conn(asyncio.Protocol):
             self._arm_hello(HELLO_LATE)
             return
         timeout = self.gate.hello_timeout()
+        if self._handshaking:  # still in its TLS handshake: nothing to say it in
+            self._stranger_gone(f"no TLS handshake within {timeout:g} s "
+                                f"(tunables.hello_timeout)")
+            return
         self.gate.stranger_closed(self.peer_host, self.peer_addr,
                                   f"no hello within {timeout:g} s (tunables.hello_timeout)")
         self._out.clear()
@@ -374,7 +473,12 @@ class Conn(asyncio.Protocol):
             return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
-        self.transport.write(data)
+        if self._tls is not None:
+            if self._handshaking:
+                return  # nothing may be said before TLS is up
+            self._tls_write(data)
+        else:
+            self.transport.write(data)
         if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             log.error("%s: peer is not reading (%d bytes queued); closing", self.label,
                       self.transport.get_write_buffer_size())
@@ -401,11 +505,13 @@ class Conn(asyncio.Protocol):
             self._out.clear()
             self.send("error", {"code": code, "message": detail})
             self._flush()
+            self._tls_goodbye()
             self.transport.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self._flush()
+            self._tls_goodbye()
             self.transport.close()
 
     def abort(self) -> None:
@@ -435,6 +541,11 @@ class Conn(asyncio.Protocol):
         return msg
 
 
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def broadcast(conns: Iterable[Conn], kind: str, fields: Message, sender: str, epoch: int,
               key: bytes) -> int:
     """Send one message to many connections, encoding and authenticating it once."""
@@ -447,18 +558,19 @@ def broadcast(conns: Iterable[Conn], kind: str, fields: Message, sender: str, ep
 
 
 async def listen(factory: Callable[[], Conn], host: str, port: int, *,
-                 tls: LinkTls | None = None, handshake_timeout: float = 2.0) -> asyncio.Server:
-    """A listening port of a daemon; under TLS every connection must finish its handshake
-    within ``handshake_timeout`` (the hello timeout) before its hello clock starts."""
+                 tls: LinkTls | None = None) -> asyncio.Server:
+    """A listening port of a daemon. Under TLS each connection makes its handshake once its
+    gate counted it, within the same hello deadline (``Conn._start_tls``)."""
     from .gate import LISTEN_BACKLOG
 
+    def accepted() -> Conn:
+        conn = factory()
+        conn.server_tls = tls  # upgraded by the connection once its gate counted it
+        return conn
+
     loop = asyncio.get_running_loop()
-    if tls is None:
-        return await loop.create_server(factory, host, port, reuse_address=True,
-                                        backlog=LISTEN_BACKLOG)
-    return await loop.create_server(factory, host, port, reuse_address=True,
-                                    backlog=LISTEN_BACKLOG, ssl=tls.listener,
-                                    ssl_handshake_timeout=handshake_timeout)
+    return await loop.create_server(accepted if tls is not None else factory, host, port,
+                                    reuse_address=True, backlog=LISTEN_BACKLOG)
 
 
 async def connect(

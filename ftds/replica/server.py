@@ -77,10 +77,9 @@ class ReplicaDaemon:
         spec = self.replica.spec
         self.replica.start()
         self._servers = [
-            await listen(self._client_conn, spec.host, spec.port, tls=self.replica.tls,
-                         handshake_timeout=self._tunables().hello_timeout),
+            await listen(self._client_conn, spec.host, spec.port, tls=self.replica.tls),
             await listen(self._control_conn, spec.host, spec.control_port,
-                         tls=self.replica.tls, handshake_timeout=self._tunables().hello_timeout),
+                         tls=self.replica.tls),
         ]
         if spec.metrics_port:  # logged and skipped when it cannot bind: metrics are optional
             await self.metrics.start(spec.host, spec.metrics_port)

@@ -122,8 +122,7 @@ class ReplicationManager:
     async def start(self) -> None:
         rm = self.config.rm
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._server = await listen(self._new_conn, rm.host, rm.port, tls=self.tls,
-                                    handshake_timeout=self.config.tunables.hello_timeout)
+        self._server = await listen(self._new_conn, rm.host, rm.port, tls=self.tls)
         log.info("RM: listening on %s:%d (%s mode, launcher %s, last epoch %d)", rm.host,
                  rm.port, self.config.mode, self.config.launcher, self.core.epoch_floor)
         if self.config.rm_metrics_port:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 
+import pytest
 from helpers import run
 
 from ftds.rmclient import rm_request
@@ -33,9 +34,12 @@ async def stranger(port: int) -> float:
         writer.close()
 
 
-def test_managers_refuse_strangers_past_the_cap_and_close_the_rest(make_managed):
+@pytest.mark.parametrize("tls", [False, True], ids=["cluster-key", "tls"])
+def test_managers_refuse_strangers_past_the_cap_and_close_the_rest(make_managed, tls):
+    """Under TLS a stranger is counted and timed from its TCP connect: one that never makes
+    its handshake is held to the same caps and deadline as one that never says hello."""
     cluster = make_managed(tunables={"hello_timeout": HELLO,
-                                     "max_conns_per_source": PER_SOURCE})
+                                     "max_conns_per_source": PER_SOURCE}, tls=tls)
     start = cluster.up()
     pids = {name: cluster.pid(name) for name in ("GFD", "RM")}
     config = cluster.config
@@ -69,5 +73,6 @@ def test_managers_refuse_strangers_past_the_cap_and_close_the_rest(make_managed)
         bite = f"{name} port 127.0.0.1:{ports[name]}: refusing 127.0.0.2:"
         assert log.count(bite) == 1, f"{name}: not one line when the cap bit"
         assert "max_conns_per_source" in log
-    assert "no hello within 1 s (tunables.hello_timeout)" in logs["GFD"]
+    silent = "no TLS handshake" if tls else "no hello"
+    assert f"{silent} within 1 s (tunables.hello_timeout)" in logs["GFD"]
     assert "no request within 1 s (tunables.hello_timeout)" in logs["RM"]

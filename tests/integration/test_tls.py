@@ -295,3 +295,56 @@ def test_dialling_checks_who_answers(cluster, tmp_path):
 
     with pytest.raises(ConnectionRefusedError, match="is replica S1, not rm RM"):
         run(dial())
+
+
+def _client_hello(link: LinkTls) -> bytes:
+    """The first flight a real ftds client sends: a TLS 1.3 ClientHello."""
+    import ssl
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = link.client().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_a_fuzzed_handshake_closes_only_that_connection(cluster, tmp_path):
+    """Random bytes, truncated and mutated ClientHellos on every port: each connection is
+    closed with no ftds frame, and the cluster neither fails over nor stops serving."""
+    import random
+
+    rng = random.Random(749)
+    hello = _client_hello(identity(cluster, tmp_path, "client", "client"))
+    assert hello[:1] == b"\x16"  # a handshake record
+    blobs = [rng.randbytes(rng.randrange(1, 2048)) for _ in range(8)]
+    blobs += [hello[:rng.randrange(1, len(hello))] for _ in range(8)]
+    for _ in range(24):
+        mutated = bytearray(hello)
+        for _ in range(rng.randrange(1, 8)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        blobs.append(bytes(mutated))
+    before = cluster.wait_healthy()
+
+    async def send(address: tuple[str, int], blob: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(blob)
+        writer.write_eof()  # a truncated hello would otherwise wait for the handshake timeout
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            async with asyncio.timeout(TIMEOUT):
+                while chunk := await reader.read(65536):
+                    received += chunk
+        writer.close()
+        return received
+
+    async def all_ports() -> list[bytes]:
+        return await asyncio.gather(*(send(address, blob) for address in ports(cluster).values()
+                                      for blob in blobs))
+
+    for received in run(all_ports()):
+        assert b'"t"' not in received  # nothing but TLS records (an alert) ever came back
+    after = cluster.wait_healthy()
+    assert (after["epoch"], after["primary"]) == (before["epoch"], before["primary"])
+    assert run(exchange(ports(cluster)["replica_client"],
+                        identity(cluster, tmp_path, "client", "client"),
+                        [HELLOS["client"]]))[0][0]["t"] == "welcome"
