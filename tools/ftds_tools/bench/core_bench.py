@@ -4,6 +4,9 @@ All three run in the same invocation on this machine, three nodes each on 127.0.
 separate client processes over TCP (``ftds_tools.bench.loadgen``). For each system:
 acknowledged ops/s at saturation (the best of a few concurrency levels) and p50/p99 latency at a
 fixed 1,000 ops/s; the median over repeats, and the ratios ftds / PySyncObj.
+
+With ``--tls``, ftds passive also runs with mutual TLS on every link, in the same rounds, and
+both passive rows add the p50 of one client with one request in flight: the cost of TLS.
 """
 
 from __future__ import annotations
@@ -50,9 +53,9 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 class FtdsCluster:
-    def __init__(self, mode: str, workdir: Path) -> None:
-        self.dir = workdir / f"ftds-{mode}"
-        self.path = local.write_cluster(self.dir, 3, mode, trace={"requests": False})
+    def __init__(self, mode: str, workdir: Path, tls: bool = False) -> None:
+        self.dir = workdir / f"ftds-{mode}{'-tls' if tls else ''}"
+        self.path = local.write_cluster(self.dir, 3, mode, trace={"requests": False}, tls=tls)
         self.config = load_config(self.path)
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -98,6 +101,12 @@ class FtdsCluster:
         return combine(loadgens([["--system", "ftds", "--config", str(self.path), "--name", "L",
                                   "--conns", "1", "--depth", "200", "--rate", str(rate),
                                   "--duration", str(duration)]]))
+
+    def one_client(self, duration: float) -> dict[str, float]:
+        """One client, one request in flight: the latency every request pays."""
+        return combine(loadgens([["--system", "ftds", "--config", str(self.path), "--name", "O",
+                                  "--conns", "1", "--depth", "1", "--duration",
+                                  str(duration)]]))
 
 
 class PySyncObjCluster:
@@ -169,28 +178,40 @@ def _run(coro: Any) -> Any:
 
 
 def measure(repeats: int = 3, duration: float = 4.0, rate: float = 1000.0,
-            out: Any = print) -> dict[str, dict[str, float]]:
+            out: Any = print, tls: bool = False) -> dict[str, dict[str, float]]:
     runs: dict[str, list[dict[str, float]]] = {"ftds passive": [], "ftds active": [],
                                                "PySyncObj": []}
+    if tls:
+        runs["ftds passive TLS"] = []
     with tempfile.TemporaryDirectory(prefix="ftds-bench-") as tmp:
         work = Path(tmp)
         for repeat in range(1, repeats + 1):
-            for name in runs:
+            names = list(runs)
+            shift = (repeat - 1) % len(names)  # each round in another order: no favoured slot
+            for name in names[shift:] + names[:shift]:
                 if name == "PySyncObj":
                     cluster: Any = PySyncObjCluster(work)
                 else:
-                    cluster = FtdsCluster(name.split()[1], work)
+                    cluster = FtdsCluster(name.split()[1], work, tls=name.endswith("TLS"))
+                one: dict[str, float] = {}
                 with cluster:
                     # Latency first, on a fresh cluster: right after a saturation run the
                     # replicas spend a moment digesting the large log it left (one-time
                     # pauses that are not the steady state at 1,000 ops/s).
                     lat = cluster.fixed_rate(rate, duration)
+                    if tls and name.startswith("ftds passive"):
+                        one = cluster.one_client(duration)
                     sat = cluster.saturation(duration)
                 row = {"ops": sat["ops"], "p50": lat["p50"], "p99": lat["p99"],
                        "rate": lat["ops"]}
+                if one:
+                    row["p50_one_client"] = one["p50"]
+                    row["ops_one_client"] = one["ops"]
                 runs[name].append(row)
-                out(f"  run {repeat}/{repeats} {name:13s} {row['ops']:9.0f} acked ops/s   "
-                    f"at {lat['ops']:.0f}/s: p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms")
+                solo = f"  one client: p50 {one['p50']:.3f} ms" if one else ""
+                out(f"  run {repeat}/{repeats} {name:16s} {row['ops']:9.0f} acked ops/s   "
+                    f"at {lat['ops']:.0f}/s: p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms"
+                    f"{solo}")
     return {name: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
             for name, rows in runs.items()}
 
@@ -201,8 +222,16 @@ def report(medians: dict[str, dict[str, float]], repeats: int) -> str:
              f"{'system':14s} {'acked ops/s':>12s} {'p50 @1k/s':>10s} {'p99 @1k/s':>10s} "
              f"{'ops ratio':>10s} {'p50 ratio':>10s}"]
     for name, m in medians.items():
-        lines.append(f"{name:14s} {m['ops']:12.0f} {m['p50']:8.2f}ms {m['p99']:8.2f}ms "
+        lines.append(f"{name:16s} {m['ops']:10.0f} {m['p50']:8.2f}ms {m['p99']:8.2f}ms "
                      f"{m['ops'] / base['ops']:9.2f}x {m['p50'] / base['p50']:9.3f}x")
+    plain, tls = medians["ftds passive"], medians.get("ftds passive TLS")
+    if tls is not None:
+        lines.append(
+            f"TLS cost (passive): throughput {tls['ops'] / plain['ops']:.1%} of plain; "
+            f"p50 at one client {tls['p50_one_client']:.3f} ms against "
+            f"{plain['p50_one_client']:.3f} ms "
+            f"({(tls['p50_one_client'] - plain['p50_one_client']) * 1000:+.0f} us); "
+            f"p50 at {tls['rate']:.0f}/s {tls['p50']:.2f} against {plain['p50']:.2f} ms")
     return "\n".join(lines)
 
 
@@ -214,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--json", help="also write the medians here")
+    parser.add_argument("--tls", action="store_true",
+                        help="also ftds passive with mutual TLS on every link, and the p50 of "
+                        "one client for both")
     args = parser.parse_args(argv)
-    medians = measure(args.repeats, args.duration, args.rate)
+    medians = measure(args.repeats, args.duration, args.rate, tls=args.tls)
     print()
     print(report(medians, args.repeats))
     if args.json:
