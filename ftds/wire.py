@@ -47,6 +47,7 @@ PRE_AUTH_LIMIT = 64 * 1024
 HELLO_LATE = 0.05
 HELLO_LATE_CHECKS = 3
 TLS_READ = 256 * 1024  # plaintext taken from TLS per read call
+_TLS_BUFFER = memoryview(bytearray(TLS_READ))  # one loop per process: shared, copied out
 _NO_BIO = ssl.MemoryBIO()  # a connection without server-side TLS never touches it
 
 log = logging.getLogger("ftds.wire")
@@ -296,9 +297,11 @@ class Conn(asyncio.Protocol):
             if not self._take_identity(tls):
                 return b""
         chunks: list[bytes] = []
+        buffer = _TLS_BUFFER
         while True:
             try:
-                chunk = tls.read(TLS_READ)
+                # Into one buffer the loop shares: read(n) alone would allocate n bytes a call.
+                chunk = buffer[:tls.read(TLS_READ, buffer)].tobytes()
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # the peer closed its side of TLS

@@ -34,6 +34,9 @@ SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 # The most a stranger can make a port buffer: the largest frame allowed before hello, less
 # one byte, so it never completes.
 HALF_FRAME = struct.pack(">I", PRE_AUTH_LIMIT) + b"\0" * (PRE_AUTH_LIMIT - 1)
+# Under TLS a stranger's first words are a handshake: the largest TLS record a ClientHello may
+# come in (2^14 bytes), less its last byte, so the server's TLS layer holds it unfinished.
+HALF_RECORD = b"\x16\x03\x01" + struct.pack(">H", 1 << 14) + b"\x01" * ((1 << 14) - 1)
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -69,6 +72,7 @@ class Flood:
     idle: int
     half: int
     sustain: bool = False  # open a closed one again, until stop()
+    half_payload: bytes = HALF_FRAME
     strangers: list[Stranger] = field(default_factory=list)
     refused: int = 0  # connects that failed or were closed before we could write
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -90,7 +94,7 @@ class Flood:
             return
         try:
             if s.kind == "half":
-                writer.write(HALF_FRAME)
+                writer.write(self.half_payload)
                 await writer.drain()
             if opened is not None:
                 opened.set()
@@ -139,8 +143,9 @@ class Flood:
 class FloodThread:
     """A sustained flood on a loop of its own, beside a blocking measurement."""
 
-    def __init__(self, ports: list[int], idle: int, half: int) -> None:
-        self.flood = Flood(ports, idle, half, sustain=True)
+    def __init__(self, ports: list[int], idle: int, half: int,
+                 half_payload: bytes = HALF_FRAME) -> None:
+        self.flood = Flood(ports, idle, half, sustain=True, half_payload=half_payload)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)
@@ -175,7 +180,8 @@ def trial(cluster: FtdsCluster, pid: int, ports: list[int], flood: bool, args: A
         result = loadgens([run])[0]
         return {"p50": result["p50"], "p99": result["p99"], "ops": result["ops"],
                 "rss_mib": memory_kib(pid)["VmRSS"] / 1024}
-    with FloodThread(ports, args.idle, args.half) as flooding:
+    with FloodThread(ports, args.idle, args.half,
+                     HALF_RECORD if args.tls else HALF_FRAME) as flooding:
         held = memory_kib(pid)["VmRSS"]
         result = loadgens([run])[0]
         held = max(held, memory_kib(pid)["VmRSS"])
@@ -187,7 +193,7 @@ def trial(cluster: FtdsCluster, pid: int, ports: list[int], flood: bool, args: A
 def measure(args: Any, out: Any = print) -> dict[str, Any]:
     rows: dict[str, list[dict[str, float]]] = {"quiet": [], "flood": []}
     with tempfile.TemporaryDirectory(prefix="ftds-bench-") as tmp, \
-            FtdsCluster("passive", Path(tmp)) as cluster:
+            FtdsCluster("passive", Path(tmp), tls=args.tls) as cluster:
         primary = cluster.config.replica("S1")
         pid = cluster.procs[0].pid
         ports = [primary.port, primary.control_port]
@@ -206,16 +212,18 @@ def measure(args: Any, out: Any = print) -> dict[str, Any]:
                for name, rs in rows.items()}
     return {"medians": medians, "peak_rss_mib": peak, "runs": rows,
             "flood": {"idle": args.idle, "half": args.half, "sources": list(SOURCES)},
-            "rate": args.rate, "duration": args.duration}
+            "rate": args.rate, "duration": args.duration, "tls": args.tls}
 
 
 def report(result: dict[str, Any], repeats: int) -> str:
     q, f = result["medians"]["quiet"], result["medians"]["flood"]
     fl = result["flood"]
     return "\n".join([
-        f"median of {repeats} runs, 3 replicas on 127.0.0.1, {result['rate']:.0f} acked "
-        f"increments/s; flood: {fl['idle']} idle + {fl['half']} half-frame strangers on the "
-        "primary's two ports, sustained",
+        f"median of {repeats} runs, 3 replicas on 127.0.0.1"
+        f"{' with mutual TLS' if result.get('tls') else ''}, {result['rate']:.0f} acked "
+        f"increments/s; flood: {fl['idle']} idle + {fl['half']} half-"
+        f"{'record' if result.get('tls') else 'frame'} strangers on the primary's two ports, "
+        "sustained",
         f"{'':14s} {'p50':>9s} {'p99':>9s} {'S1 RSS':>9s}",
         f"{'without flood':14s} {q['p50']:7.2f}ms {q['p99']:7.2f}ms {q['rss_mib']:6.0f}MiB",
         f"{'with flood':14s} {f['p50']:7.2f}ms {f['p99']:7.2f}ms {f['rss_mib']:6.0f}MiB",
@@ -235,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=500)
     parser.add_argument("--half", type=int, default=100)
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--tls", action="store_true",
+                        help="the cluster runs mutual TLS; half strangers send most of a TLS "
+                        "record instead of a frame")
     args = parser.parse_args(argv)
     result = measure(args)
     print()
