@@ -682,7 +682,17 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     config.read_key()
-    print(f"{args.config}: ok ({config.mode}, {len(config.replicas)} replicas)")
+    where = ""
+    if config.tls is not None:  # every identity this host holds must load, with the CA's
+        ca = Path(config.tls.ca).resolve()
+        names = sorted(p.stem for p in Path(config.tls.dir).glob("*.crt") if p.resolve() != ca)
+        if not names:
+            raise ConfigError(f"{config.path}: tls.dir: no certificate in {config.tls.dir} "
+                              f"(each daemon and tool needs its <name>.crt and <name>.key)")
+        for name in names:
+            config.link_tls(name)
+        where = f"; TLS identities here: {', '.join(names)}"
+    print(f"{args.config}: ok ({config.mode}, {len(config.replicas)} replicas{where})")
     return 0
 
 

@@ -122,8 +122,9 @@ class LinkTls:
             ctx.load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"{self.source}: tls.dir: cannot load {self.name}'s certificate "
-                              f"{cert} and key {key}: {_why(exc)} (issue one with "
-                              f"`ftds pki issue --name {self.name}`)") from exc
+                              f"{cert} and key {key}: {_why(exc)} (on the CA's host: `ftds "
+                              f"pki issue --ca CA_DIR --out DIR --role ROLE --name "
+                              f"{self.name} --host HOST`, then copy both to {s.dir})") from exc
         if protocol == ssl.PROTOCOL_TLS_CLIENT:
             ctx.check_hostname = True  # the server's certificate must name the host dialled
         else:

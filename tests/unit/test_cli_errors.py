@@ -583,3 +583,16 @@ def test_every_option_has_help():
                # chaos check belongs to a change of its own, under way elsewhere
                if not action.help and not path.startswith("ftds chaos check")]
     assert missing == []
+
+
+def test_check_config_of_a_tls_cluster_loads_every_identity_of_the_host(tmp_path):
+    from ftds import local
+
+    path = local.write_cluster(tmp_path / "c", 3, base=46100, tls=True)
+    result = ftds("check-config", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "TLS identities here: GFD, LFD1, LFD2, LFD3, RM, S1, S2, S3, admin, client" in \
+        result.stdout
+    (tmp_path / "c" / "tls" / "S2.key").unlink()
+    result = check(ftds("check-config", "-c", str(path), cwd=tmp_path), 2)
+    assert "S2's certificate" in result.stderr and "S2.key" in result.stderr

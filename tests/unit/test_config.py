@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 import yaml
@@ -130,3 +131,29 @@ def test_strangers_and_metrics_settings(tmp_path):
     loaded = load_config(path)
     assert loaded.rm_metrics_address == "0.0.0.0"
     assert loaded.rm_metrics_web_config == str(tmp_path / "metrics-web.yml")  # beside the file
+
+
+def test_a_tls_section_replaces_the_key_and_names_its_fields(tmp_path):
+    data = copy.deepcopy(GOOD)
+    del data["key_file"]
+    with pytest.raises(ConfigError, match=r"key_file: is required \(or a tls section\)"):
+        parse_config(data)
+    data["tls"] = {"ca": "/etc/ftds/tls/ca.crt", "dir": "/etc/ftds/tls"}
+    config = parse_config(data)
+    assert config.tls is not None and config.tls.crl == ""
+    assert config.tls.cert("S1") == "/etc/ftds/tls/S1.crt"
+    assert config.read_key() == b""  # frames carry no MAC: TLS authenticates them
+    for change, message in (({"dir": "/x"}, "tls.ca: is required"),
+                            ({"ca": "a", "dir": "b", "certs": "c"}, "tls.certs: unknown field"),
+                            ({"ca": "", "dir": "b"}, "tls.ca: must be a non-empty string"),
+                            ("yes", "tls: must be a mapping")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_config({**data, "tls": change})
+    # Relative paths are beside the cluster file, as the metrics web config's are.
+    path = tmp_path / "cluster.yml"
+    path.write_text(yaml.safe_dump({**data, "tls": {"ca": "pki/ca.crt", "dir": "tls",
+                                                     "crl": "pki/ca.crl"}}))
+    tls = load_config(path).tls
+    assert tls is not None
+    assert (tls.ca, tls.dir, tls.crl) == (str(tmp_path / "pki/ca.crt"), str(tmp_path / "tls"),
+                                          str(tmp_path / "pki/ca.crl"))
