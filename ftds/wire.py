@@ -251,10 +251,8 @@ class Conn(asyncio.Protocol):
             self._arm_hello(gate.hello_timeout())
         if self.server_tls is not None:
             # TLS in memory on the TCP connection the gate counted and timed: the handshake
-            # is a stranger's like its hello, bounded by the same deadline and caps.
-            self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-            self._tls = self.server_tls.listener.wrap_bio(self._tls_in, self._tls_out,
-                                                          server_side=True)
+            # is a stranger's like its hello, bounded by the same deadline and caps. Its
+            # state is made with the first bytes: a silent stranger costs no TLS object.
             self._handshaking = True
             return
         if not self.key:
@@ -345,7 +343,11 @@ class Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.gate is not None and not self._admitted:
             return
-        if self._tls is not None:
+        if self.server_tls is not None:
+            if self._tls is None:
+                self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+                self._tls = self.server_tls.listener.wrap_bio(self._tls_in, self._tls_out,
+                                                              server_side=True)
             data = self._tls_receive(data)
             if not data or self.is_closing():
                 return
@@ -476,8 +478,8 @@ class Conn(asyncio.Protocol):
             return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
-        if self._tls is not None:
-            if self._handshaking:
+        if self.server_tls is not None:
+            if self._tls is None or self._handshaking:
                 return  # nothing may be said before TLS is up
             self._tls_write(data)
         else:
