@@ -46,6 +46,7 @@ PRE_AUTH_LIMIT = 64 * 1024
 # A hello deadline that fires this late means a busy loop: bytes may wait unread, so read first.
 HELLO_LATE = 0.05
 HELLO_LATE_CHECKS = 3
+HELLO_SPREAD = 0.1
 TLS_READ = 256 * 1024  # plaintext taken from TLS per read call
 _TLS_BUFFER = memoryview(bytearray(TLS_READ))  # one loop per process: shared, copied out
 _NO_BIO = ssl.MemoryBIO()  # a connection without server-side TLS never touches it
@@ -211,6 +212,7 @@ class Conn(asyncio.Protocol):
         self.gate = gate
         self.peer_host = ""  # the remote end's address, and with its port
         self.peer_addr = ""
+        self._peer_port = 0
         self._decoder = FrameDecoder(key, max_frame, pre_auth=gate is not None)
         self._admitted = False  # counted by the gate
         self._hello_timer: asyncio.TimerHandle | None = None
@@ -237,6 +239,7 @@ class Conn(asyncio.Protocol):
             host = str(peer[0])
             self.peer_host = host
             self.peer_addr = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+            self._peer_port = peer[1] if isinstance(peer[1], int) else 0
             if self.label == "peer":
                 self.label = self.peer_addr
         gate = self.gate
@@ -248,7 +251,11 @@ class Conn(asyncio.Protocol):
             self._admitted = True
             # The deadline covers the TLS handshake too: a stranger is counted and timed
             # from its TCP connect, not from a handshake it may never finish.
-            self._arm_hello(gate.hello_timeout())
+            # Up to 10% later, spread by the peer's port: strangers that came in one burst (a
+            # flood that reconnects each one it lost) fall due over many loop turns, not in
+            # one. Not random: a simulated run must replay exactly.
+            spread = ((self._peer_port * 2654435761) & 0xFFFF) / 0x10000
+            self._arm_hello(gate.hello_timeout() * (1 + HELLO_SPREAD * spread))
         if self.server_tls is not None:
             # TLS in memory on the TCP connection the gate counted and timed: the handshake
             # is a stranger's like its hello, bounded by the same deadline and caps. Its
