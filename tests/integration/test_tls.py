@@ -348,3 +348,48 @@ def test_a_fuzzed_handshake_closes_only_that_connection(cluster, tmp_path):
     assert run(exchange(ports(cluster)["replica_client"],
                         identity(cluster, tmp_path, "client", "client"),
                         [HELLOS["client"]]))[0][0]["t"] == "welcome"
+
+
+def _replace(path: str, data: bytes) -> None:
+    """Write a file whole, as a deployment does (a reader sees the old or the new one)."""
+    tmp = Path(f"{path}.new")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def test_a_ca_rotation_under_load_loses_nothing(make_managed, tmp_path):
+    """A new CA while clients write: the bundle holds both CAs, every certificate is issued
+    again from the new one, a backup and then the primary crash (their successors and every
+    new link use the new certificates), and the old CA is dropped. No daemon restarts for it,
+    no request fails, nothing acknowledged is lost, and the old CA's certificates no longer
+    get in."""
+    cluster = make_managed(tls=True)
+    cluster.up()
+    tls = cluster.config.tls
+    assert tls is not None and tls.crl
+    old_ca, old_crl = Path(tls.ca).read_bytes(), Path(tls.crl).read_bytes()
+    before_rotation = identity(cluster, tmp_path, "admin", "admin")  # from the old CA
+    history = tmp_path / "C1.jsonl"
+    proc = cluster.workload("C1", history, clients=2, rate=200, duration=10)
+    time.sleep(1.0)
+    new = cluster.dir / "ca-new"
+    pki.create_ca(new, "local")
+    _replace(tls.ca, old_ca + (new / "ca.crt").read_bytes())  # 1. trust both
+    _replace(tls.crl, old_crl + (new / "ca.crl").read_bytes())
+    pki.issue_cluster(new, Path(tls.dir), cluster.config)  # 2. every certificate anew
+    status = cluster.wait_healthy()
+    backup = next(r for r in cluster.config.replica_ids if r != status["primary"])
+    cluster.signal(backup, signal.SIGKILL)  # its successor dials and is dialled anew
+    cluster.wait_healthy(20)
+    _replace(tls.ca, (new / "ca.crt").read_bytes())  # 3. the old CA is gone
+    _replace(tls.crl, (new / "ca.crl").read_bytes())
+    primary = cluster.primary()
+    cluster.signal(primary, signal.SIGKILL)  # new links everywhere, under the new CA only
+    result = finish(proc)
+    assert result["failed"] == 0, result
+    after = cluster.wait_healthy(20)
+    assert after["primary"] != primary
+    check_counters(cluster, [history], ids=cluster.config.replica_ids)
+    for address in ports(cluster).values():
+        if address != ports(cluster)["replica_client"]:
+            assert _closed_without_a_word(address, before_rotation), address
