@@ -506,13 +506,21 @@ class Conn(asyncio.Protocol):
     def flush_now(self) -> None:
         self._flush()
 
+    @property
+    def who(self) -> str:
+        """The label, and under TLS who the peer's certificate says it is (if not in it)."""
+        ident = self.identity
+        if ident is None or f"({ident})" in self.label:
+            return self.label
+        return f"{self.label} ({ident})"
+
     def reject(self, code: str, detail: str) -> None:
         """Refuse what the peer sent: log, tell the peer why, close. State is untouched."""
         if self.gate is not None and self.role is None:
             # A stranger's garbage is logged by its gate, which sums up floods.
             self.gate.stranger_closed(self.peer_host, self.peer_addr, f"{code}: {detail}")
         else:
-            log.error("%s: %s: %s; closing the connection", self.label, code, detail)
+            log.error("%s: %s: %s; closing the connection", self.who, code, detail)
         if self.transport is not None and not self.transport.is_closing():
             self._out.clear()
             self.send("error", {"code": code, "message": detail})

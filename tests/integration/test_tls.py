@@ -173,6 +173,10 @@ def test_every_message_a_role_may_not_send_is_refused(cluster, tmp_path, port):
         assert got[0]["t"] == "welcome", got  # the hello was accepted, the message was not
     after = cluster.wait_healthy()
     assert (after["epoch"], after["primary"]) == (before["epoch"], before["primary"])
+    # Each refusal is logged with the peer's identity, from its certificate.
+    daemon = {"gfd": "GFD", "rm": "RM"}.get(port, "S1")
+    logged = (cluster.dir / "logs" / f"{daemon}.log").read_text()
+    assert f"({speaker} {NAMES[speaker]}): forbidden: role '{speaker}' may not send" in logged
 
 
 def _closed_without_a_word(address: tuple[str, int], link: LinkTls) -> bool:
