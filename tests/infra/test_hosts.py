@@ -41,14 +41,20 @@ def test_config_dir(host):
 def test_cluster_file(host, config):
     f = host.file(CONFIG)
     assert f.user == "root" and f.group == "root" and f.mode == 0o644
-    assert config["key_file"] == "/etc/ftds/cluster.key"
+    if "tls" in config:  # mutual TLS (ftds_tls): no cluster key in the file (test_tls.py)
+        assert "key_file" not in config
+    else:
+        assert config["key_file"] == "/etc/ftds/cluster.key"
     assert config["launcher"]["kind"] == "ssh"
     assert config["launcher"]["ssh"]["known_hosts"] == "/etc/ftds/known_hosts"
     assert config["rm"]["state_dir"] == "/var/lib/ftds-rm"
 
 
-def test_cluster_key_root_only(host):
+def test_cluster_key_root_only(host, role, config):
     key = host.file("/etc/ftds/cluster.key")
+    if "tls" in config and not role.runs_daemons:
+        assert not key.exists, "a client host of a TLS cluster holds the cluster key"
+        return
     assert key.exists
     assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
     assert key.size >= 33  # >= 32 characters and a newline

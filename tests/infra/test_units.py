@@ -110,7 +110,7 @@ def test_users_and_credentials(host, role):
         assert props["StateDirectoryMode"] == "0700"
 
 
-def test_secrets_are_credentials(host, role):
+def test_secrets_are_credentials(host, role, config):
     """Units get the key as a systemd credential, and cannot read the root-only file."""
     for unit in role.units:
         user = show(host, unit, "User")["User"]
@@ -122,8 +122,19 @@ def test_secrets_are_credentials(host, role):
         assert cred, f"{unit}: no credentials"
         directory = cred[0].split(b"=", 1)[1].decode()
         names = {"cluster.key"} | ({"ssh_key"} if unit == "ftds-rm.service" else set())
+        if "tls" in config:  # and its own TLS key (S1.key, LFD1.key, GFD.key, RM.key)
+            names.add(tls_name(unit) + ".key")
         for name in names:
             assert host.file(f"{directory}/{name}").exists, f"{unit}: no credential {name}"
+
+
+def tls_name(unit: str) -> str:
+    """The TLS identity a unit runs as: ftds-replica@S1 S1, ftds-lfd@S1 LFD1, GFD, RM."""
+    if unit.startswith("ftds-replica@"):
+        return unit.split("@")[1].removesuffix(".service")
+    if unit.startswith("ftds-lfd@"):
+        return "LFD" + unit.split("@")[1].removesuffix(".service").removeprefix("S")
+    return {"ftds-gfd.service": "GFD", "ftds-rm.service": "RM"}[unit]
 
 
 def test_restart_policy(host, role):

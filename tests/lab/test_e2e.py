@@ -333,3 +333,91 @@ def test_k_a_rerun_repairs_drift_it_would_otherwise_skip(cluster):
     again = cluster.deploy()
     recap = re.findall(r"^(h\d+)\s*:\s*ok=\d+\s+changed=(\d+)", again.stdout, re.M)
     assert recap and all(int(changed) == 0 for _, changed in recap), again.stdout[-3000:]
+
+
+def test_l_mutual_tls_switched_on_serves_recovers_and_reruns_unchanged(cluster, tmp_path):
+    """-e ftds_tls=true on the running lab: every host gets exactly its identities (testinfra),
+    a client on h5 puts and reads back, a stopped backup is relaunched by the RM, and a second
+    run changes nothing. The controller talks to the cluster with its own admin and client
+    certificates, issued into the controller's pki directory. Switched back off at the end
+    for what runs after this file (testinfra, chaos)."""
+    from ftds.config import load_config
+
+    cluster.wait_healthy()
+    tls = ("-e", "ftds_tls=true", "-e", "ftds_common_tls_controller_address=10.77.0.1")
+    try:
+        result = cluster.deploy(*tls)
+        assert re.search(r"^h4\s*:\s*ok=\d+\s+changed=[1-9]", result.stdout, re.M), \
+            result.stdout[-3000:]
+
+        # the controller's cluster file: the deployed one with its own identities
+        raw = yaml.safe_load(cluster.lab.ssh(cluster.lab.manager, "cat /etc/ftds/cluster.yml",
+                                             shared=True).stdout)
+        assert "tls" in raw and "key_file" not in raw, raw
+        pki = INVENTORY / ".secrets" / "pki" / raw["name"]
+        raw["tls"] = {"ca": str(pki / "ca.crt"), "dir": str(pki / "controller"),
+                      "crl": str(pki / "ca.crl")}
+        path = tmp_path / "cluster.yml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        cluster.path, cluster.config = path, load_config(path)
+        cluster.key = cluster.config.read_key()
+        assert cluster.key == b""
+        start = cluster.wait_healthy()
+
+        # testinfra: the TLS checks, and the files and units with TLS on
+        infra = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "pytest"), "-q", "-rs", "-p", "no:cacheprovider",
+             "tests/infra/test_tls.py", "tests/infra/test_hosts.py", "tests/infra/test_units.py",
+             f"--ansible-inventory={INVENTORY / 'hosts.yml'}", "--connection=ansible",
+             "--hosts=all"],
+            capture_output=True, text=True, timeout=600, cwd=REPO,
+            env={**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"})
+        assert infra.returncode == 0, infra.stdout[-3000:] + infra.stderr[-1000:]
+        assert "TLS is off" not in infra.stdout, infra.stdout[-3000:]  # none skipped for it
+
+        # a client on h5 (its certificate, no cluster key) puts and reads back
+        value = f"tls-{secrets.token_hex(6)}"
+        put = cluster.lab.ssh(cluster.client_host,
+                              f"ftds client -q put e2e-tls '\"{value}\"'", check=False)
+        assert put.returncode == 0, put.stdout + put.stderr
+        got = cluster.lab.ssh(cluster.client_host, "ftds client -q get e2e-tls", check=False)
+        assert got.returncode == 0 and f'"value": "{value}"' in got.stdout, got.stdout + got.stderr
+
+        # a stopped backup: the RM relaunches it over SSH, under TLS too
+        victim = next(r for r in sorted(start["replicas"]) if r != start["primary"])
+        host = cluster.lab.host_of(victim)
+        old_pid = cluster.unit_pid(host, f"ftds-replica@{victim}.service")
+        stopped_at = time.time()
+        cluster.lab.ssh(host, f"systemctl stop ftds-replica@{victim}.service")
+        incident = cluster.closed_incident(victim, stopped_at)
+        status = cluster.wait_healthy()
+        assert status["epoch"] == start["epoch"]
+        assert cluster.unit_pid(host, f"ftds-replica@{victim}.service") not in (0, old_pid)
+        assert incident["confirmed_dead"] and incident["relaunch_to_ready_ms"] is not None
+        got = cluster.lab.ssh(cluster.client_host, "ftds client -q get e2e-tls", check=False)
+        assert f'"value": "{value}"' in got.stdout, got.stdout + got.stderr
+
+        # a second run with TLS changes nothing and issues nothing
+        again = cluster.deploy(*tls)
+        recap = re.findall(r"^(h\d+)\s*:\s*ok=\d+\s+changed=(\d+)", again.stdout, re.M)
+        assert len(recap) == 5, again.stdout[-2000:]
+        assert all(int(changed) == 0 for _, changed in recap), again.stdout[-3000:]
+
+        # a CA rotation in two runs, no daemon restarted: both CAs trusted and every
+        # certificate issued anew, then the old CA dropped
+        pids = cluster.unit_pids()
+        bundle = "grep -c BEGIN /etc/ftds/tls/ca.crt"
+        for flag, cas in (("ftds_common_tls_rotate_ca", "2"), ("ftds_common_tls_drop_old_ca", "1")):
+            cluster.deploy(*tls, "-e", f"{flag}=true")
+            for h in cluster.lab.addresses:
+                assert cluster.lab.ssh(h, bundle, shared=True).stdout.strip() == cas, (flag, h)
+            cluster.wait_healthy()
+            got = cluster.lab.ssh(cluster.client_host, "ftds client -q get e2e-tls", check=False)
+            assert f'"value": "{value}"' in got.stdout, (flag, got.stdout + got.stderr)
+            assert cluster.unit_pids() == pids, f"{flag}: a daemon restarted"
+    finally:
+        cluster.deploy()  # back to the cluster key
+        cluster.refetch()
+    cluster.wait_healthy()
+    assert cluster.lab.ssh(cluster.client_host, "test -f /etc/ftds/cluster.key",
+                           check=False).returncode == 0
