@@ -636,7 +636,7 @@ def cmd_pki(args: argparse.Namespace) -> int:
                   f"(mode 0600), {crt.parent / pki.CA_CRL}")
         elif args.pki == "issue":
             crt, key = pki.issue(Path(args.ca), Path(args.out), role=args.role, name=args.name,
-                                 hosts=args.host, days=args.days)
+                                 hosts=args.host, days=args.days, keep_key=args.keep_key)
             print(f"wrote {crt} and {key} (mode 0600): {args.role} {args.name} on "
                   f"{', '.join(args.host)}")
         elif args.pki == "revoke":
@@ -1005,6 +1005,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an address or name it serves on (repeat for more)")
     q.add_argument("--days", type=COUNT, default=825, metavar="N",
                    help="how long it is valid (default 825; never beyond the CA)")
+    q.add_argument("--keep-key", action="store_true",
+                   help="certify the existing NAME.key in --out again (a renewal or a CA "
+                   "rotation that running daemons take without a restart)")
     q = pki_sub.add_parser("revoke", help="add a certificate to the CA's ca.crl")
     q.add_argument("--ca", required=True, metavar="DIR", help="the CA's directory")
     q.add_argument("cert", metavar="FILE", help="the certificate to revoke (a .crt it issued)")

@@ -208,10 +208,14 @@ def _host_name(host: str) -> x509.GeneralName:
 
 def issue(ca_dir: Path, out_dir: Path, *, role: str, name: str, hosts: Sequence[str],
           days: int = 825, cluster: str | None = None,
-          not_before: dt.datetime | None = None) -> tuple[Path, Path]:
+          not_before: dt.datetime | None = None,
+          keep_key: bool = False) -> tuple[Path, Path]:
     """Issue ``name``'s certificate for ``role`` on ``hosts``: (``<name>.crt``, ``<name>.key``)
     in ``out_dir``, replacing an earlier pair. Valid from ``not_before`` (default: now) for
-    ``days``, but never beyond the CA; ``cluster`` defaults to the CA's O."""
+    ``days``, but never beyond the CA; ``cluster`` defaults to the CA's O. With ``keep_key``
+    an existing ``<name>.key`` is certified again rather than replaced: a daemon under systemd
+    holds a copy of its key made when it started (a credential), so a renewal or a CA
+    rotation that keeps the key takes effect at the next connection, without a restart."""
     if role not in ROLES:
         raise PkiError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     if not _NAME.fullmatch(name):
@@ -235,7 +239,9 @@ def issue(ca_dir: Path, out_dir: Path, *, role: str, name: str, hosts: Sequence[
     if start.tzinfo is None:
         start = start.replace(tzinfo=dt.UTC)  # as cryptography reads a naive time
     end = min(start + dt.timedelta(days), ca_cert.not_valid_after_utc)
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = _kept_key(Path(out_dir) / f"{name}.key") if keep_key else None
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster),
                          x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
                          x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -256,6 +262,20 @@ def issue(ca_dir: Path, out_dir: Path, *, role: str, name: str, hosts: Sequence[
     _mkdir(ca_dir / ISSUED, 0o700)
     _write(ca_dir / ISSUED / f"{cert.serial_number:x}.crt", _pem(cert), 0o644)
     return crt_path, key_path
+
+
+def _kept_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
+    """The P-256 key at ``path``, or None when there is none to keep (a new one is made)."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), None)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        raise PkiError(f"{path}: cannot keep this key ({exc}); remove it to have a new one "
+                       "made") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise PkiError(f"{path}: not an ECDSA P-256 key; remove it to have a new one made")
+    return key
 
 
 def issue_cluster(ca_dir: Path, out_dir: Path, config: ClusterConfig) -> list[Path]:

@@ -520,3 +520,24 @@ def test_cli_roles_are_the_librarys():
     issue_parser = next(a for a in pki_parser._actions if a.dest == "pki").choices["issue"]
     role = next(a for a in issue_parser._actions if a.dest == "role")
     assert tuple(role.choices) == pki.ROLES
+
+
+def test_a_certificate_issued_again_can_keep_its_key(tmp_path):
+    """What a running daemon under systemd needs: its credential's key, certified anew."""
+    ca = tmp_path / "ca"
+    pki.create_ca(ca, "lab")
+    crt, key = pki.issue(ca, tmp_path / "out", role="replica", name="S1", hosts=["10.0.0.1"])
+    before = key.read_bytes()
+    first = pki.load_cert(crt)
+    pki.issue(ca, tmp_path / "out", role="replica", name="S1", hosts=["10.0.0.1"],
+              keep_key=True)
+    assert key.read_bytes() == before
+    again = pki.load_cert(crt)
+    assert again.serial_number != first.serial_number
+    assert again.public_key() == first.public_key()
+    pki.issue(ca, tmp_path / "out", role="replica", name="S1", hosts=["10.0.0.1"])
+    assert key.read_bytes() != before  # without keep_key, a new key
+    (tmp_path / "out" / "S1.key").write_text("not a key")
+    with pytest.raises(pki.PkiError, match="cannot keep this key"):
+        pki.issue(ca, tmp_path / "out", role="replica", name="S1", hosts=["10.0.0.1"],
+                  keep_key=True)

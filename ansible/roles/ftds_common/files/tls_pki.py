@@ -13,7 +13,8 @@ clear), ca.crl, issued/ (what the CA signed, for `ftds pki revoke`), <owner>/<na
 <name>.key (0600) of each certificate. The CA is made when it is missing; a certificate is
 issued only when it is missing, names other hosts than wanted, was not signed by the CA's key,
 or expires within renew_days. The CA key is decrypted only into a private temporary directory
-for the issuing and removed after. A certificate issued again keeps its key (_same_key).
+for the issuing and removed after. A certificate issued again keeps its key
+(pki.issue(keep_key=True)).
 Prints JSON: {"changed": bool, "issued": [...]}.
 
 What the hosts trust is trust.crt (ca.crt, and during a rotation old/ca.crt after it) and
@@ -25,7 +26,6 @@ retired/<date>/ and the hosts trust the new CA only.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -33,15 +33,12 @@ import os
 import secrets
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 from ansible.parsing.dataloader import DataLoader
 from ansible.parsing.vault import VaultLib, get_file_vault_secret
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from ftds import pki
 
@@ -98,25 +95,6 @@ def _current(crt: Path, key: Path, ca: x509.Certificate, hosts: list[str], role:
     return cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > renew
 
 
-@contextlib.contextmanager
-def _same_key(key_path: Path) -> Iterator[None]:
-    """A renewed certificate keeps the key it had: the units hold a copy of the key made when
-    they started (a systemd credential), so a new key would need a restart while a new
-    certificate for the same key is taken at the next connection. ftds.pki.issue makes a new
-    key each time; here its key generation returns the existing key (a new one when there is
-    none yet or it is unreadable)."""
-    try:
-        existing = serialization.load_pem_private_key(key_path.read_bytes(), None)
-    except (OSError, ValueError, TypeError):
-        yield
-        return
-    if not isinstance(existing, ec.EllipticCurvePrivateKey):
-        yield
-        return
-    with mock.patch.object(pki.ec, "generate_private_key", lambda *_a, **_k: existing):
-        yield
-
-
 def _issued_by(crt: Path, ca: x509.Certificate) -> bool:
     try:
         x509.load_pem_x509_certificate(crt.read_bytes()).verify_directly_issued_by(ca)
@@ -168,9 +146,12 @@ def main() -> int:
             if _current(crt, key, ca, c["hosts"], c["role"], renew):
                 continue
             out.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with _same_key(key):
-                pki.issue(work, out, role=c["role"], name=c["name"], hosts=c["hosts"],
-                          days=int(spec["cert_days"]), cluster=spec["cluster"])
+            args = {"role": c["role"], "name": c["name"], "hosts": c["hosts"],
+                    "days": int(spec["cert_days"]), "cluster": spec["cluster"]}
+            try:
+                pki.issue(work, out, keep_key=True, **args)
+            except pki.PkiError:  # a key that cannot be kept (unreadable, another kind)
+                pki.issue(work, out, **args)
             issued.append(f"{c['owner']}/{c['name']}")
         if spec.get("drop_old") and old.exists():
             left = [str(p.relative_to(base)) for p in sorted(base.glob("*/*.crt"))
