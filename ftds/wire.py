@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import authz
+from .gate import LISTEN_BACKLOG
 from .tls import Identity, LinkTls, identity_of
 
 if TYPE_CHECKING:
@@ -581,8 +582,6 @@ async def listen(factory: Callable[[], Conn], host: str, port: int, *,
                  tls: LinkTls | None = None) -> asyncio.Server:
     """A listening port of a daemon. Under TLS each connection makes its handshake once its
     gate counted it, within the same hello deadline (``Conn._start_tls``)."""
-    from .gate import LISTEN_BACKLOG
-
     def accepted() -> Conn:
         conn = factory()
         conn.server_tls = tls  # upgraded by the connection once its gate counted it

@@ -233,6 +233,21 @@ def test_a_peer_without_tls_gets_nothing(cluster):
     assert cluster.wait_healthy()
 
 
+async def raw_exchange(address: tuple[str, int], data: bytes, *, eof: bool) -> bytes:
+    """Send raw bytes on a plain TCP connection; all that comes back until it is closed."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(data)
+    if eof:
+        writer.write_eof()
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        async with asyncio.timeout(TIMEOUT):
+            while chunk := await reader.read(65536):
+                received += chunk
+    writer.close()
+    return received
+
+
 async def _relay(target: tuple[str, int], record: dict[str, bytearray]) -> asyncio.Server:
     """A TCP relay that keeps a copy of what each direction carried."""
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -269,20 +284,9 @@ def test_a_recorded_session_replayed_is_refused(cluster, tmp_path):
         finally:
             relay.close()
 
-    async def replay(data: bytes) -> bytes:
-        reader, writer = await asyncio.open_connection(*address)
-        writer.write(data)
-        received = b""
-        with contextlib.suppress(ConnectionResetError):
-            async with asyncio.timeout(TIMEOUT):
-                while chunk := await reader.read(65536):
-                    received += chunk
-        writer.close()
-        return received
-
     got = run(original())
     assert [m["t"] for m in got][:2] == ["welcome", "status"], got
-    again = run(replay(bytes(record["sent"])))
+    again = run(raw_exchange(address, bytes(record["sent"]), eof=False))
     # The first flight of a new handshake and an alert: less than the original's replies.
     assert len(again) < len(record["received"]), (len(again), len(record["received"]))
     assert cluster.wait_healthy()
@@ -329,20 +333,10 @@ def test_a_fuzzed_handshake_closes_only_that_connection(cluster, tmp_path):
         blobs.append(bytes(mutated))
     before = cluster.wait_healthy()
 
-    async def send(address: tuple[str, int], blob: bytes) -> bytes:
-        reader, writer = await asyncio.open_connection(*address)
-        writer.write(blob)
-        writer.write_eof()  # a truncated hello would otherwise wait for the handshake timeout
-        received = b""
-        with contextlib.suppress(ConnectionResetError):
-            async with asyncio.timeout(TIMEOUT):
-                while chunk := await reader.read(65536):
-                    received += chunk
-        writer.close()
-        return received
-
     async def all_ports() -> list[bytes]:
-        return await asyncio.gather(*(send(address, blob) for address in ports(cluster).values()
+        # EOF after the bytes: a truncated hello would otherwise wait for the deadline.
+        return await asyncio.gather(*(raw_exchange(address, blob, eof=True)
+                                      for address in ports(cluster).values()
                                       for blob in blobs))
 
     for received in run(all_ports()):
