@@ -41,25 +41,29 @@ async def rm_request(config: ClusterConfig, key: bytes, kind: str,
             from None
     except OSError as exc:
         raise RMUnreachable(f"{where} does not answer ({exc.strerror or exc})") from exc
+    hint = ("does it trust our certificate's CA?" if config.tls else
+            "is its cluster key this one?")
     try:
         conn.send("hello", {"role": "admin"})
-        welcome = await _reply(conn, where, timeout)
+        welcome = await _reply(conn, where, timeout, hint)
         if welcome["t"] != "welcome":
             raise RMUnreachable(f"{where} answered hello with {welcome['t']!r}, not welcome")
         conn.send(kind, fields)
-        return await _reply(conn, where, timeout)
+        return await _reply(conn, where, timeout, hint)
     finally:
         conn.close()
 
 
-async def _reply(conn: Conn, where: str, timeout: float) -> Message:
+async def _reply(conn: Conn, where: str, timeout: float,
+                 hint: str = "is its cluster key this one?") -> Message:
     try:
         msg = await conn.recv(timeout)
     except TimeoutError:
         raise RMUnreachable(f"{where} did not reply within {timeout:g}s") from None
     if msg is None:
-        # An RM on another cluster key drops us without a word we could authenticate.
-        raise RMUnreachable(f"{where} closed the connection (is its cluster key this one?)")
+        # An RM on another cluster key (or that refuses our certificate) drops us without a
+        # word we could authenticate.
+        raise RMUnreachable(f"{where} closed the connection ({hint})")
     if msg.get("t") == "error":
         raise RMRefused(str(msg.get("code")), str(msg.get("message")))
     return msg

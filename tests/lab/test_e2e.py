@@ -6,6 +6,7 @@ Run by scripts/test-lab (which brings the lab up, deploys, runs these and testin
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import re
@@ -107,18 +108,83 @@ def test_e_heartbeat_interval_change_reloads_without_restart(cluster):
     assert cluster.unit_pids() == pids
 
 
-def test_f_another_cluster_key_is_refused_unless_replacing_it_is_asked_for(cluster):
-    """The daemons hold their key from start-up: a different key in the inventory must not be
-    written under them (the cluster would refuse every frame of the tools); it stops the play,
-    and with ftds_common_replace_cluster_key the whole cluster restarts on the new key."""
+def _put_and_get_on_the_client_host(cluster, key: str) -> str:
+    """``ftds client`` on h5 (with the host's own cluster file) puts a fresh value and reads it
+    back; the value."""
+    value = f"{key}-{secrets.token_hex(6)}"
+    put = cluster.lab.ssh(cluster.client_host, f"ftds client -q put {key} '\"{value}\"'",
+                          check=False)
+    assert put.returncode == 0, put.stdout + put.stderr
+    assert_reads(cluster, key, value)
+    return value
+
+
+def assert_reads(cluster, key: str, value: str) -> None:
+    got = cluster.lab.ssh(cluster.client_host, f"ftds client -q get {key}", check=False)
+    assert got.returncode == 0 and f'"value": "{value}"' in got.stdout, got.stdout + got.stderr
+
+
+def _recap(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """changed= per host of a playbook run's recap."""
+    found = re.findall(r"^(h\d+)\s*:\s*ok=\d+\s+changed=(\d+)", result.stdout, re.M)
+    return {host: int(changed) for host, changed in found}
+
+
+def test_f_the_cluster_key_instead_of_tls_serves_recovers_and_guards_its_key(cluster):
+    """-e ftds_tls=false on the running lab (mutual TLS is the default): every daemon restarts
+    on the shared cluster key, client hosts get the key, testinfra passes for that mode, a
+    client on h5 puts and reads back, a stopped backup is relaunched by the RM, and a second
+    run changes nothing. The daemons hold their key from start-up: a different key in the
+    inventory must not be written under them (the cluster would refuse every frame of the
+    tools); it stops the play, and with ftds_common_replace_cluster_key the whole cluster
+    restarts on the new key. Switched back to TLS at the end."""
     cluster.wait_healthy()
-    pids = cluster.unit_pids()
+    assert cluster.config.tls is not None, "the lab was deployed without TLS (the default)"
+    key_mode = ("-e", "ftds_tls=false")
     key_file = INVENTORY / ".secrets" / "cluster.key"
     deployed = key_file.read_text()
-    new_key = secrets.token_hex(32)
     try:
+        switched = cluster.deploy(*key_mode)
+        assert _recap(switched).get("h4", 0) > 0, switched.stdout[-3000:]
+        cluster.refetch()
+        assert cluster.config.tls is None and len(cluster.key) >= 32
+        start = cluster.wait_healthy()
+        assert cluster.lab.ssh(cluster.client_host, "test -f /etc/ftds/cluster.key && "
+                               "test ! -e /etc/ftds/tls/client.key", check=False).returncode == 0
+
+        infra = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "pytest"), "-q", "-rs", "-p", "no:cacheprovider",
+             "tests/infra/test_tls.py", "tests/infra/test_hosts.py", "tests/infra/test_units.py",
+             f"--ansible-inventory={INVENTORY / 'hosts.yml'}", "--connection=ansible",
+             "--hosts=all"],
+            capture_output=True, text=True, timeout=600, cwd=REPO,
+            env={**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"})
+        assert infra.returncode == 0, infra.stdout[-3000:] + infra.stderr[-1000:]
+        assert "TLS is off" in infra.stdout, infra.stdout[-3000:]  # the key mode, checked
+
+        value = _put_and_get_on_the_client_host(cluster, "e2e-key")
+
+        # a stopped backup: the RM relaunches it over SSH
+        victim = next(r for r in sorted(start["replicas"]) if r != start["primary"])
+        host = cluster.lab.host_of(victim)
+        old_pid = cluster.unit_pid(host, f"ftds-replica@{victim}.service")
+        stopped_at = time.time()
+        cluster.lab.ssh(host, f"systemctl stop ftds-replica@{victim}.service")
+        incident = cluster.closed_incident(victim, stopped_at)
+        status = cluster.wait_healthy()
+        assert status["epoch"] == start["epoch"]
+        assert cluster.unit_pid(host, f"ftds-replica@{victim}.service") not in (0, old_pid)
+        assert incident["confirmed_dead"] and incident["relaunch_to_ready_ms"] is not None
+        assert_reads(cluster, "e2e-key", value)
+
+        again = cluster.deploy(*key_mode)
+        assert len(_recap(again)) == 5 and not any(_recap(again).values()), again.stdout[-3000:]
+
+        # another key in the inventory: refused, nothing restarted; then replaced on purpose
+        pids = cluster.unit_pids()
+        new_key = secrets.token_hex(32)
         key_file.write_text(new_key + "\n")
-        refused = cluster.deploy(check=False)
+        refused = cluster.deploy(*key_mode, check=False)
         assert refused.returncode != 0, refused.stdout[-2000:]
         assert "holds another cluster key than the one to deploy" in refused.stdout
         assert "ftds_common_replace_cluster_key=true" in refused.stdout
@@ -126,7 +192,7 @@ def test_f_another_cluster_key_is_refused_unless_replacing_it_is_asked_for(clust
         assert cluster.unit_pids() == pids, "a refused deploy restarted a daemon"
         cluster.wait_healthy(10)  # the tools still speak the deployed key
 
-        replaced = cluster.deploy("-e", "ftds_common_replace_cluster_key=true")
+        replaced = cluster.deploy(*key_mode, "-e", "ftds_common_replace_cluster_key=true")
         assert new_key not in replaced.stdout + replaced.stderr
         cluster.refetch()
         assert cluster.key == new_key.encode()
@@ -135,11 +201,15 @@ def test_f_another_cluster_key_is_refused_unless_replacing_it_is_asked_for(clust
         assert all(restarted[u] not in (0, pid) for u, pid in pids.items()), restarted
     finally:
         key_file.write_text(deployed)
-        cluster.deploy("-e", "ftds_common_replace_cluster_key=true")
+        cluster.deploy("-e", "ftds_common_replace_cluster_key=true")  # TLS again
         cluster.refetch()
     cluster.wait_healthy()
-    rerun = cluster.deploy()  # the key in the inventory again is the deployed one
+    assert cluster.config.tls is not None
+    assert cluster.lab.ssh(cluster.client_host, "test ! -e /etc/ftds/cluster.key",
+                           check=False).returncode == 0, "a TLS client host holds the key"
+    rerun = cluster.deploy()
     assert "holds another cluster key" not in rerun.stdout
+    assert not any(_recap(rerun).values()), rerun.stdout[-3000:]
 
 
 def test_g_a_held_replica_host_stopped_as_one_target_stays_down_until_released(cluster):
@@ -335,89 +405,64 @@ def test_k_a_rerun_repairs_drift_it_would_otherwise_skip(cluster):
     assert recap and all(int(changed) == 0 for _, changed in recap), again.stdout[-3000:]
 
 
-def test_l_mutual_tls_switched_on_serves_recovers_and_reruns_unchanged(cluster, tmp_path):
-    """-e ftds_tls=true on the running lab: every host gets exactly its identities (testinfra),
-    a client on h5 puts and reads back, a stopped backup is relaunched by the RM, and a second
-    run changes nothing. The controller talks to the cluster with its own admin and client
-    certificates, issued into the controller's pki directory. Switched back off at the end
-    for what runs after this file (testinfra, chaos)."""
+def test_l_a_ca_rotation_under_load_loses_nothing_and_restarts_nothing(cluster, tmp_path):
+    """Mutual TLS is the default. A CA rotation in two runs while clients on h5 write: after
+    the first, every host trusts both CAs and every certificate (the clients' and the
+    controller's too) is the new CA's; a backup is killed in between (its successor and every
+    link it makes use the new certificates); the second drops the old CA. No daemon restarts
+    for it, the clients' history is linearizable and loses no acknowledged write (the
+    checker's verdict), and a certificate of the old CA no longer gets in."""
     from ftds.config import load_config
+    from ftds.rmclient import RMUnreachable, rm_request
 
     cluster.wait_healthy()
-    tls = ("-e", "ftds_tls=true", "-e", "ftds_common_tls_controller_address=10.77.0.1")
+    tls = cluster.config.tls
+    assert tls is not None, "the lab was deployed without TLS (the default)"
+    # the controller's admin identity before the rotation: the old CA's
+    old_identity = tmp_path / "old"
+    old_identity.mkdir(mode=0o700)
+    for name in ("admin.crt", "admin.key"):
+        shutil.copy2(Path(tls.dir) / name, old_identity / name)
+    raw = yaml.safe_load(cluster.path.read_text())
+    raw["tls"]["dir"] = str(old_identity)
+    old_path = tmp_path / "old.yml"
+    old_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    old_config = load_config(old_path)
+    asyncio.run(rm_request(old_config, b"", "status_req"))  # gets in before the rotation
+
+    pids = cluster.unit_pids()
+    bundle = "grep -c BEGIN /etc/ftds/tls/ca.crt"
+    cluster.start_clients("R1", sessions=4, rate=60)
     try:
-        result = cluster.deploy(*tls)
-        assert re.search(r"^h4\s*:\s*ok=\d+\s+changed=[1-9]", result.stdout, re.M), \
-            result.stdout[-3000:]
+        rotated = cluster.deploy("-e", "ftds_common_tls_rotate_ca=true")
+        assert "rotation: the CA moved to old/" in rotated.stdout, rotated.stdout[-3000:]
+        for h in cluster.lab.addresses:
+            assert cluster.lab.ssh(h, bundle, shared=True).stdout.strip() == "2", h
+        assert (Path(tls.dir) / "admin.crt").read_bytes() != \
+            (old_identity / "admin.crt").read_bytes(), "the controller's certificate not renewed"
+        assert cluster.unit_pids() == pids, "the rotation restarted a daemon"
 
-        # the controller's cluster file: the deployed one with its own identities
-        raw = yaml.safe_load(cluster.lab.ssh(cluster.lab.manager, "cat /etc/ftds/cluster.yml",
-                                             shared=True).stdout)
-        assert "tls" in raw and "key_file" not in raw, raw
-        pki = INVENTORY / ".secrets" / "pki" / raw["name"]
-        raw["tls"] = {"ca": str(pki / "ca.crt"), "dir": str(pki / "controller"),
-                      "crl": str(pki / "ca.crl")}
-        path = tmp_path / "cluster.yml"
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
-        cluster.path, cluster.config = path, load_config(path)
-        cluster.key = cluster.config.read_key()
-        assert cluster.key == b""
-        start = cluster.wait_healthy()
-
-        # testinfra: the TLS checks, and the files and units with TLS on
-        infra = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "pytest"), "-q", "-rs", "-p", "no:cacheprovider",
-             "tests/infra/test_tls.py", "tests/infra/test_hosts.py", "tests/infra/test_units.py",
-             f"--ansible-inventory={INVENTORY / 'hosts.yml'}", "--connection=ansible",
-             "--hosts=all"],
-            capture_output=True, text=True, timeout=600, cwd=REPO,
-            env={**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"})
-        assert infra.returncode == 0, infra.stdout[-3000:] + infra.stderr[-1000:]
-        assert "TLS is off" not in infra.stdout, infra.stdout[-3000:]  # none skipped for it
-
-        # a client on h5 (its certificate, no cluster key) puts and reads back
-        value = f"tls-{secrets.token_hex(6)}"
-        put = cluster.lab.ssh(cluster.client_host,
-                              f"ftds client -q put e2e-tls '\"{value}\"'", check=False)
-        assert put.returncode == 0, put.stdout + put.stderr
-        got = cluster.lab.ssh(cluster.client_host, "ftds client -q get e2e-tls", check=False)
-        assert got.returncode == 0 and f'"value": "{value}"' in got.stdout, got.stdout + got.stderr
-
-        # a stopped backup: the RM relaunches it over SSH, under TLS too
-        victim = next(r for r in sorted(start["replicas"]) if r != start["primary"])
-        host = cluster.lab.host_of(victim)
-        old_pid = cluster.unit_pid(host, f"ftds-replica@{victim}.service")
-        stopped_at = time.time()
-        cluster.lab.ssh(host, f"systemctl stop ftds-replica@{victim}.service")
-        incident = cluster.closed_incident(victim, stopped_at)
         status = cluster.wait_healthy()
-        assert status["epoch"] == start["epoch"]
-        assert cluster.unit_pid(host, f"ftds-replica@{victim}.service") not in (0, old_pid)
-        assert incident["confirmed_dead"] and incident["relaunch_to_ready_ms"] is not None
-        got = cluster.lab.ssh(cluster.client_host, "ftds client -q get e2e-tls", check=False)
-        assert f'"value": "{value}"' in got.stdout, got.stdout + got.stderr
+        victim = next(r for r in sorted(status["replicas"]) if r != status["primary"])
+        host = cluster.lab.host_of(victim)
+        killed_at = time.time()
+        cluster.lab.ssh(host, f"systemctl kill -s KILL ftds-replica@{victim}.service")
+        cluster.closed_incident(victim, killed_at)
+        cluster.wait_healthy()
+        pids[(host, f"ftds-replica@{victim}.service")] = \
+            cluster.unit_pid(host, f"ftds-replica@{victim}.service")
 
-        # a second run with TLS changes nothing and issues nothing
-        again = cluster.deploy(*tls)
-        recap = re.findall(r"^(h\d+)\s*:\s*ok=\d+\s+changed=(\d+)", again.stdout, re.M)
-        assert len(recap) == 5, again.stdout[-2000:]
-        assert all(int(changed) == 0 for _, changed in recap), again.stdout[-3000:]
-
-        # a CA rotation in two runs, no daemon restarted: both CAs trusted and every
-        # certificate issued anew, then the old CA dropped
-        pids = cluster.unit_pids()
-        bundle = "grep -c BEGIN /etc/ftds/tls/ca.crt"
-        for flag, cas in (("ftds_common_tls_rotate_ca", "2"), ("ftds_common_tls_drop_old_ca", "1")):
-            cluster.deploy(*tls, "-e", f"{flag}=true")
-            for h in cluster.lab.addresses:
-                assert cluster.lab.ssh(h, bundle, shared=True).stdout.strip() == cas, (flag, h)
-            cluster.wait_healthy()
-            got = cluster.lab.ssh(cluster.client_host, "ftds client -q get e2e-tls", check=False)
-            assert f'"value": "{value}"' in got.stdout, (flag, got.stdout + got.stderr)
-            assert cluster.unit_pids() == pids, f"{flag}: a daemon restarted"
+        dropped = cluster.deploy("-e", "ftds_common_tls_drop_old_ca=true")
+        assert "rotation done" in dropped.stdout, dropped.stdout[-3000:]
+        for h in cluster.lab.addresses:
+            assert cluster.lab.ssh(h, bundle, shared=True).stdout.strip() == "1", h
+        cluster.wait_healthy()
+        time.sleep(2.0)  # the clients keep writing under the new CA alone
     finally:
-        cluster.deploy()  # back to the cluster key
-        cluster.refetch()
-    cluster.wait_healthy()
-    assert cluster.lab.ssh(cluster.client_host, "test -f /etc/ftds/cluster.key",
-                           check=False).returncode == 0
+        summary = cluster.stop_clients_and_check()
+    assert summary["failed"] == 0 and summary["acked"] > 100, summary
+    assert cluster.unit_pids() == pids, "a daemon restarted for the rotation"
+    with pytest.raises(RMUnreachable):
+        asyncio.run(rm_request(old_config, b"", "status_req"))
+    again = cluster.deploy()
+    assert len(_recap(again)) == 5 and not any(_recap(again).values()), again.stdout[-3000:]

@@ -1,6 +1,7 @@
 """The nspawn lab as the controller sees it: its inventory, SSH to its hosts, the fault verbs of
-``scripts/lab``, and a local copy of the deployed cluster file and key so that ``ftds`` tools on
-the controller (status, clients, checkers) can talk to the lab over its bridge."""
+``scripts/lab``, and a local copy of the deployed cluster file (with the controller's own TLS
+identities, or a copy of the cluster key) so that ``ftds`` tools on the controller (status,
+clients, checkers) can talk to the lab over its bridge."""
 
 from __future__ import annotations
 
@@ -59,17 +60,28 @@ class Lab:
         return result.stdout
 
     def fetch_cluster(self, dest: Path) -> Path:
-        """Copy the deployed cluster file and key (root-only, mode 0600) for controller tools."""
+        """The deployed cluster file for controller tools. With TLS (the default) it names the
+        controller's own admin and client certificates, which the roles issue into the
+        inventory's pki directory, and what the hosts trust (trust.crt/.crl: both CAs during
+        a rotation); with the cluster key, a copy of the key (root-only, mode 0600)."""
         dest.mkdir(parents=True, exist_ok=True)
         os.chmod(dest, 0o700)
         config = yaml.safe_load(self.ssh(self.manager, "cat /etc/ftds/cluster.yml",
                                          shared=True).stdout)
-        key = self.ssh(self.manager, "cat /etc/ftds/cluster.key", shared=True).stdout
-        key_path = dest / "cluster.key"
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key)
-        config["key_file"] = str(key_path.resolve())
+        if "tls" in config:
+            pki = self.inventory / ".secrets" / "pki" / config["name"]
+            if not (pki / "controller" / "admin.crt").exists():
+                raise LabError(f"the lab runs TLS but {pki / 'controller'} holds no admin "
+                               "certificate: run scripts/deploy (it issues the controller's)")
+            config["tls"] = {"ca": str(pki / "trust.crt"), "dir": str(pki / "controller"),
+                             "crl": str(pki / "trust.crl")}
+        else:
+            key = self.ssh(self.manager, "cat /etc/ftds/cluster.key", shared=True).stdout
+            key_path = dest / "cluster.key"
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(key)
+            config["key_file"] = str(key_path.resolve())
         path = dest / "cluster.yml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path

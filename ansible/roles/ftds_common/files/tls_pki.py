@@ -6,7 +6,8 @@ SPEC: {"dir": the controller's pki directory of this cluster, "cluster": its nam
        "vault_password_file": the file (or executable) giving the vault password,
        "ca_days": N, "cert_days": N, "renew_days": N, "rotate": bool, "drop_old": bool,
        "certs": [{"owner": inventory host or "controller", "role": ..., "name": ...,
-                  "hosts": [addresses]}]}
+                  "hosts": [addresses]}],
+       "source": the ftds checkout whose ftds.pki to use}
 
 Layout of "dir": ca.crt, ca.key (ansible-vault encrypted: the CA's key is never on disk in
 clear), ca.crl, issued/ (what the CA signed, for `ftds pki revoke`), <owner>/<name>.crt and
@@ -40,6 +41,10 @@ from ansible.parsing.vault import VaultLib, get_file_vault_secret
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+# ftds.pki from the checkout being deployed: the controller's Python needs no ftds installed
+# (ansible-core brings cryptography and PyYAML, all ftds.pki needs)
+if __name__ == "__main__" and len(sys.argv) > 1:
+    sys.path.insert(0, json.loads(sys.argv[1]).get("source") or ".")
 from ftds import pki
 
 
