@@ -630,24 +630,30 @@ def cmd_pki(args: argparse.Namespace) -> int:
     from . import pki  # cryptography: loaded only for this command
 
     try:
+        passphrase_file = getattr(args, "key_passphrase_file", None)  # `show` signs nothing
+        passphrase = pki.read_passphrase(Path(passphrase_file)) if passphrase_file else None
         if args.pki == "ca":
-            crt = pki.create_ca(Path(args.dir), args.cluster, args.days, force=args.force)
+            crt = pki.create_ca(Path(args.dir), args.cluster, args.days, force=args.force,
+                                passphrase=passphrase)
+            state = "encrypted with the passphrase" if passphrase else "in clear"
             print(f"wrote a new CA for cluster {args.cluster}: {crt}, {crt.parent / pki.CA_KEY} "
-                  f"(mode 0600), {crt.parent / pki.CA_CRL}")
+                  f"(mode 0600, {state}), {crt.parent / pki.CA_CRL}")
         elif args.pki == "issue":
             crt, key = pki.issue(Path(args.ca), Path(args.out), role=args.role, name=args.name,
-                                 hosts=args.host, days=args.days, keep_key=args.keep_key)
+                                 hosts=args.host, days=args.days, keep_key=args.keep_key,
+                                 passphrase=passphrase)
             print(f"wrote {crt} and {key} (mode 0600): {args.role} {args.name} on "
                   f"{', '.join(args.host)}")
         elif args.pki == "revoke":
-            pki.revoke(Path(args.ca), Path(args.cert))
+            pki.revoke(Path(args.ca), Path(args.cert), passphrase=passphrase)
             print(f"revoked {args.cert} in {Path(args.ca) / pki.CA_CRL}: copy it to every host "
                   "(the cluster file's tls.crl)")
         elif args.pki == "show":
             for field, value in pki.summary(pki.load_cert(Path(args.cert))).items():
                 print(f"{field + ':':<11}{value}")
         else:  # cluster
-            crts = pki.issue_cluster(Path(args.ca), Path(args.out), _config(args))
+            crts = pki.issue_cluster(Path(args.ca), Path(args.out), _config(args),
+                                     passphrase=passphrase)
             print(f"wrote {len(crts)} certificates and keys to {args.out}: "
                   f"{', '.join(c.stem for c in crts)}")
     except pki.PkiError as exc:
@@ -982,7 +988,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pki", help="the cluster's CA and certificates for mutual TLS (one per "
                        "daemon: role in the OU, name in the CN)")
     pki_sub = p.add_subparsers(dest="pki", required=True, metavar="COMMAND")
-    q = pki_sub.add_parser("ca", help="make a new CA: DIR/ca.crt, ca.key (0600), ca.crl")
+    passphrase_default = os.environ.get("FTDS_CA_PASSPHRASE_FILE") or None
+
+    def passphrase_option(parser: argparse.ArgumentParser, text: str) -> None:
+        parser.add_argument("--key-passphrase-file", default=passphrase_default, metavar="FILE",
+                            help=f"{text} (FILE's first line, without its newline; default "
+                            "$FTDS_CA_PASSPHRASE_FILE)")
+
+    q = pki_sub.add_parser("ca", help="make a new CA: DIR/ca.crt, ca.key (0600), ca.crl",
+                           description="Make a new CA: DIR/ca.crt, DIR/ca.key (mode 0600, PKCS8 "
+                           "PEM; in clear, or encrypted with --key-passphrase-file, which "
+                           "issue, revoke and cluster then need too) and an empty DIR/ca.crl.")
     q.add_argument("--dir", required=True, metavar="DIR", help="the CA's directory")
     q.add_argument("--cluster", required=True, metavar="NAME",
                    help="the cluster's name (the cluster file's name), the certificates' O")
@@ -991,6 +1007,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true",
                    help="replace an existing CA in DIR (what it issued is no longer trusted "
                    "unless its ca.crt stays in the verifiers' bundle)")
+    passphrase_option(q, "encrypt ca.key with the passphrase in FILE, not empty; keep FILE "
+                      "out of the CA directory")
     q = pki_sub.add_parser("issue", help="issue one daemon's certificate: OUT/NAME.crt and "
                            "NAME.key (0600), replacing earlier ones")
     q.add_argument("--ca", required=True, metavar="DIR", help="the CA's directory")
@@ -1008,9 +1026,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--keep-key", action="store_true",
                    help="certify the existing NAME.key in --out again (a renewal or a CA "
                    "rotation that running daemons take without a restart)")
+    passphrase_option(q, "the CA key's passphrase, if it is encrypted, in FILE")
     q = pki_sub.add_parser("revoke", help="add a certificate to the CA's ca.crl")
     q.add_argument("--ca", required=True, metavar="DIR", help="the CA's directory")
     q.add_argument("cert", metavar="FILE", help="the certificate to revoke (a .crt it issued)")
+    passphrase_option(q, "the CA key's passphrase, if it is encrypted, in FILE")
     q = pki_sub.add_parser("show", help="a certificate's role, name, cluster, hosts, expiry, "
                            "issuer and serial")
     q.add_argument("cert", metavar="FILE", help="the certificate (.crt)")
@@ -1018,6 +1038,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "certificate for a cluster file"))
     q.add_argument("--ca", required=True, metavar="DIR", help="the CA's directory")
     q.add_argument("--out", required=True, metavar="DIR", help="where the files go")
+    passphrase_option(q, "the CA key's passphrase, if it is encrypted, in FILE")
     p.set_defaults(func=cmd_pki)
 
     p = with_config(sub.add_parser("check-config", help="validate a cluster file"))

@@ -4,15 +4,23 @@ What it makes (ECDSA P-256 keys, SHA-256 signatures, random serials):
 
 - a CA directory: ``ca.crt`` (self-signed; BasicConstraints ca=True pathlen=0; KeyUsage
   keyCertSign + cRLSign; subject O = the cluster's name, CN = ``ftds CA <cluster> <YYYY-MM-DD>``,
-  distinct per CA so that a rotation's old and new CA can sit in one bundle), ``ca.key`` (0600),
-  ``ca.crl`` (PEM, signed by the CA, possibly empty) and ``issued/<serial>.crt``, a copy of
-  every certificate issued;
+  distinct per CA so that a rotation's old and new CA can sit in one bundle), ``ca.key`` (0600,
+  PKCS8 PEM, in clear or encrypted with a passphrase, see below), ``ca.crl`` (PEM, signed by
+  the CA, possibly empty) and ``issued/<serial>.crt``, a copy of every certificate issued;
 - leaf certificates ``<out>/<name>.crt`` (0644) with ``<out>/<name>.key`` (0600, PKCS8 PEM,
   unencrypted). Subject: O = cluster, OU = role (one of ``ROLES``), CN = the daemon's name:
   replicas ``S1``, ``S2``..., LFDs ``LFD1``..., ``GFD``, ``RM``, the operator's tools ``admin``,
   clients ``client`` (or any name). SubjectAlternativeName: the host(s) it serves on, IP
   addresses as IPAddress entries, names as DNSName. ExtendedKeyUsage serverAuth + clientAuth,
   KeyUsage digitalSignature, BasicConstraints ca=False, Subject/AuthorityKeyIdentifier.
+
+The CA key at rest: ``create_ca(passphrase=...)`` (``ftds pki ca --key-passphrase-file FILE``,
+default ``$FTDS_CA_PASSPHRASE_FILE``) writes ca.key encrypted (``BEGIN ENCRYPTED PRIVATE KEY``,
+cryptography's BestAvailableEncryption); ``read_passphrase`` reads a passphrase file's first
+line, without its newline (an empty one is refused). Whatever signs with the CA (``issue``,
+``revoke``, ``issue_cluster``) then takes the same keyword ``passphrase``; without it, or with
+a wrong one, a PkiError says so. A passphrase given for a key in clear is not needed, and
+ignored: the key loads as it is. The leaf keys stay unencrypted (the daemons read them).
 
 Every file is written atomically (a temporary file in the same directory, created with its
 final mode, fsynced, renamed); an existing CA is replaced only when asked (``force``).
@@ -38,6 +46,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import tls
@@ -108,17 +117,55 @@ def load_cert(path: Path) -> x509.Certificate:
                        "ftds pki") from None
 
 
-def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def read_passphrase(path: Path) -> bytes:
+    """The CA key's passphrase: ``path``'s first line, without its line ending (a PkiError if
+    it is empty or the file cannot be read)."""
+    path = Path(path)
+    line = _read(path, "name a file that holds the CA key's passphrase").split(b"\n", 1)[0]
+    line = line.removesuffix(b"\r")
+    if not line:
+        raise PkiError(f"{path}: an empty passphrase; write the CA key's passphrase on the "
+                       "file's first line")
+    return line
+
+
+def _check_passphrase(passphrase: bytes | None) -> None:
+    if passphrase is not None and not passphrase:
+        raise PkiError("an empty passphrase for the CA key; give one of at least one byte, "
+                       "or none for a key in clear")
+
+
+_OPTION = "--key-passphrase-file FILE (or FTDS_CA_PASSPHRASE_FILE)"
+
+
+def _load_ca_key(key_path: Path, passphrase: bytes | None, todo: str) -> PrivateKeyTypes:
+    """ca.key, decrypted with ``passphrase`` if it is encrypted (a key in clear ignores it)."""
+    _check_passphrase(passphrase)
+    data = _read(key_path, todo)
+    try:  # without a password: a TypeError says the key is encrypted, a ValueError it is none
+        return serialization.load_pem_private_key(data, password=None)
+    except ValueError:
+        raise PkiError(f"{key_path} is not a PEM private key; {todo}") from None
+    except TypeError:
+        if passphrase is None:
+            raise PkiError(f"{key_path}: the CA key is encrypted; give its passphrase with "
+                           f"{_OPTION}") from None
+    try:
+        return serialization.load_pem_private_key(data, password=passphrase)
+    except (ValueError, TypeError):  # ValueError: it could not be decrypted
+        raise PkiError(f"{key_path}: wrong passphrase; give the one the CA key was encrypted "
+                       f"with, in {_OPTION}") from None
+
+
+def _load_ca(ca_dir: Path, *, passphrase: bytes | None = None,
+             ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     todo = f"is {ca_dir} a CA directory (ftds pki ca --dir {ca_dir})?"
     cert_path, key_path = ca_dir / CA_CERT, ca_dir / CA_KEY
     try:
         cert = x509.load_pem_x509_certificate(_read(cert_path, todo))
     except ValueError:
         raise PkiError(f"{cert_path} is not a PEM certificate; {todo}") from None
-    try:
-        key = serialization.load_pem_private_key(_read(key_path, todo), password=None)
-    except (ValueError, TypeError):  # TypeError: an encrypted key
-        raise PkiError(f"{key_path} is not an unencrypted PEM private key; {todo}") from None
+    key = _load_ca_key(key_path, passphrase, todo)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
         raise PkiError(f"{key_path} is not the key of {cert_path}; restore the pair, or make a "
                        "new CA with --force")
@@ -151,9 +198,13 @@ def _key_usage(*, signature: bool = False, ca: bool = False) -> x509.KeyUsage:
                          key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False)
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _pem_key(key: ec.EllipticCurvePrivateKey, passphrase: bytes | None = None) -> bytes:
+    """PKCS8 PEM; encrypted with ``passphrase`` if one is given."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.NoEncryption() if passphrase is None
+        else serialization.BestAvailableEncryption(passphrase))
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+                             encryption)
 
 
 def _pem(obj: x509.Certificate | x509.CertificateRevocationList) -> bytes:
@@ -165,12 +216,15 @@ def _check_days(days: int) -> None:
         raise PkiError(f"a validity of {days} days; give at least 1")
 
 
-def create_ca(ca_dir: Path, cluster: str, days: int = 3650, *, force: bool = False) -> Path:
-    """Make a new CA in ``ca_dir`` (ca.crt, ca.key, an empty ca.crl); the path of ca.crt."""
+def create_ca(ca_dir: Path, cluster: str, days: int = 3650, *, force: bool = False,
+              passphrase: bytes | None = None) -> Path:
+    """Make a new CA in ``ca_dir`` (ca.crt, ca.key, an empty ca.crl); the path of ca.crt.
+    With ``passphrase``, ca.key is encrypted with it (give it again to whatever signs)."""
     if not _CLUSTER.fullmatch(cluster):
         raise PkiError(f"cluster name {cluster!r}: use 1-45 letters, digits, '.', '_' or '-', "
                        "as the cluster file's name")
     _check_days(days)
+    _check_passphrase(passphrase)
     ca_dir = Path(ca_dir)
     existing = [p for p in (ca_dir / CA_CERT, ca_dir / CA_KEY) if p.exists()]
     if existing and not force:
@@ -190,7 +244,7 @@ def create_ca(ca_dir: Path, cluster: str, days: int = 3650, *, force: bool = Fal
                            critical=False)
             .sign(key, hashes.SHA256()))
     _mkdir(ca_dir, 0o700)
-    _write(ca_dir / CA_KEY, _pem_key(key), 0o600)
+    _write(ca_dir / CA_KEY, _pem_key(key, passphrase), 0o600)
     _write(ca_dir / CA_CERT, _pem(cert), 0o644)
     _write_crl(ca_dir, cert, key, [], 1)
     return ca_dir / CA_CERT
@@ -209,13 +263,14 @@ def _host_name(host: str) -> x509.GeneralName:
 def issue(ca_dir: Path, out_dir: Path, *, role: str, name: str, hosts: Sequence[str],
           days: int = 825, cluster: str | None = None,
           not_before: dt.datetime | None = None,
-          keep_key: bool = False) -> tuple[Path, Path]:
+          keep_key: bool = False, passphrase: bytes | None = None) -> tuple[Path, Path]:
     """Issue ``name``'s certificate for ``role`` on ``hosts``: (``<name>.crt``, ``<name>.key``)
     in ``out_dir``, replacing an earlier pair. Valid from ``not_before`` (default: now) for
     ``days``, but never beyond the CA; ``cluster`` defaults to the CA's O. With ``keep_key``
     an existing ``<name>.key`` is certified again rather than replaced: a daemon under systemd
     holds a copy of its key made when it started (a credential), so a renewal or a CA
-    rotation that keeps the key takes effect at the next connection, without a restart."""
+    rotation that keeps the key takes effect at the next connection, without a restart.
+    ``passphrase``: the CA key's, if it is encrypted."""
     if role not in ROLES:
         raise PkiError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     if not _NAME.fullmatch(name):
@@ -226,7 +281,7 @@ def issue(ca_dir: Path, out_dir: Path, *, role: str, name: str, hosts: Sequence[
     _check_days(days)
     alt_names = [_host_name(h) for h in dict.fromkeys(hosts)]
     ca_dir, out_dir = Path(ca_dir), Path(out_dir)
-    ca_cert, ca_key = _load_ca(ca_dir)
+    ca_cert, ca_key = _load_ca(ca_dir, passphrase=passphrase)
     if cluster is None:
         cluster = _one(ca_cert.subject, NameOID.ORGANIZATION_NAME)
         if cluster is None:
@@ -278,14 +333,17 @@ def _kept_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
     return key
 
 
-def issue_cluster(ca_dir: Path, out_dir: Path, config: ClusterConfig) -> list[Path]:
-    """Every daemon's and tool's certificate for ``config``'s cluster; the .crt paths."""
+def issue_cluster(ca_dir: Path, out_dir: Path, config: ClusterConfig, *,
+                  passphrase: bytes | None = None) -> list[Path]:
+    """Every daemon's and tool's certificate for ``config``'s cluster; the .crt paths.
+    ``passphrase``: the CA key's, if it is encrypted."""
     wanted: list[tuple[str, str, list[str]]] = []
     for spec in config.replicas:
         wanted += [("replica", spec.id, [spec.host]), ("lfd", spec.lfd_id, [spec.host])]
     wanted += [("gfd", "GFD", [config.gfd.host]), ("rm", "RM", [config.rm.host]),
                ("admin", "admin", [config.rm.host]), ("client", "client", ["127.0.0.1"])]
-    return [issue(ca_dir, out_dir, role=role, name=name, hosts=hosts, cluster=config.name)[0]
+    return [issue(ca_dir, out_dir, role=role, name=name, hosts=hosts, cluster=config.name,
+                  passphrase=passphrase)[0]
             for role, name, hosts in wanted]
 
 
@@ -303,10 +361,11 @@ def _write_crl(ca_dir: Path, ca_cert: x509.Certificate, ca_key: ec.EllipticCurve
     _write(ca_dir / CA_CRL, _pem(builder.sign(ca_key, hashes.SHA256())), 0o644)
 
 
-def revoke(ca_dir: Path, cert_path: Path) -> None:
-    """Add ``cert_path``'s certificate (issued by this CA) to ca.crl, keeping what it held."""
+def revoke(ca_dir: Path, cert_path: Path, *, passphrase: bytes | None = None) -> None:
+    """Add ``cert_path``'s certificate (issued by this CA) to ca.crl, keeping what it held.
+    ``passphrase``: the CA key's, if it is encrypted."""
     ca_dir = Path(ca_dir)
-    ca_cert, ca_key = _load_ca(ca_dir)
+    ca_cert, ca_key = _load_ca(ca_dir, passphrase=passphrase)
     cert = load_cert(Path(cert_path))
     try:
         cert.verify_directly_issued_by(ca_cert)

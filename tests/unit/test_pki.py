@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -541,3 +541,265 @@ def test_a_certificate_issued_again_can_keep_its_key(tmp_path):
     with pytest.raises(pki.PkiError, match="cannot keep this key"):
         pki.issue(ca, tmp_path / "out", role="replica", name="S1", hosts=["10.0.0.1"],
                   keep_key=True)
+
+
+# ============================================================ the CA key at rest ====
+PASSPHRASE = b"correct horse battery staple"
+
+
+def passphrase_file(tmp_path: Path, content: bytes = PASSPHRASE + b"\n",
+                    name: str = "ca.pass") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    path.chmod(0o600)
+    return path
+
+
+def encrypted_ca(tmp_path: Path, name: str = "eca") -> Path:
+    ca_dir = tmp_path / name
+    pki.create_ca(ca_dir, "lab", passphrase=PASSPHRASE)
+    return ca_dir
+
+
+def load_config_of(tmp_path: Path) -> Any:
+    """A one-replica cluster file, tmp_path/cluster.yml, loaded."""
+    data = {"name": "lab", "key_file": "k",
+            "replicas": [{"id": "S1", "host": "127.0.0.1", "port": 7001, "control_port": 7101}],
+            "gfd": {"host": "127.0.0.1", "port": 7200}, "rm": {"host": "127.0.0.1", "port": 7201}}
+    (tmp_path / "cluster.yml").write_text(yaml.safe_dump(data))
+    return load_config(tmp_path / "cluster.yml")
+
+
+def test_an_encrypted_ca_key_cannot_be_loaded_without_its_passphrase(tmp_path, umask):
+    ca_dir = encrypted_ca(tmp_path)
+    data = (ca_dir / "ca.key").read_bytes()
+    assert data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
+    assert mode(ca_dir / "ca.key") == 0o600
+    assert mode(ca_dir / "ca.crt") == mode(ca_dir / "ca.crl") == 0o644
+    with pytest.raises(TypeError):
+        serialization.load_pem_private_key(data, password=None)
+    with pytest.raises(ValueError):
+        serialization.load_pem_private_key(data, password=b"not it")
+    key = serialization.load_pem_private_key(data, password=PASSPHRASE)
+    assert key.public_key() == pki.load_cert(ca_dir / "ca.crt").public_key()
+    # The CRL create_ca wrote is signed with that key.
+    crl = x509.load_pem_x509_crl((ca_dir / "ca.crl").read_bytes())
+    assert crl.is_signature_valid(key.public_key())
+
+
+def test_an_encrypted_ca_issues_and_revokes_with_its_passphrase(tmp_path):
+    ca_dir, out = encrypted_ca(tmp_path), tmp_path / "certs"
+    crt, key = pki.issue(ca_dir, out, role="rm", name="RM", hosts=["10.0.0.1"],
+                         passphrase=PASSPHRASE)
+    pki.load_cert(crt).verify_directly_issued_by(pki.load_cert(ca_dir / "ca.crt"))
+    assert key.read_text().startswith("-----BEGIN PRIVATE KEY-----")  # the leaf's: in clear
+    assert mode(key) == 0o600
+    pki.revoke(ca_dir, crt, passphrase=PASSPHRASE)
+    crl = x509.load_pem_x509_crl((ca_dir / "ca.crl").read_bytes())
+    assert [r.serial_number for r in crl] == [pki.load_cert(crt).serial_number]
+    assert crl.is_signature_valid(pki.load_cert(ca_dir / "ca.crt").public_key())
+    crts = pki.issue_cluster(ca_dir, tmp_path / "all", load_config_of(tmp_path),
+                             passphrase=PASSPHRASE)
+    assert len(crts) == 6
+    assert (ca_dir / "ca.key").read_bytes().startswith(b"-----BEGIN ENCRYPTED")  # untouched
+
+
+@pytest.mark.parametrize("passphrase, words", [
+    (None, r"eca/ca\.key: the CA key is encrypted; give its passphrase with "
+           r"--key-passphrase-file FILE \(or FTDS_CA_PASSPHRASE_FILE\)"),
+    (b"not it", r"eca/ca\.key: wrong passphrase; .*--key-passphrase-file"),
+    (b"", "an empty passphrase"),
+])
+def test_an_encrypted_ca_refuses_a_missing_or_wrong_passphrase(tmp_path, passphrase, words):
+    ca_dir, out = encrypted_ca(tmp_path), tmp_path / "certs"
+    pki.issue(ca_dir, out, role="client", name="c1", hosts=["h"], passphrase=PASSPHRASE)
+    before = {p: p.read_bytes() for p in ca_dir.rglob("*") if p.is_file()}
+    with pytest.raises(pki.PkiError, match=words) as error:
+        pki.issue(ca_dir, out, role="rm", name="RM", hosts=["h"], passphrase=passphrase)
+    assert "\n" not in str(error.value)
+    with pytest.raises(pki.PkiError, match=words):
+        pki.revoke(ca_dir, out / "c1.crt", passphrase=passphrase)
+    with pytest.raises(pki.PkiError, match=words):
+        pki.issue_cluster(ca_dir, out, load_config_of(tmp_path), passphrase=passphrase)
+    assert not (out / "RM.crt").exists()
+    assert {p: p.read_bytes() for p in ca_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_passphrase_for_a_ca_key_in_clear_is_not_needed_and_ignored(ca, tmp_path):
+    crt, _ = pki.issue(ca, tmp_path, role="rm", name="RM", hosts=["h"], passphrase=b"any")
+    pki.revoke(ca, crt, passphrase=b"any")
+    assert (ca / "ca.key").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_a_ca_key_that_is_no_key_says_so(ca, tmp_path):
+    (ca / "ca.key").write_text("not a key\n")
+    for passphrase in (None, PASSPHRASE):
+        with pytest.raises(pki.PkiError, match=r"ca\.key is not a PEM private key"):
+            pki.issue(ca, tmp_path, role="rm", name="RM", hosts=["h"], passphrase=passphrase)
+
+
+def test_an_empty_passphrase_makes_no_ca(tmp_path):
+    with pytest.raises(pki.PkiError, match="an empty passphrase"):
+        pki.create_ca(tmp_path / "ca", "lab", passphrase=b"")
+    assert not (tmp_path / "ca").exists()
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"s3cret\n", b"s3cret"),
+    (b"s3cret", b"s3cret"),
+    (b"s3cret\r\n", b"s3cret"),
+    (b" two words \nsecond line\n", b" two words "),  # only the newline goes
+])
+def test_read_passphrase_takes_the_first_line(tmp_path, content, expected):
+    assert pki.read_passphrase(passphrase_file(tmp_path, content)) == expected
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n", b"\nsecond line\n"])
+def test_read_passphrase_refuses_an_empty_one(tmp_path, content):
+    with pytest.raises(pki.PkiError, match=r"ca\.pass: an empty passphrase"):
+        pki.read_passphrase(passphrase_file(tmp_path, content))
+
+
+def test_read_passphrase_of_a_missing_file_says_so(tmp_path):
+    with pytest.raises(pki.PkiError, match=r"cannot read .*absent"):
+        pki.read_passphrase(tmp_path / "absent")
+
+
+def test_the_passphrase_is_keyword_only_and_optional():
+    """Callers that know nothing of it (ftds local, the Ansible issuer) keep working."""
+    import inspect
+
+    for function in (pki.create_ca, pki.issue, pki.issue_cluster, pki.revoke):
+        parameter = inspect.signature(function).parameters["passphrase"]
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, function
+        assert parameter.default is None, function
+
+
+def test_a_certificate_of_an_encrypted_ca_passes_a_real_handshake(tmp_path):
+    ca_dir, out = encrypted_ca(tmp_path), tmp_path / "certs"
+    server_pair = leaf(ca_dir, out, "S1", passphrase=PASSPHRASE)
+    client_pair = leaf(ca_dir, out, "client", role="client", passphrase=PASSPHRASE)
+    revoked = leaf(ca_dir, out, "c2", role="client", passphrase=PASSPHRASE)
+    pki.revoke(ca_dir, Path(revoked[0]), passphrase=PASSPHRASE)
+    cas, crls = [ca_dir / "ca.crt"], [ca_dir / "ca.crl"]
+    server = context(ssl.PROTOCOL_TLS_SERVER, cas, server_pair, crls)
+    got_server, got_client = handshake(server,
+                                       context(ssl.PROTOCOL_TLS_CLIENT, cas, client_pair))
+    assert pki.identity_from_peercert(got_server) == ("client", "client")
+    assert pki.identity_from_peercert(got_client) == ("replica", "S1")
+    got_server, _ = handshake(server, context(ssl.PROTOCOL_TLS_CLIENT, cas, revoked))
+    refused(got_server, "certificate revoked")
+
+
+@pytest.fixture
+def no_passphrase_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FTDS_CA_PASSPHRASE_FILE", raising=False)
+
+
+def test_cli_encrypts_the_ca_key_and_signs_with_the_passphrase(tmp_path, capsys,
+                                                                no_passphrase_env):
+    ca_dir, out, pw = tmp_path / "ca", tmp_path / "certs", passphrase_file(tmp_path)
+    code, text, err = run(capsys, "ca", "--dir", ca_dir, "--cluster", "lab",
+                          "--key-passphrase-file", pw)
+    assert code == 0, err
+    assert "encrypted" in text
+    assert (ca_dir / "ca.key").read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert mode(ca_dir / "ca.key") == 0o600
+    code, _, err = run(capsys, "issue", "--ca", ca_dir, "--out", out, "--role", "rm", "--name",
+                       "RM", "--host", "10.0.0.1", "--key-passphrase-file", pw)
+    assert code == 0, err
+    code, _, err = run(capsys, "revoke", "--ca", ca_dir, out / "RM.crt",
+                       "--key-passphrase-file", pw)
+    assert code == 0, err
+    assert len(list(x509.load_pem_x509_crl((ca_dir / "ca.crl").read_bytes()))) == 1
+    load_config_of(tmp_path)
+    code, _, err = run(capsys, "cluster", "--ca", ca_dir, "--out", tmp_path / "all",
+                       "--config", tmp_path / "cluster.yml", "--key-passphrase-file", pw)
+    assert code == 0, err
+    assert len(list((tmp_path / "all").glob("*.crt"))) == 6
+
+
+@pytest.mark.parametrize("argv", [
+    ["issue", "--ca", "{ca}", "--out", "{tmp}/certs", "--role", "rm", "--name", "RM",
+     "--host", "h"],
+    ["revoke", "--ca", "{ca}", "{tmp}/certs/c1.crt"],
+    ["cluster", "--ca", "{ca}", "--out", "{tmp}/certs", "--config", "{tmp}/cluster.yml"],
+])
+@pytest.mark.parametrize("given, words", [
+    (None, "eca/ca.key: the CA key is encrypted; give its passphrase with --key-passphrase-file"),
+    (b"not it\n", "eca/ca.key: wrong passphrase; give the one the CA key was encrypted with"),
+    (b"\n", "wrong.pass: an empty passphrase"),
+])
+def test_cli_refuses_a_missing_wrong_or_empty_passphrase_on_one_line(
+        tmp_path, capsys, no_passphrase_env, argv, given, words):
+    ca_dir = encrypted_ca(tmp_path)
+    pki.issue(ca_dir, tmp_path / "certs", role="client", name="c1", hosts=["h"],
+              passphrase=PASSPHRASE)
+    load_config_of(tmp_path)
+    argv = [a.format(ca=ca_dir, tmp=tmp_path) for a in argv]
+    if given is not None:
+        argv += ["--key-passphrase-file", str(passphrase_file(tmp_path, given, "wrong.pass"))]
+    crl = (ca_dir / "ca.crl").read_bytes()
+    code, _, err = run(capsys, *argv)
+    line = one_error_line(err)
+    assert code == 2, err
+    assert line.startswith(f"ftds pki {argv[0]}: ") and words in line, line
+    assert (ca_dir / "ca.crl").read_bytes() == crl
+    assert not (tmp_path / "certs" / "RM.crt").exists()
+
+
+def test_cli_refuses_an_empty_passphrase_for_a_new_ca(tmp_path, capsys, no_passphrase_env):
+    code, _, err = run(capsys, "ca", "--dir", tmp_path / "ca", "--cluster", "lab",
+                       "--key-passphrase-file", passphrase_file(tmp_path, b""))
+    line = one_error_line(err)
+    assert code == 2, err
+    assert line.startswith("ftds pki ca: ") and "ca.pass: an empty passphrase" in line, line
+    assert not (tmp_path / "ca").exists()
+    code, _, err = run(capsys, "ca", "--dir", tmp_path / "ca", "--cluster", "lab",
+                       "--key-passphrase-file", tmp_path / "absent")
+    assert code == 2 and "cannot read" in one_error_line(err), err
+    assert not (tmp_path / "ca").exists()
+
+
+def test_cli_takes_the_passphrase_file_from_the_environment(tmp_path, capsys, monkeypatch):
+    ca_dir, out = tmp_path / "ca", tmp_path / "certs"
+    monkeypatch.setenv("FTDS_CA_PASSPHRASE_FILE", str(passphrase_file(tmp_path)))
+    assert run(capsys, "ca", "--dir", ca_dir, "--cluster", "lab")[0] == 0
+    assert (ca_dir / "ca.key").read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), PASSPHRASE)
+    assert key.public_key() == pki.load_cert(ca_dir / "ca.crt").public_key()
+    code, _, err = run(capsys, "issue", "--ca", ca_dir, "--out", out, "--role", "rm", "--name",
+                       "RM", "--host", "h")
+    assert code == 0, err
+    assert run(capsys, "revoke", "--ca", ca_dir, out / "RM.crt")[0] == 0
+    # The option wins over the environment.
+    code, _, err = run(capsys, "issue", "--ca", ca_dir, "--out", out, "--role", "rm", "--name",
+                       "RM", "--host", "h", "--key-passphrase-file",
+                       passphrase_file(tmp_path, b"other\n", "other.pass"))
+    assert code == 2 and "wrong passphrase" in one_error_line(err), err
+    monkeypatch.setenv("FTDS_CA_PASSPHRASE_FILE", "")  # empty: as if unset
+    code, _, err = run(capsys, "issue", "--ca", ca_dir, "--out", out, "--role", "rm", "--name",
+                       "RM", "--host", "h")
+    assert code == 2 and "the CA key is encrypted" in one_error_line(err), err
+
+
+def test_cli_in_a_subprocess_with_an_encrypted_ca(tmp_path):
+    """As typed: the environment's passphrase file makes the CA, its absence is one line."""
+    pw = passphrase_file(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "FTDS_CA_PASSPHRASE_FILE"}
+
+    def ftds(*argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ftds", "pki", *argv], capture_output=True,
+                              text=True, timeout=60, env={**env, **extra})
+
+    made = ftds("ca", "--dir", str(tmp_path / "ca"), "--cluster", "lab",
+                FTDS_CA_PASSPHRASE_FILE=str(pw))
+    assert made.returncode == 0, made.stderr
+    refused_ = ftds("issue", "--ca", str(tmp_path / "ca"), "--out", str(tmp_path), "--role",
+                    "rm", "--name", "RM", "--host", "h")
+    assert refused_.returncode == 2, refused_.stderr
+    assert one_error_line(refused_.stderr).startswith(
+        f"ftds pki issue: {tmp_path / 'ca' / 'ca.key'}: the CA key is encrypted")
+    issued = ftds("issue", "--ca", str(tmp_path / "ca"), "--out", str(tmp_path), "--role",
+                  "rm", "--name", "RM", "--host", "h", "--key-passphrase-file", str(pw))
+    assert issued.returncode == 0, issued.stderr
