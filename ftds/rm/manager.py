@@ -388,7 +388,7 @@ class ReplicationManager:
         conn.send("status", await self._status_snapshot())
 
     async def _status_snapshot(self) -> dict[str, Any]:
-        """``ftds status`` (and a metrics scrape): with the GFD's heartbeat ages of now."""
+        """``ftds status`` (and each metrics snapshot): with the GFD's heartbeat ages of now."""
         return self.status(await self.gfd_status() or self.gfd)
 
     def status(self, gfd: dict[str, Any]) -> dict[str, Any]:

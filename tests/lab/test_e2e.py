@@ -406,12 +406,13 @@ def test_k_a_rerun_repairs_drift_it_would_otherwise_skip(cluster):
 
 
 def test_l_a_ca_rotation_under_load_loses_nothing_and_restarts_nothing(cluster, tmp_path):
-    """Mutual TLS is the default. A CA rotation in two runs while clients on h5 write: after
-    the first, every host trusts both CAs and every certificate (the clients' and the
-    controller's too) is the new CA's; a backup is killed in between (its successor and every
-    link it makes use the new certificates); the second drops the old CA. No daemon restarts
-    for it, the clients' history is linearizable and loses no acknowledged write (the
-    checker's verdict), and a certificate of the old CA no longer gets in."""
+    """Mutual TLS is the default. A CA rotation in two runs while clients on h5 write (a
+    --check run first only says what it would issue): after the first, every host trusts both
+    CAs and every certificate (the clients' and the controller's too) is the new CA's; a
+    backup is killed in between (its successor and every link it makes use the new
+    certificates); the second drops the old CA. No daemon restarts for it, the clients'
+    history is linearizable and loses no acknowledged write (the checker's verdict), and a
+    certificate of the old CA no longer gets in."""
     from ftds.config import load_config
     from ftds.rmclient import RMUnreachable, rm_request
 
@@ -436,6 +437,14 @@ def test_l_a_ca_rotation_under_load_loses_nothing_and_restarts_nothing(cluster, 
     try:
         pki = Path(tls.ca).parent  # the controller's pki directory of this cluster
         assert not (pki / "old").exists(), f"a rotation is under way in {pki}"
+        # --check says what the rotation would issue and changes nothing, here or on a host
+        before = {p: p.read_bytes() for p in sorted(pki.rglob("*")) if p.is_file()}
+        dry = cluster.deploy("--check", "-e", "ftds_common_tls_rotate_ca=true")
+        assert "would issue: rotation: the CA moved to old/, CA, " in dry.stdout, \
+            dry.stdout[-3000:]
+        assert {p: p.read_bytes() for p in sorted(pki.rglob("*")) if p.is_file()} == before
+        for h in cluster.lab.addresses:
+            assert cluster.lab.ssh(h, bundle, shared=True).stdout.strip() == "1", h
         cluster.deploy("-e", "ftds_common_tls_rotate_ca=true")
         assert (pki / "old" / "ca.crt").exists(), "no rotation"
         for h in cluster.lab.addresses:

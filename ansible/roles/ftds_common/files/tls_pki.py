@@ -7,7 +7,8 @@ SPEC: {"dir": the controller's pki directory of this cluster, "cluster": its nam
        "ca_days": N, "cert_days": N, "renew_days": N, "rotate": bool, "drop_old": bool,
        "certs": [{"owner": inventory host or "controller", "role": ..., "name": ...,
                   "hosts": [addresses]}],
-       "source": the ftds checkout whose ftds.pki to use}
+       "source": the ftds checkout whose ftds.pki to use,
+       "check": true for Ansible's --check (reports what it would do, changes nothing)}
 
 Layout of "dir": ca.crt, ca.key (ansible-vault encrypted: the CA's key is never on disk in
 clear), ca.crl, issued/ (what the CA signed, for `ftds pki revoke`), <owner>/<name>.crt and
@@ -32,6 +33,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -110,13 +112,25 @@ def _issued_by(crt: Path, ca: x509.Certificate) -> bool:
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    for flag in ("rotate", "drop_old"):
+    for flag in ("rotate", "drop_old", "check"):
         spec[flag] = str(spec.get(flag, False)).lower() in ("true", "yes", "on", "1")
     if spec["rotate"] and spec["drop_old"]:
         raise SystemExit("rotate the CA and drop the old one in two runs: the hosts must trust "
                          "both until every certificate is the new CA's")
-    base = Path(spec["dir"])
-    vault = _vault(Path(spec["vault_password_file"]))
+    if not spec["check"]:
+        return run(spec, Path(spec["dir"]), Path(spec["vault_password_file"]))
+    # --check: the same run on a copy of the directory, thrown away; nothing here changes
+    with tempfile.TemporaryDirectory(prefix="ftds-pki-check-") as tmp:
+        base, password = Path(tmp) / "pki", Path(spec["vault_password_file"])
+        if Path(spec["dir"]).exists():
+            shutil.copytree(spec["dir"], base, symlinks=True)
+        if not password.exists():
+            password = Path(tmp) / "vault-password"
+        return run(spec, base, password)
+
+
+def run(spec: dict, base: Path, password_file: Path) -> int:
+    vault = _vault(password_file)
     issued: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ftds-ca-") as tmp:
         work = Path(tmp)  # 0700: the CA key in clear lives only here
