@@ -30,6 +30,11 @@ log = logging.getLogger("ftds.rm")
 # A failed attempt is one LaunchError line in the RM's log; paramiko's transport thread would
 # add its own lines and tracebacks for the same failure.
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+# How often the RM's loop looks at an SSH attempt's deadline, which its thread moves on at each
+# phase, and how long past it the loop gives up: the thread's own timeouts fire at the deadline
+# and say more precisely what did not come, so they get that long to report first.
+WATCH_TICK = 0.05
+WATCH_GRACE = 0.1
 
 
 class LaunchError(Exception):
@@ -173,11 +178,7 @@ class _SshAttempt:
         s = self.settings
         fail = self.error
         key_file = secret_path(s.key_file, "ssh_key")
-        try:
-            with open(key_file, "rb"):
-                pass
-        except OSError as exc:
-            raise fail(f"cannot read the RM's SSH key {key_file}: {exc.strerror}") from exc
+        key = self._load_key(key_file)  # at every attempt: a key replaced since applies at once
         client = paramiko.SSHClient()
         try:
             # Read at every attempt (a key pinned since applies at once); never written to.
@@ -187,6 +188,9 @@ class _SshAttempt:
                        f"(launcher.ssh.known_hosts): {exc.strerror}; {self._how_to_pin()}"
                        ) from exc
         client.set_missing_host_key_policy(_Unpinned())
+        # The TCP connect has connect_timeout of its own, whatever reading the key took (an
+        # RSA key takes tens of milliseconds of CPU, more on a busy RM).
+        self._enter("connect", s.connect_timeout)
         try:
             try:
                 sock = socket.create_connection((self.host, s.port), timeout=s.connect_timeout)
@@ -197,7 +201,7 @@ class _SshAttempt:
                 raise fail("given up", unreachable=True)
             # Banner, key exchange and authentication each have connect_timeout.
             self._enter("login", 3 * s.connect_timeout)
-            self._login(client, sock, key_file)
+            self._login(client, sock, key, key_file)
             self._enter("command", s.command_timeout)
             return self._exec(client)
         finally:
@@ -205,17 +209,41 @@ class _SshAttempt:
             if self._sock is not None:
                 self._sock.close()
 
-    def _login(self, client: Any, sock: socket.socket, key_file: str) -> None:
+    def _load_key(self, key_file: str) -> Any:
+        """The RM's private key, whatever its type; one line naming the file if unusable.
+
+        Loaded here rather than handed to paramiko as ``key_filename``: paramiko then tries
+        each key class in turn on the file and reports the last one's parse error, which hides
+        the real outcome of the login (a timeout, a refusal) of the class that did fit.
+        """
+        import paramiko
+
+        fail = self.error
+        try:
+            return paramiko.PKey.from_path(key_file)
+        except OSError as exc:
+            raise fail(f"cannot read the RM's SSH key {key_file}: {exc.strerror}") from exc
+        except (TypeError, paramiko.PasswordRequiredException) as exc:
+            # cryptography's TypeError: "password was not given but private key is encrypted"
+            raise fail(f"the RM's SSH key {key_file} is encrypted: the RM has no passphrase "
+                       "for it, it needs a key without one (launcher.ssh.key_file)") from exc
+        except Exception as exc:  # ValueError, SSHException, UnknownKeyType, UnsupportedAlgorithm
+            detail = "unsupported key type" if isinstance(exc, paramiko.UnknownKeyType) else \
+                (str(exc).split(" See ")[0].splitlines() or [exc.__class__.__name__])[0][:120]
+            raise fail(f"the RM's SSH key {key_file} is not a private key the RM can use "
+                       f"({detail}): it needs an ed25519, ECDSA or RSA private key in OpenSSH "
+                       "or PEM format (launcher.ssh.key_file)") from exc
+
+    def _login(self, client: Any, sock: socket.socket, key: Any, key_file: str) -> None:
         import paramiko
 
         s = self.settings
         fail = self.error
         try:
-            client.connect(self.host, port=s.port, username=s.user, key_filename=key_file,
-                           sock=sock, timeout=s.connect_timeout,
-                           banner_timeout=s.connect_timeout, auth_timeout=s.connect_timeout,
-                           channel_timeout=s.command_timeout, allow_agent=False,
-                           look_for_keys=False)
+            client.connect(self.host, port=s.port, username=s.user, pkey=key, sock=sock,
+                           timeout=s.connect_timeout, banner_timeout=s.connect_timeout,
+                           auth_timeout=s.connect_timeout, channel_timeout=s.command_timeout,
+                           allow_agent=False, look_for_keys=False)
         except UnknownHostKey as exc:
             raise fail(f"host key {exc.key_type} {exc.fingerprint} of {exc.hostname} is not "
                        f"pinned in {s.known_hosts}: refusing to log in. "
@@ -227,6 +255,12 @@ class _SshAttempt:
                        "if the host was reinstalled, replace its line there (re-run the "
                        "playbook)") from None
         except paramiko.AuthenticationException as exc:
+            if str(exc).startswith("Authentication timeout"):  # paramiko's auth_timeout
+                # The host took the connection and the key exchange, then never answered the
+                # login: cut off or overloaded, like a silent host; not a refused key.
+                raise fail(f"no answer to the login within {s.connect_timeout:g}s "
+                           "(launcher.ssh.connect_timeout); the host may be cut off",
+                           unreachable=True) from exc
             raise fail(f"authentication refused ({exc}): is the RM's public key "
                        f"({key_file}.pub) in {s.user}'s authorized_keys on {self.host}?"
                        ) from exc
@@ -302,6 +336,10 @@ class SshLauncherImpl:
         attempt = _SshAttempt(self.settings, spec.ssh_host or spec.host, command)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str] = loop.create_future()
+        # The loop may give up on the attempt (its deadline, a cancellation) before the thread
+        # ends; the thread's late failure then lands on a future nobody awaits. Read it here,
+        # or asyncio logs it as "Future exception was never retrieved".
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
 
         def settle(result: str | None, exc: BaseException | None) -> None:
             if done.done():
@@ -322,13 +360,14 @@ class SshLauncherImpl:
         threading.Thread(target=work, name=f"ssh-{spec.id}", daemon=True).start()
         try:
             while not done.done():
-                left = attempt.deadline - time.monotonic()
+                left = attempt.deadline + WATCH_GRACE - time.monotonic()
                 if left <= 0:
                     attempt.abort()
                     raise attempt.error(f"{attempt.phase}: no progress within "
                                         f"{attempt.budget:g}s; given up (the host may be cut "
                                         "off)", unreachable=True)
-                await asyncio.wait({done}, timeout=left)
+                # Not the whole of ``left``: the thread may enter a shorter phase meanwhile.
+                await asyncio.wait({done}, timeout=min(left, WATCH_TICK))
         except asyncio.CancelledError:
             attempt.abort()
             raise

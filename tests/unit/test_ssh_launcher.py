@@ -1,13 +1,15 @@
 """The RM's SSH launcher against a real SSH server: paramiko's server side on 127.0.0.1.
 
 The server accepts the RM's key, runs nothing, and answers each command as the test says: exit
-0, fail, or never (a host cut off mid-command); another one takes connections and never speaks.
+0, fail, never (a host cut off mid-command) or not even the exec request; it can also stall on the
+login (a host cut off after the key exchange). Another one takes connections and never speaks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import threading
 import time
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ftds import local
 from ftds.config import ConfigError, ReplicaSpec, SshLauncher, load_config, parse_config
@@ -27,13 +31,16 @@ HOST = "127.0.0.1"
 
 
 class Host(paramiko.ServerInterface):
-    """One SSH host: ``answer(command)`` says "ok", "fail" or "hang" (no exit status, ever)."""
+    """One SSH host: ``answer(command)`` says "ok", "fail", "hang" (no exit status, ever) or
+    "stall" (the exec request itself is never answered). ``stall_auth``: the login is never
+    answered (TCP, banner and key exchange are fine)."""
 
     def __init__(self, host_key: paramiko.PKey, rm_key: paramiko.PKey,
-                 answer: Callable[[str], str]) -> None:
+                 answer: Callable[[str], str], stall_auth: bool = False) -> None:
         self.host_key = host_key
         self.rm_key = rm_key
         self.answer = answer
+        self.stall_auth = stall_auth
         self.commands: list[str] = []
         self.listener = socket.create_server((HOST, 0))
         self.port = self.listener.getsockname()[1]
@@ -58,6 +65,9 @@ class Host(paramiko.ServerInterface):
         return "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        if self.stall_auth:
+            self._stop.wait()  # until the test ends: the host never answers the login
+            return paramiko.AUTH_FAILED
         ok = username == "ftds-launch" and key == self.rm_key
         return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
 
@@ -69,6 +79,9 @@ class Host(paramiko.ServerInterface):
         text = command.decode()
         self.commands.append(text)
         outcome = self.answer(text)
+        if outcome == "stall":
+            self._stop.wait()  # until the test ends: the exec request is never answered
+            return False
         if outcome != "hang":
             threading.Thread(target=self._reply, args=(channel, outcome), daemon=True).start()
         return True
@@ -117,6 +130,22 @@ def keys() -> tuple[paramiko.PKey, paramiko.PKey]:
     return paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
 
 
+KEY_TYPES = ("ed25519", "ecdsa", "rsa")  # ed25519: what the deployment generates
+
+
+def write_rm_key(path: Path, kind: str) -> paramiko.PKey:
+    """A new RM identity of type ``kind`` in ``path`` (unencrypted, as ssh-keygen writes it)."""
+    if kind == "ed25519":
+        path.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption()))
+        return paramiko.Ed25519Key(filename=str(path))
+    key: paramiko.PKey = paramiko.ECDSAKey.generate() if kind == "ecdsa" else \
+        paramiko.RSAKey.generate(2048)
+    key.write_private_key_file(str(path))
+    return key
+
+
 @pytest.fixture
 def site(tmp_path: Path, keys: tuple[paramiko.PKey, paramiko.PKey]) -> Iterator[dict]:
     """An RM identity, a host, its pinned key; ``make(answer)`` for more hosts."""
@@ -125,8 +154,9 @@ def site(tmp_path: Path, keys: tuple[paramiko.PKey, paramiko.PKey]) -> Iterator[
     rm_key.write_private_key_file(str(key_file))
     hosts: list[Host | Mute] = []
 
-    def make(answer: Callable[[str], str] = lambda _c: "ok") -> Host:
-        host = Host(host_key, rm_key, answer)
+    def make(answer: Callable[[str], str] = lambda _c: "ok", accepts: paramiko.PKey = rm_key,
+             stall_auth: bool = False) -> Host:
+        host = Host(host_key, accepts, answer, stall_auth)
         hosts.append(host)
         return host
 
@@ -272,3 +302,133 @@ def test_a_relaunch_hung_on_a_cut_host_blocks_neither_another_replica_nor_the_ne
     assert "gave no exit status within 0.6s" in first_try, first_try
     # A host cut off says nothing about the replica: that attempt is not counted.
     assert relauncher.budget_left("S1") == config.tunables.restart_budget - 1
+
+
+@pytest.mark.parametrize("kind", KEY_TYPES)
+def test_a_host_that_stalls_the_login_is_unreachable_not_a_refused_key(site, tmp_path, kind):
+    """TCP, banner and key exchange are fine, then the host never answers the login: a cut
+    host, not a key missing from authorized_keys, so the attempt is not charged."""
+    key_file = tmp_path / f"rm_{kind}"
+    rm_key = write_rm_key(key_file, kind)
+    host = site["make"](accepts=rm_key, stall_auth=True)
+    start = time.monotonic()
+    with pytest.raises(LaunchError) as err:
+        launch(site["settings"](host.port, site["pin"](host.port), key_file=str(key_file),
+                                connect_timeout=0.5))
+    took = time.monotonic() - start
+    message = str(err.value)
+    assert err.value.unreachable, message
+    assert "refused" not in message and "authorized_keys" not in message, message
+    assert "expected" not in message, message  # not another key type's parse error
+    assert "no answer to the login within 0.5s" in message, message
+    assert took < 3, took
+
+
+@pytest.mark.parametrize("kind", KEY_TYPES)
+def test_a_key_the_host_refuses_is_reported_as_refused(site, tmp_path, kind):
+    key_file = tmp_path / f"rm_{kind}"
+    write_rm_key(key_file, kind)
+    host = site["make"]()  # accepts the fixture's key only
+    with pytest.raises(LaunchError) as err:
+        launch(site["settings"](host.port, site["pin"](host.port), key_file=str(key_file)))
+    message = str(err.value)
+    assert not err.value.unreachable, message  # the host answered: this attempt counts
+    assert "authentication refused" in message, message
+    assert f"({key_file}.pub) in ftds-launch's authorized_keys" in message, message
+    assert host.commands == []
+
+
+def _encrypted_key(path: Path) -> None:
+    paramiko.ECDSAKey.generate().write_private_key_file(str(path), password="secret")
+
+
+def _public_key_only(path: Path) -> None:
+    key = paramiko.ECDSAKey.generate()
+    path.write_text(f"{key.get_name()} {key.get_base64()} rm@controller\n")
+
+
+@pytest.mark.parametrize("make_file, says", [
+    (None, "cannot read the RM's SSH key {path}: No such file or directory"),
+    (lambda p: p.mkdir(), "cannot read the RM's SSH key {path}: Is a directory"),
+    (lambda p: p.write_text("not a key\n"), "the RM's SSH key {path} is not a private key"),
+    (lambda p: p.write_text(""), "the RM's SSH key {path} is not a private key"),
+    (_public_key_only, "the RM's SSH key {path} is not a private key"),
+    (_encrypted_key, "the RM's SSH key {path} is encrypted"),
+], ids=["missing", "directory", "garbage", "empty", "public-key", "encrypted"])
+def test_an_unusable_key_file_is_one_line_naming_it(site, tmp_path, make_file, says):
+    host = site["make"]()
+    path = tmp_path / "bad_key"
+    if make_file is not None:
+        make_file(path)
+    with pytest.raises(LaunchError) as err:
+        launch(site["settings"](host.port, site["pin"](host.port), key_file=str(path)))
+    message = str(err.value)
+    assert says.format(path=path) in message, message
+    assert "\n" not in message and len(message) < 300, message
+    assert host.commands == []
+
+
+def test_an_abandoned_attempt_leaves_no_unretrieved_exception(site):
+    """The loop gives up on an exec request that is never answered; the attempt's thread fails
+    later, when the loop has moved on: its exception must not be logged as never retrieved."""
+    host = site["make"](lambda _c: "stall")
+    settings = site["settings"](host.port, site["pin"](host.port), command_timeout=0.3)
+    reported: list[dict] = []
+
+    async def main() -> tuple[str, bool, float]:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        start = time.monotonic()
+        try:
+            await SshLauncherImpl(settings).launch(spec(), False)
+        except LaunchError as exc:
+            outcome = str(exc), exc.unreachable, time.monotonic() - start
+        else:
+            raise AssertionError("the stalled exec request was not given up on")
+        # The thread is unblocked by the give-up and hands its own failure to the loop.
+        for _ in range(300):
+            if not any(t.name == "ssh-S2" for t in threading.enumerate()):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # its call_soon_threadsafe has run
+        gc.collect()  # the abandoned future is gone: it would complain now
+        await asyncio.sleep(0.05)
+        return outcome
+
+    message, unreachable, took = asyncio.run(main())
+    assert host.commands and unreachable and "no progress within 0.3s" in message, message
+    # Given up at the command phase's deadline, not at an earlier phase's longer one.
+    assert 0.25 < took < 0.9, took
+    assert not any(t.name == "ssh-S2" for t in threading.enumerate())
+    assert reported == [], [c.get("message") for c in reported]
+
+
+def test_a_tcp_connect_never_answered_is_given_up_on_within_connect_timeout(site):
+    """A listener whose accept queue is full (nothing accepts): Linux drops the SYNs, so the
+    TCP connect itself gets no answer, like a host cut off or behind a dropping firewall."""
+    listener = socket.create_server((HOST, 0), backlog=0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(8):
+            probe = socket.socket()
+            probe.settimeout(0.2)
+            try:
+                probe.connect((HOST, port))
+            except TimeoutError:
+                probe.close()
+                break
+            fillers.append(probe)
+        else:
+            pytest.skip("this kernel answers connects past a full accept queue")
+        start = time.monotonic()
+        with pytest.raises(LaunchError) as err:
+            launch(site["settings"](port, site["pin"](port), connect_timeout=0.3))
+        took = time.monotonic() - start
+    finally:
+        for conn in fillers:
+            conn.close()
+        listener.close()
+    assert err.value.unreachable, str(err.value)
+    assert "unreachable" in str(err.value) or "connect: no progress" in str(err.value)
+    assert 0.25 < took < 1.5, took
