@@ -111,21 +111,22 @@ def test_users_and_credentials(host, role):
 
 
 def test_secrets_are_credentials(host, role, config):
-    """Units get the key as a systemd credential, and cannot read the root-only file."""
+    """Units get their key (the cluster key, or with TLS their own: S1.key, LFD1.key, GFD.key,
+    RM.key) as a systemd credential, and cannot read the root-only file; nothing else."""
     for unit in role.units:
         user = show(host, unit, "User")["User"]
-        denied = host.run(f"runuser -u {user} -- cat /etc/ftds/cluster.key")
-        assert denied.rc != 0, f"{user} can read /etc/ftds/cluster.key"
+        key = (f"/etc/ftds/tls/{tls_name(unit)}.key" if "tls" in config
+               else "/etc/ftds/cluster.key")
+        denied = host.run(f"runuser -u {user} -- cat {key}")
+        assert denied.rc != 0, f"{user} can read {key}"
         pid = show(host, unit, "MainPID")["MainPID"]
         environ = host.file(f"/proc/{pid}/environ").content.split(b"\0")
         cred = [e for e in environ if e.startswith(b"CREDENTIALS_DIRECTORY=")]
         assert cred, f"{unit}: no credentials"
         directory = cred[0].split(b"=", 1)[1].decode()
-        names = {"cluster.key"} | ({"ssh_key"} if unit == "ftds-rm.service" else set())
-        if "tls" in config:  # and its own TLS key (S1.key, LFD1.key, GFD.key, RM.key)
-            names.add(tls_name(unit) + ".key")
-        for name in names:
-            assert host.file(f"{directory}/{name}").exists, f"{unit}: no credential {name}"
+        names = {key.rsplit("/", 1)[1]} | ({"ssh_key"} if unit == "ftds-rm.service" else set())
+        found = set(host.run(f"ls {directory}").stdout.split())
+        assert found == names, f"{unit}: credentials {sorted(found)}, want {sorted(names)}"
 
 
 def tls_name(unit: str) -> str:
