@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -478,3 +480,64 @@ def test_l_a_ca_rotation_under_load_loses_nothing_and_restarts_nothing(cluster, 
         asyncio.run(rm_request(old_config, b"", "status_req"))
     again = cluster.deploy()
     assert len(_recap(again)) == 5 and not any(_recap(again).values()), again.stdout[-3000:]
+
+
+def test_m_a_revoked_certificate_is_refused_and_its_identity_gets_a_new_key(cluster):
+    """-e ftds_common_tls_revoke=[serials] with h5's client certificate and S2's: both go on
+    the CRL every host gets; h5's client and S2 get new certificates with new keys (S2's
+    daemon restarts with it, nothing else restarts); the old client identity is refused at its
+    next connection while the new one reads what was written; the same run again changes
+    nothing."""
+    from cryptography import x509
+
+    cluster.wait_healthy()
+    tls = cluster.config.tls
+    assert tls is not None, "the lab was deployed without TLS (the default)"
+    pki = Path(tls.ca).parent
+
+    def serial(path: Path) -> int:
+        return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+    h5, s2_host = cluster.client_host, cluster.lab.host_of("S2")
+    client_crt, s2_crt = pki / h5 / "client.crt", pki / s2_host / "S2.crt"
+    old = {"client": serial(client_crt), "S2": serial(s2_crt)}
+    old_keys = {"client": (pki / h5 / "client.key").read_bytes(),
+                "S2": (pki / s2_host / "S2.key").read_bytes()}
+    # h5 keeps its current client identity aside, with a cluster file naming it
+    cluster.lab.ssh(h5, "rm -rf /root/old-tls && mkdir -m 0700 /root/old-tls && "
+                    "cp /etc/ftds/tls/client.crt /etc/ftds/tls/client.key /root/old-tls/ && "
+                    "sed 's|^  dir: .*|  dir: \"/root/old-tls\"|' /etc/ftds/cluster.yml "
+                    "> /root/old-tls/cluster.yml", shared=True)
+    old_client = "timeout 60 ftds client -q --timeout 8 -c /root/old-tls/cluster.yml get e2e-rev"
+    value = _put_and_get_on_the_client_host(cluster, "e2e-rev")
+    got = cluster.lab.ssh(h5, old_client, check=False)
+    assert got.returncode == 0 and value in got.stdout, got.stdout + got.stderr  # before: in
+    pids = cluster.unit_pids()
+
+    revoke = json.dumps({"ftds_common_tls_revoke": [f"{s:x}" for s in old.values()]})
+    cluster.deploy("-e", revoke)
+    crl = x509.load_pem_x509_crl((pki / "trust.crl").read_bytes())
+    for name, number in old.items():
+        assert crl.get_revoked_certificate_by_serial_number(number) is not None, name
+    assert serial(client_crt) != old["client"] and serial(s2_crt) != old["S2"]
+    assert (pki / h5 / "client.key").read_bytes() != old_keys["client"], "the key was kept"
+    assert (pki / s2_host / "S2.key").read_bytes() != old_keys["S2"], "the key was kept"
+    digest = hashlib.sha256((pki / "trust.crl").read_bytes()).hexdigest()
+    for h in cluster.lab.addresses:
+        on_host = cluster.lab.ssh(h, "sha256sum /etc/ftds/tls/ca.crl", shared=True).stdout
+        assert on_host.split()[0] == digest, f"{h} has another CRL"
+    status = cluster.wait_healthy()
+    assert all(r["ready"] for r in status["replicas"].values())
+    after = cluster.unit_pids()
+    s2_unit = (s2_host, "ftds-replica@S2.service")
+    assert after[s2_unit] not in (0, pids[s2_unit]), "S2 did not restart with its new key"
+    assert {u: p for u, p in after.items() if u != s2_unit} == \
+        {u: p for u, p in pids.items() if u != s2_unit}, "another daemon restarted"
+
+    refused = cluster.lab.ssh(h5, old_client, check=False)
+    assert refused.returncode != 0 and value not in refused.stdout, refused.stdout
+    assert_reads(cluster, "e2e-rev", value)  # h5's new identity
+
+    again = cluster.deploy("-e", revoke)
+    assert len(_recap(again)) == 5 and not any(_recap(again).values()), again.stdout[-3000:]
+    assert cluster.unit_pids() == after

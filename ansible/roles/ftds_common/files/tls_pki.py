@@ -8,7 +8,8 @@ SPEC: {"dir": the controller's pki directory of this cluster, "cluster": its nam
        "certs": [{"owner": inventory host or "controller", "role": ..., "name": ...,
                   "hosts": [addresses]}],
        "source": the ftds checkout whose ftds.pki to use,
-       "check": true for Ansible's --check (reports what it would do, changes nothing)}
+       "check": true for Ansible's --check (reports what it would do, changes nothing),
+       "revoke": [serial numbers of certificates to revoke (hex)]}
 
 Layout of "dir": ca.crt, ca.key (ansible-vault encrypted: the CA's key is never on disk in
 clear), ca.crl, issued/ (what the CA signed, for `ftds pki revoke`), <owner>/<name>.crt and
@@ -17,6 +18,8 @@ issued only when it is missing, names other hosts than wanted, was not signed by
 or expires within renew_days. The CA key is decrypted only into a private temporary directory
 for the issuing and removed after. A certificate issued again keeps its key
 (pki.issue(keep_key=True)).
+"revoke" puts certificates on the CRL by serial number; an identity whose certificate is
+revoked gets a new one with a new key in the same run.
 Prints JSON: {"changed": bool, "issued": [...]}.
 
 What the hosts trust is trust.crt (ca.crt, and during a rotation old/ca.crt after it) and
@@ -110,6 +113,42 @@ def _issued_by(crt: Path, ca: x509.Certificate) -> bool:
     return True
 
 
+def _revoke(serials: list[str], base: Path, work: Path, ca: x509.Certificate) -> list[str]:
+    """Put the certificates of these serial numbers (hex, as `ftds pki show` prints them) on the
+    CA's CRL, each once (given again, nothing happens). Where one is an identity's current
+    certificate, it and its key are removed here, so the issuing after this makes a new one
+    with a new key (the old key may be in other hands)."""
+    done: list[str] = []
+    for text in serials:
+        try:
+            serial = int(str(text).strip().replace(":", ""), 16)
+        except ValueError:
+            raise SystemExit(f"ftds_common_tls_revoke: {text!r} is not a certificate serial "
+                             "number (hex, as `ftds pki show` prints it)") from None
+        crl = x509.load_pem_x509_crl((base / pki.CA_CRL).read_bytes())
+        if crl.get_revoked_certificate_by_serial_number(serial) is not None:
+            continue
+        copy = base / pki.ISSUED / f"{serial:x}.crt"
+        if not copy.exists():
+            raise SystemExit(f"ftds_common_tls_revoke: no certificate {serial:x} in {copy.parent} "
+                             "(the serial numbers this CA issued are the file names there)")
+        if not _issued_by(copy, ca):
+            raise SystemExit(f"ftds_common_tls_revoke: {serial:x} was issued by another CA than "
+                             f"{base / pki.CA_CERT} (a CA being rotated out is dropped whole "
+                             "with ftds_common_tls_drop_old_ca)")
+        (work / pki.CA_CRL).write_bytes((base / pki.CA_CRL).read_bytes())
+        pki.revoke(work, copy)
+        _write(base / pki.CA_CRL, (work / pki.CA_CRL).read_bytes(), 0o644)
+        done.append(f"revoked {serial:x}")
+        for current in base.glob("*/*.crt"):
+            if current.parent.name in ("old", "retired", pki.ISSUED):
+                continue
+            if x509.load_pem_x509_certificate(current.read_bytes()).serial_number == serial:
+                current.unlink()
+                current.with_suffix(".key").unlink(missing_ok=True)
+    return done
+
+
 def main() -> int:
     spec = json.loads(sys.argv[1])
     for flag in ("rotate", "drop_old", "check"):
@@ -158,6 +197,7 @@ def run(spec: dict, base: Path, password_file: Path) -> int:
         ca_key = serialization.load_pem_private_key((work / pki.CA_KEY).read_bytes(), None)
         if ca_key.public_key() != ca.public_key():
             raise SystemExit(f"{base / pki.CA_KEY} is not the key of {base / pki.CA_CERT}")
+        issued += _revoke(spec.get("revoke") or [], base, work, ca)
         renew = dt.timedelta(days=int(spec["renew_days"]))
         for c in spec["certs"]:
             out = base / c["owner"]
