@@ -5,6 +5,7 @@ against it."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import jinja2
@@ -26,14 +27,19 @@ VARIABLES = {
     "ftds_rm_user": "svc-rm",
     "ftds_rm_ssh_key": "/srv/keys/rm",
     "ftds_common_units": ["ftds-replica@S7.service", "ftds-lfd@S7.service"],
+    "ftds_replica_id": "S7",
 }
+# The key each unit gets as a credential: its own TLS key (the default), or the cluster key.
+TLS_KEYS = {"ftds-replica@.service.j2": "S7", "ftds-lfd@.service.j2": "LFD7",
+            "ftds-gfd.service.j2": "GFD", "ftds-rm.service.j2": "RM"}
 DEFAULTS_WRITTEN_OUT = ["/opt/ftds", "User=ftds\n", "Group=ftds\n", "User=ftds-rm",
                         "/etc/ftds/rm_ssh_key"]
 
 
-def render(path: Path) -> str:
+def render(path: Path, **extra: object) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return env.from_string(path.read_text()).render(**VARIABLES)
+    env.filters["regex_replace"] = lambda value, pattern, repl: re.sub(pattern, repl, value)
+    return env.from_string(path.read_text()).render(**VARIABLES, **extra)
 
 
 def test_every_unit_is_a_template_of_its_role():
@@ -56,6 +62,19 @@ def test_unit_templates_honour_the_role_variables(path: Path):
         assert f"\nUser={user}\n" in text and f"\nGroup={user}\n" in text
     if path.name == "ftds-rm.service.j2":
         assert "LoadCredential=ssh_key:/srv/keys/rm" in text
+
+
+@pytest.mark.parametrize("tls", [None, True, False], ids=["default", "tls", "key"])
+@pytest.mark.parametrize("name", sorted(TLS_KEYS))
+def test_each_unit_loads_the_key_of_its_mode_and_no_other(name: str, tls: bool | None):
+    """Mutual TLS unless ftds_tls is false: the unit's own TLS key, and no cluster key; with
+    the key, the cluster key and no TLS key."""
+    text = render(ROLES / ("ftds_replica" if "@" in name else name.split(".")[0].replace(
+        "-", "_")) / "templates" / name, **({} if tls is None else {"ftds_tls": tls}))
+    credentials = {line.split("=", 1)[1].split(":")[0] for line in text.splitlines()
+                   if line.startswith("LoadCredential=") and "ssh_key" not in line}
+    want = f"{TLS_KEYS[name]}.key" if tls in (None, True) else "cluster.key"
+    assert credentials == {want}, (name, credentials)
 
 
 def test_the_target_wants_exactly_the_hosts_units():
