@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         report[name] = {"median_ms": round(statistics.median(values), 1),
                         "max_ms": round(max(values), 1), "n": len(values)}
     print()
-    print(f"lab, 5 hosts, median over {args.trials} trials (target):")
+    report["hosts"], report["replicas"] = len(lab.addresses), len(lab.replica_hosts)
+    print(f"lab, {len(lab.addresses)} hosts, {len(lab.replica_hosts)} replicas, median over "
+          f"{args.trials} trials (target):")
     print(f"  systemctl stop of a replica -> back and ready: "
           f"{report['stop_to_ready']['median_ms']:.0f} ms (<= 2000)")
     print(f"  power cut of the primary host -> new primary acknowledging (last ack of the old "
