@@ -213,9 +213,10 @@ def run(spec: dict, base: Path, password_file: Path) -> int:
                 pki.issue(work, out, **args)
             issued.append(f"{c['owner']}/{c['name']}")
         if spec.get("drop_old") and old.exists():
-            left = [str(p.relative_to(base)) for p in sorted(base.glob("*/*.crt"))
-                    if p.parent.name not in ("old", "retired", pki.ISSUED)
-                    and not _issued_by(p, ca)]
+            # the identities deployed now; an old-CA certificate of an identity the inventory
+            # no longer has (a host gone, a replica renamed) dies with the old CA
+            left = [f"{c['owner']}/{c['name']}.crt" for c in spec["certs"]
+                    if not _issued_by(base / c["owner"] / f"{c['name']}.crt", ca)]
             if left:
                 raise SystemExit(f"the old CA is still needed by {', '.join(left)}: run once "
                                  "more without drop_old first")
