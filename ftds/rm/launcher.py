@@ -261,9 +261,11 @@ class _SshAttempt:
                 raise fail(f"no answer to the login within {s.connect_timeout:g}s "
                            "(launcher.ssh.connect_timeout); the host may be cut off",
                            unreachable=True) from exc
+            # the key by its fingerprint: under systemd key_file is a credential copy, with
+            # no .pub beside it
             raise fail(f"authentication refused ({exc}): is the RM's public key "
-                       f"({key_file}.pub) in {s.user}'s authorized_keys on {self.host}?"
-                       ) from exc
+                       f"({key.get_name()} {_fingerprint(key)}, of {key_file}) in "
+                       f"{s.user}'s authorized_keys on {self.host}?") from exc
         except (OSError, EOFError, paramiko.SSHException) as exc:
             # The host took the connection but did not complete a login: cut off, or sshd
             # not answering. Either way it says nothing about the replica.

@@ -8,8 +8,10 @@ login (a host cut off after the key exchange). Another one takes connections and
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
+import hashlib
 import socket
 import threading
 import time
@@ -334,7 +336,10 @@ def test_a_key_the_host_refuses_is_reported_as_refused(site, tmp_path, kind):
     message = str(err.value)
     assert not err.value.unreachable, message  # the host answered: this attempt counts
     assert "authentication refused" in message, message
-    assert f"({key_file}.pub) in ftds-launch's authorized_keys" in message, message
+    public = paramiko.PKey.from_path(str(key_file))  # named as ssh-keygen -lf shows it
+    digest = base64.b64encode(hashlib.sha256(public.asbytes()).digest()).decode().rstrip("=")
+    assert f"({public.get_name()} SHA256:{digest}, of {key_file}) in ftds-launch's " \
+        "authorized_keys" in message, message
     assert host.commands == []
 
 
