@@ -54,8 +54,7 @@ async def rm_request(config: ClusterConfig, key: bytes, kind: str,
         conn.close()
 
 
-async def _reply(conn: Conn, where: str, timeout: float,
-                 hint: str = "is its cluster key this one?") -> Message:
+async def _reply(conn: Conn, where: str, timeout: float, hint: str) -> Message:
     try:
         msg = await conn.recv(timeout)
     except TimeoutError:
