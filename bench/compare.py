@@ -7,8 +7,15 @@ rotates between rounds; each (system, round) gets a fresh cluster, checked stabl
 load. Figures are medians over the rounds (see docs/benchmarks.md for the method and what
 limits each figure).
 
+With --replicas N (odd, 3 by default) every system gets N nodes: ftds N replicas, Redis a
+master and N-1 replicas with SET + WAIT N-1 (its row is then "Redis WAIT <N-1>"; --systems
+also takes "Redis WAIT" for it at any N), PySyncObj N nodes; the failover trials run N
+Sentinels with a majority quorum, their Redis writers WAIT N//2 (a majority of the copies).
+
     scripts/bench compare            # the full run (about 12 minutes on 2 cores)
     scripts/bench compare --quick    # a short, noisy run to see that everything works
+    scripts/bench compare --replicas 5 --json run/compare-5.json   # 5 nodes per system
+    scripts/bench plot run/compare-*.json --out docs/bench-scaling.png   # the figures, drawn
 """
 
 from __future__ import annotations
@@ -29,27 +36,48 @@ from typing import Any
 
 from . import failover
 from .stats import median, ratio, rotation, us_per_op
-from .systems import REPO, Ftds, NotStable, PySyncObj, Redis, System, child_env, ensure_redis
+from .systems import (
+    REPO,
+    Ftds,
+    NotStable,
+    PySyncObj,
+    Redis,
+    System,
+    child_env,
+    ensure_redis,
+    redis_name,
+)
 
-SYSTEMS = ["ftds passive", "ftds active", "Redis WAIT 2", "PySyncObj batch off",
-           "PySyncObj defaults"]
+REDIS = "Redis WAIT"  # in --systems: the Redis row at any --replicas (WAIT N-1)
+MAX_REPLICAS = 99  # the embedded ftds cluster's port plan holds S1..S99
+
+
+def systems_for(replicas: int) -> list[str]:
+    """The throughput systems with ``replicas`` nodes each, in their default order."""
+    return ["ftds passive", "ftds active", redis_name(replicas), "PySyncObj batch off",
+            "PySyncObj defaults"]
+
+
+SYSTEMS = systems_for(3)
 FAILOVER_SYSTEMS = ["ftds passive", "PySyncObj batch off", "Redis+Sentinel"]
 CLIENTS = [1, 16, 128, 512]
-# Seconds outside the load windows, measured on the 2-core machine: a cluster's start and
-# settle (~2.5 s), per load a driver's start, connect and drain (~1.5 s), per failover trial
-# start, warm-up, failover and stop (~4 s on average).
+# Seconds outside the load windows, measured on the 2-core machine with 3 nodes: a cluster's
+# start and settle (~2.5 s), per load a driver's start, connect and drain (~1.5 s), per
+# failover trial start, warm-up, failover and stop (~4 s on average). With N nodes a start is
+# taken as N/3 times as long (more processes to start); the rest is left as measured with 3
+# (a --quick run with 5 nodes, 3 systems and failover took 1.2 min, under this estimate's 1.5).
 START_S, PER_LOAD_S, PER_TRIAL_S = 2.5, 1.5, 4.0
 
 
-def make(name: str, work: Path) -> System:
+def make(name: str, work: Path, replicas: int = 3) -> System:
     if name.startswith("ftds"):
-        return Ftds(name.split()[1], work)
-    if name == "Redis WAIT 2":
-        return Redis(work)
+        return Ftds(name.split()[1], work, replicas)
+    if name == redis_name(replicas):
+        return Redis(work, nodes=replicas)
     if name == "Redis+Sentinel":
-        return Redis(work, sentinel=True)
+        return Redis(work, sentinel=True, nodes=replicas)
     if name.startswith("PySyncObj"):
-        return PySyncObj(work, batch=name == "PySyncObj defaults")
+        return PySyncObj(work, batch=name == "PySyncObj defaults", nodes=replicas)
     raise ValueError(f"unknown system {name!r}")
 
 
@@ -57,7 +85,7 @@ def estimate(args: argparse.Namespace) -> float:
     """Seconds a run with these settings takes on this machine (the budget it is sized by)."""
     loads = args.rounds * len(args.systems) * len(args.clients)
     load = loads * (args.warmup + args.duration + PER_LOAD_S)
-    starts = args.rounds * len(args.systems) * START_S
+    starts = args.rounds * len(args.systems) * START_S * args.replicas / 3
     trials = 0 if args.no_failover else 2 * len(args.failover_systems) * args.repeats
     return load + starts + trials * (PER_TRIAL_S + args.failover_warm)
 
@@ -89,7 +117,7 @@ def throughput(args: argparse.Namespace, work: Path, out: Any) -> list[dict[str,
     for r in range(args.rounds):
         for name in rotation(args.systems, r):
             try:
-                with make(name, work) as system:
+                with make(name, work, args.replicas) as system:
                     for clients in args.clients:
                         try:
                             leader = system.wait_stable()
@@ -141,15 +169,16 @@ def medians(rows: list[dict[str, Any]], systems: list[str],
     return table
 
 
-RATIOS = [("ftds passive", "Redis WAIT 2"), ("ftds passive", "PySyncObj batch off"),
-          ("ftds passive", "PySyncObj defaults"), ("ftds active", "Redis WAIT 2"),
+RATIOS = [("ftds passive", REDIS), ("ftds passive", "PySyncObj batch off"),
+          ("ftds passive", "PySyncObj defaults"), ("ftds active", REDIS),
           ("ftds active", "PySyncObj batch off")]
 
 
-def ratios(table: dict[str, dict[int, dict[str, Any]]],
-           clients: list[int]) -> dict[str, dict[int, dict[str, float]]]:
+def ratios(table: dict[str, dict[int, dict[str, Any]]], clients: list[int],
+           replicas: int = 3) -> dict[str, dict[int, dict[str, float]]]:
     found: dict[str, dict[int, dict[str, float]]] = {}
     for ours, theirs in RATIOS:
+        theirs = redis_name(replicas) if theirs == REDIS else theirs
         if ours in table and theirs in table:
             found[f"{ours} / {theirs}"] = {
                 c: {f: ratio(table[ours][c][f], table[theirs][c][f])
@@ -163,7 +192,7 @@ def failovers(args: argparse.Namespace, work: Path, out: Any) -> list[dict[str, 
         for fault in ("crash", "hang"):
             for name in rotation(args.failover_systems, rep):
                 try:
-                    with make(name, work) as system:
+                    with make(name, work, args.replicas) as system:
                         result = asyncio.run(failover.trial(system, fault, args.failover_warm))
                 except (NotStable, RuntimeError, OSError) as exc:
                     result = {"system": name, "fault": fault, "ms": math.nan,
@@ -200,10 +229,13 @@ def fmt(value: float, digits: int = 0, unit: str = "") -> str:
 
 def render(report: dict[str, Any]) -> str:
     cfg = report["config"]
-    lines = [f"ftds vs Redis vs PySyncObj, 3 nodes on 127.0.0.1, {cfg['cores']} cores; "
+    n = report.get("replicas", 3)
+    lines = [f"ftds vs Redis vs PySyncObj, {n} nodes each on 127.0.0.1, {cfg['cores']} cores; "
              f"median of {cfg['rounds']} rotated rounds of {cfg['duration']:g} s "
              f"(+{cfg['warmup']:g} s warm-up) per system and C"
-             + ("  [QUICK: short and noisy]" if cfg["quick"] else ""), "",
+             + ("  [QUICK: short and noisy]" if cfg["quick"] else ""),
+             f"replicas: {n} (ftds {n} replicas; Redis a master and {n - 1} replicas, "
+             f"WAIT {n - 1}; PySyncObj {n} nodes)", "",
              f"{'system':20s} {'C':>4s} {'ops/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
              f"{'server us/op':>12s} {'client us/op':>12s} {'errors':>7s}"]
     for name, by_c in report["throughput"].items():
@@ -264,12 +296,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0,
-                        help="seconds of each load window (default 8: the run fits 15 min)")
+                        help="seconds of each load window (default 8: the 3-node run fits 15 min)")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)),
                         help="comma-separated concurrency levels")
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help=f"comma-separated, of: {', '.join(SYSTEMS)}")
+    parser.add_argument("--replicas", type=int, default=3, metavar="N",
+                        help="nodes per system, odd, 3 to 99 (default 3): ftds replicas, "
+                             "Redis master + N-1 replicas (WAIT N-1, N Sentinels for "
+                             "failover), PySyncObj nodes")
+    parser.add_argument("--systems", default=None,
+                        help="comma-separated, of: " + ", ".join(systems_for(3)).replace(
+                            redis_name(3), "Redis WAIT <N-1> (or 'Redis WAIT' at any N)")
+                        + " (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="failover trials per fault")
     parser.add_argument("--failover-systems", default=",".join(FAILOVER_SYSTEMS))
     parser.add_argument("--failover-warm", type=float, default=1.0,
@@ -281,18 +319,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default=str(REPO / "run" / "bench-compare.json"),
                         help="the report's JSON (its text table goes beside it, .txt)")
     args = parser.parse_args(argv)
+    n = args.replicas
+    if n < 3 or n % 2 == 0 or n > MAX_REPLICAS:
+        parser.error(f"--replicas must be odd, from 3 to {MAX_REPLICAS} (got {n})")
+    if args.systems is None:
+        args.systems = ",".join(systems_for(n))
     if args.quick:
         args.rounds, args.duration, args.warmup, args.repeats = 1, 2.0, 0.5, 1
         args.failover_warm = 0.5
     args.clients = [int(c) for c in args.clients.split(",") if c]
-    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.systems = [redis_name(n) if s.strip() == REDIS else s.strip()
+                    for s in args.systems.split(",") if s.strip()]
     args.failover_systems = [s.strip() for s in args.failover_systems.split(",") if s.strip()]
     if args.no_throughput:
         args.systems = []
     unknown = [s for s in args.systems + args.failover_systems
-               if s not in SYSTEMS + FAILOVER_SYSTEMS]
+               if s not in systems_for(n) + FAILOVER_SYSTEMS]
     if unknown:
-        parser.error(f"unknown system(s): {', '.join(unknown)}")
+        hint = (f" (with --replicas {n} the Redis row is {redis_name(n)!r}, or {REDIS!r})"
+                if any(s.startswith(REDIS) for s in unknown) else "")
+        parser.error(f"unknown system(s): {', '.join(unknown)}{hint}")
     return args
 
 
@@ -307,15 +353,17 @@ def main(argv: list[str] | None = None) -> int:
         print(text, flush=True)
 
     report: dict[str, Any] = {
+        "replicas": args.replicas,
         "config": {"rounds": args.rounds, "duration": args.duration, "warmup": args.warmup,
                    "clients": args.clients, "systems": args.systems, "repeats": args.repeats,
                    "quick": args.quick, "cores": os.cpu_count()},
-        "environment": environment(), "tunables": failover.tunables()}
+        "environment": environment(), "tunables": failover.tunables(args.replicas)}
     with tempfile.TemporaryDirectory(prefix="ftds-compare-") as tmp:
         work = Path(tmp)
         rows = throughput(args, work, out) if args.systems else []
         table = medians(rows, args.systems, args.clients)
-        report.update(throughput=table, ratios=ratios(table, args.clients), rows=rows)
+        report.update(throughput=table, ratios=ratios(table, args.clients, args.replicas),
+                      rows=rows)
         if not args.no_failover:
             trials = failovers(args, work, out)
             report.update(failover=failover_medians(trials, args.failover_systems),

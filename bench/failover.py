@@ -5,8 +5,9 @@ Each trial starts a fresh system, waits until its leader is stable, runs a probe
 from the fault to the first write acknowledged by the *new* leader, the writers retrying:
 - ftds passive: its client (every request to every replica, retransmitted when a replica
   announces a new view); an acknowledgement from a replica other than the old primary;
-- Redis+Sentinel: SET + ``WAIT 1`` (the new master has one replica left, so 2 of 3 copies, as
-  ftds's ready set and Raft's majority after one loss); on any failure or after ``ATTEMPT``
+- Redis+Sentinel: SET + ``WAIT N//2`` for N nodes, a majority of the copies as Raft's (with 3
+  nodes ``WAIT 1``: the new master has one replica left, so 2 of 3 copies, as ftds's ready set
+  and Raft's majority after one loss); on any failure or after ``ATTEMPT``
   seconds the writer redials the master the Sentinels name, and a watcher asks them every
   10 ms (at least as soon as their ``+switch-master`` message) and moves writers at once;
 - PySyncObj (batching off, its fastest acknowledgement): writers start on the leader and move
@@ -72,10 +73,17 @@ async def ftds_writers(system: Ftds, probe: Probe) -> tuple[list[asyncio.Task[No
     return [asyncio.create_task(writer(i)) for i in range(SENDERS)], client.close
 
 
+def majority_wait(nodes: int) -> int:
+    """The WAIT numreplicas of a failover writer: the master and these many replicas make a
+    majority of ``nodes`` copies (1 of 2 replicas left with 3 nodes, 2 of 4 with 5)."""
+    return nodes // 2
+
+
 async def redis_writers(system: Redis, probe: Probe, master: int
                         ) -> tuple[list[asyncio.Task[None]], Any]:
     state = {"master": master}
     conns: dict[int, resp.RespConn] = {}
+    wait = majority_wait(len(system.ports))
 
     async def ask_sentinels() -> None:
         k = 0
@@ -109,14 +117,14 @@ async def redis_writers(system: Redis, probe: Probe, master: int
                     conn = conns[i] = await resp.open_conn("127.0.0.1", port, ATTEMPT)
                     conn.port = port  # type: ignore[attr-defined]
                 set_done, wait_done = conn.call_many(("SET", f"p{i}", n),
-                                                     ("WAIT", 1, int(ATTEMPT * 1000)))
+                                                     ("WAIT", wait, int(ATTEMPT * 1000)))
                 async with asyncio.timeout(ATTEMPT * 2):
                     reply = await set_done
                     got = await wait_done
                 if isinstance(reply, resp.RespError) or isinstance(got, resp.RespError):
                     kind = (reply if isinstance(reply, resp.RespError) else got).kind
                     raise ConnectionError(kind)
-                if not isinstance(got, int) or got < 1:
+                if not isinstance(got, int) or got < wait:
                     probe.errors["wait_short"] += 1
                     continue
                 probe.acks.append((time.monotonic(), conn.port))  # type: ignore[attr-defined]
@@ -221,7 +229,7 @@ async def trial(system: System, fault: str, warm: float = 1.0,
     return result
 
 
-def tunables() -> dict[str, str]:
+def tunables(nodes: int = 3) -> dict[str, str]:
     """The detection and lease settings in force, as the report states them."""
     from ftds.config import Tunables
 
@@ -234,9 +242,11 @@ def tunables() -> dict[str, str]:
         "PySyncObj batch off": f"election timeout {PYSYNCOBJ_TIMEOUTS[0]:g}-"
                                f"{PYSYNCOBJ_TIMEOUTS[1]:g} s (raftMinTimeout-raftMaxTimeout, "
                                "defaults), appendEntriesUseBatch off",
-        "Redis+Sentinel": f"3 Sentinels, quorum 2, down-after-milliseconds "
-                          f"{SENTINEL_DOWN_AFTER_MS}, failover-timeout "
-                          f"{SENTINEL_FAILOVER_TIMEOUT_MS} ms",
+        "Redis+Sentinel": f"{nodes} Sentinels, quorum {nodes // 2 + 1}, "
+                          f"down-after-milliseconds {SENTINEL_DOWN_AFTER_MS}, failover-timeout "
+                          f"{SENTINEL_FAILOVER_TIMEOUT_MS} ms, parallel-syncs "
+                          f"{max(1, nodes - 2)}; failover writers WAIT "
+                          f"{majority_wait(nodes)}",
         "writers": f"{SENDERS} one-at-a-time writers; Redis/PySyncObj attempt timeout "
                    f"{ATTEMPT * 1000:g} ms",
     }

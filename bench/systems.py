@@ -1,15 +1,15 @@
-"""The systems under test, three nodes each on 127.0.0.1: start, check stable, stop.
+"""The systems under test, N nodes each on 127.0.0.1 (3 by default): start, check stable, stop.
 
-- ftds (passive or active): the embedded cluster (replicas, LFDs, GFD, RM under the local
-  supervisor), default tunables, request tracing off.
-- Redis: Debian's ``redis-server``, a master and two replicas, in memory (no RDB snapshots, no
-  AOF: ftds and PySyncObj keep their state in memory too); with ``sentinel=True`` also three
-  Sentinels for the failover trials.
-- PySyncObj: ``bench.pysyncobj_node``, with append batching on (its default) or off.
+- ftds (passive or active): the embedded cluster (N replicas, their LFDs, GFD, RM under the
+  local supervisor), default tunables, request tracing off.
+- Redis: Debian's ``redis-server``, a master and N-1 replicas, in memory (no RDB snapshots, no
+  AOF: ftds and PySyncObj keep their state in memory too); with ``sentinel=True`` also N
+  Sentinels (quorum: a majority of them) for the failover trials.
+- PySyncObj: ``bench.pysyncobj_node``, N nodes, with append batching on (its default) or off.
 
 Every system is loaded only once it is *stable*: the same leader seen for ``HOLD`` seconds in a
-row (ftds: ``ftds status`` healthy with the same primary and epoch; Redis: both replicas report
-``master_link_status:up``; PySyncObj: all three nodes name the same leader in the same term).
+row (ftds: ``ftds status`` healthy with the same primary and epoch; Redis: every replica reports
+``master_link_status:up``; PySyncObj: every node names the same leader in the same term).
 """
 
 from __future__ import annotations
@@ -127,11 +127,11 @@ class System:
 class Ftds(System):
     kind = "ftds"
 
-    def __init__(self, mode: str, workdir: Path) -> None:
+    def __init__(self, mode: str, workdir: Path, replicas: int = 3) -> None:
         self.mode = mode
         self.name = f"ftds {mode}"
         self.dir = workdir / f"ftds-{mode}-{time.monotonic_ns()}"
-        self.path = local.write_cluster(self.dir, 3, mode, trace={"requests": False})
+        self.path = local.write_cluster(self.dir, replicas, mode, trace={"requests": False})
         from ftds.config import load_config
         self.config = load_config(self.path)
         self.key = self.config.read_key()
@@ -204,22 +204,58 @@ def ensure_redis() -> str:
                      "have it installed; --systems without redis skips the Redis rows")
 
 
+def redis_name(nodes: int) -> str:
+    """The throughput row of Redis with ``nodes`` nodes: every write waits for all replicas."""
+    return f"Redis WAIT {nodes - 1}"
+
+
 class Redis(System):
-    """A master and two replicas; ``wait`` is the WAIT numreplicas the driver uses."""
+    """A master and ``nodes - 1`` replicas; ``wait`` is the WAIT numreplicas the driver uses
+    (all of them by default). With ``sentinel``, ``nodes`` Sentinels, quorum a majority."""
 
     kind = "redis"
     MASTER = "mymaster"
 
-    def __init__(self, workdir: Path, sentinel: bool = False, wait: int = 2) -> None:
-        self.name = "Redis WAIT 2" if not sentinel else "Redis+Sentinel"
+    def __init__(self, workdir: Path, sentinel: bool = False, wait: int | None = None,
+                 nodes: int = 3) -> None:
+        self.name = redis_name(nodes) if not sentinel else "Redis+Sentinel"
         self.binary = ensure_redis()
         self.sentinel = sentinel
-        self.wait = wait
+        self.wait = nodes - 1 if wait is None else wait
+        self.quorum = nodes // 2 + 1
         self.dir = workdir / f"redis-{time.monotonic_ns()}"
-        ports = free_ports(6 if sentinel else 3, 16400)
-        self.ports = ports[:3]
-        self.sentinel_ports = ports[3:] if sentinel else []
+        ports = free_ports(2 * nodes if sentinel else nodes, 16400)
+        self.ports = ports[:nodes]
+        self.sentinel_ports = ports[nodes:] if sentinel else []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def server_conf(self, i: int) -> str:
+        conf = (f"port {self.ports[i]}\nbind 127.0.0.1\ndaemonize no\ndir {self.dir / f'r{i}'}\n"
+                # In memory, like the others: no snapshots, no append-only file.
+                'save ""\nappendonly no\n'
+                # Replicas sync at once over the socket (the default waits 5 s).
+                "repl-diskless-sync yes\nrepl-diskless-sync-delay 0\n")
+        if i:
+            conf += f"replicaof 127.0.0.1 {self.ports[0]}\n"
+        return conf
+
+    def sentinel_conf(self, i: int) -> str:
+        ids = [f"{j + 1:040x}" for j in range(len(self.sentinel_ports))]
+        return (f"port {self.sentinel_ports[i]}\nbind 127.0.0.1\ndaemonize no\n"
+                f"dir {self.dir / f's{i}'}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.ports[0]} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {self.MASTER} {SENTINEL_DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {self.MASTER} {SENTINEL_FAILOVER_TIMEOUT_MS}\n"
+                # The replicas left after a failover resync at once, not one after another
+                # (with 3 nodes there is one).
+                f"sentinel parallel-syncs {self.MASTER} {max(1, len(self.ports) - 2)}\n"
+                # Seeded with what they would discover by themselves in ~10 s (INFO every
+                # 10 s, hellos every 2 s), so a trial's set-up stays short.
+                f"sentinel myid {ids[i]}\n"
+                + "".join(f"sentinel known-replica {self.MASTER} 127.0.0.1 {p}\n"
+                          for p in self.ports[1:])
+                + "".join(f"sentinel known-sentinel {self.MASTER} 127.0.0.1 {p} {ids[j]}\n"
+                          for j, p in enumerate(self.sentinel_ports) if j != i))
 
     def _spawn(self, name: str, conf: str, extra: list[str]) -> None:
         node = self.dir / name
@@ -231,32 +267,10 @@ class Redis(System):
                 stdout=log, stderr=subprocess.STDOUT, cwd=node, start_new_session=True)
 
     def start(self) -> None:
-        for i, port in enumerate(self.ports):
-            conf = (f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {self.dir / f'r{i}'}\n"
-                    # In memory, like the others: no snapshots, no append-only file.
-                    'save ""\nappendonly no\n'
-                    # Replicas sync at once over the socket (the default waits 5 s).
-                    "repl-diskless-sync yes\nrepl-diskless-sync-delay 0\n")
-            if i:
-                conf += f"replicaof 127.0.0.1 {self.ports[0]}\n"
-            self._spawn(f"r{i}", conf, [])
-        ids = [f"{i + 1:040x}" for i in range(len(self.sentinel_ports))]
-        for i, port in enumerate(self.sentinel_ports):
-            conf = (f"port {port}\nbind 127.0.0.1\ndaemonize no\n"
-                    f"dir {self.dir / f's{i}'}\n"
-                    f"sentinel monitor {self.MASTER} 127.0.0.1 {self.ports[0]} 2\n"
-                    f"sentinel down-after-milliseconds {self.MASTER} "
-                    f"{SENTINEL_DOWN_AFTER_MS}\n"
-                    f"sentinel failover-timeout {self.MASTER} {SENTINEL_FAILOVER_TIMEOUT_MS}\n"
-                    f"sentinel parallel-syncs {self.MASTER} 1\n"
-                    # Seeded with what they would discover by themselves in ~10 s (INFO
-                    # every 10 s, hellos every 2 s), so a trial's set-up stays short.
-                    f"sentinel myid {ids[i]}\n"
-                    + "".join(f"sentinel known-replica {self.MASTER} 127.0.0.1 {p}\n"
-                              for p in self.ports[1:])
-                    + "".join(f"sentinel known-sentinel {self.MASTER} 127.0.0.1 {p} {ids[j]}\n"
-                              for j, p in enumerate(self.sentinel_ports) if j != i))
-            self._spawn(f"s{i}", conf, ["--sentinel"])
+        for i in range(len(self.ports)):
+            self._spawn(f"r{i}", self.server_conf(i), [])
+        for i in range(len(self.sentinel_ports)):
+            self._spawn(f"s{i}", self.sentinel_conf(i), ["--sentinel"])
 
     def stop(self) -> None:
         end_processes(list(self.procs.values()))
@@ -270,7 +284,7 @@ class Redis(System):
             conn.abort(ConnectionResetError("done"))
 
     async def master_port(self) -> int | None:
-        """The master every node (and every Sentinel) agrees on, with both replicas linked."""
+        """The master every node (and every Sentinel) agrees on, with every replica linked."""
         roles = {port: resp.info_fields(await self._ask(port, "INFO", "replication"))
                  for i, port in enumerate(self.ports) if self.procs[f"r{i}"].poll() is None}
         masters = [p for p, f in roles.items() if f.get("role") == "master"]
@@ -278,7 +292,7 @@ class Redis(System):
             return None
         master = masters[0]
         replicas = [f for f in roles.values() if f.get("role") == "slave"]
-        if len(replicas) != 2 or any(f.get("master_link_status") != "up"
+        if len(replicas) != len(self.ports) - 1 or any(f.get("master_link_status") != "up"
                                      or int(f.get("master_port", 0)) != master
                                      for f in replicas):
             return None
@@ -286,8 +300,9 @@ class Redis(System):
             info = await self._ask(port, "SENTINEL", "master", self.MASTER)
             fields = dict(zip(*[iter(resp.text(v) for v in info)] * 2, strict=False)) \
                 if isinstance(info, list) else {}
-            if int(fields.get("port", 0)) != master or fields.get("num-slaves") != "2" or \
-                    fields.get("num-other-sentinels") != "2":
+            if int(fields.get("port", 0)) != master or \
+                    fields.get("num-slaves") != str(len(self.ports) - 1) or \
+                    fields.get("num-other-sentinels") != str(len(self.sentinel_ports) - 1):
                 return None
         return master
 
@@ -308,26 +323,29 @@ class Redis(System):
 class PySyncObj(System):
     kind = "pysyncobj"
 
-    def __init__(self, workdir: Path, batch: bool) -> None:
+    def __init__(self, workdir: Path, batch: bool, nodes: int = 3) -> None:
         self.batch = batch
         self.name = "PySyncObj defaults" if batch else "PySyncObj batch off"
         self.dir = workdir / f"pysyncobj-{time.monotonic_ns()}"
-        ports = free_ports(6, 17400)
-        self.raft = [f"127.0.0.1:{p}" for p in ports[:3]]
-        self.front = ports[3:]
+        ports = free_ports(2 * nodes, 17400)
+        self.raft = [f"127.0.0.1:{p}" for p in ports[:nodes]]
+        self.front = ports[nodes:]
         self.procs: list[subprocess.Popen[bytes]] = []
+
+    def node_command(self, i: int) -> list[str]:
+        partners = [a for j, a in enumerate(self.raft) if j != i]
+        return [sys.executable, "-m", "bench.pysyncobj_node", "--raft", self.raft[i],
+                "--port", str(self.front[i]), "--partners", *partners,
+                "--batch" if self.batch else "--no-batch"]
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        for i in range(3):
-            partners = [a for j, a in enumerate(self.raft) if j != i]
+        for i in range(len(self.raft)):
             with open(self.dir / f"node{i}.log", "ab") as log:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "bench.pysyncobj_node", "--raft", self.raft[i],
-                     "--port", str(self.front[i]), "--partners", *partners,
-                     "--batch" if self.batch else "--no-batch"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self.dir, env=child_env(), start_new_session=True))
+                    self.node_command(i), stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, cwd=self.dir, env=child_env(),
+                    start_new_session=True))
 
     def stop(self) -> None:
         end_processes(self.procs)
@@ -352,7 +370,7 @@ class PySyncObj(System):
     async def leader(self) -> Hashable | None:
         seen = await self.views()
         found = {(leader, term) for _, leader, term in seen}
-        if len(seen) != 3 or len(found) != 1:
+        if len(seen) != len(self.raft) or len(found) != 1:
             return None
         leader, term = found.pop()
         return (leader, term) if leader else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import sys
 from pathlib import Path
@@ -249,3 +250,119 @@ def test_missing_redis_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(systems.os, "geteuid", lambda: 1000)
     with pytest.raises(SystemExit, match=r"apt-get install redis-server"):
         systems.ensure_redis()
+
+
+# -- the replica count -----------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["1", "2", "4", "6", "0", "-3", "101"])
+def test_replicas_must_be_odd_and_at_least_three(
+        bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        compare.parse_args(["--replicas", bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"scripts/bench compare: error: --replicas must be odd, "
+                       f"from 3 to {compare.MAX_REPLICAS} (got {bad})")
+
+
+def test_replicas_name_the_redis_row_by_its_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    assert compare.parse_args([]).replicas == 3
+    assert "Redis WAIT 2" in compare.parse_args([]).systems  # old reports' name, unchanged
+    assert compare.parse_args(["--systems", "Redis WAIT 2"]).systems == ["Redis WAIT 2"]
+    five = compare.parse_args(["--replicas", "5"])
+    assert five.replicas == 5
+    assert five.systems == ["ftds passive", "ftds active", "Redis WAIT 4",
+                            "PySyncObj batch off", "PySyncObj defaults"]
+    for spelling in ("Redis WAIT 4", "Redis WAIT"):
+        args = compare.parse_args(["--replicas", "5", "--systems", f"ftds passive,{spelling}"])
+        assert args.systems == ["ftds passive", "Redis WAIT 4"]
+    seven = compare.parse_args(["--replicas", "7", "--systems", "Redis WAIT"])
+    assert seven.systems == ["Redis WAIT 6"]
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--replicas", "5", "--systems", "Redis WAIT 2"])
+    assert "the Redis row is 'Redis WAIT 4'" in capsys.readouterr().err
+
+
+def test_more_replicas_take_longer_starts_only() -> None:
+    three, five = (compare.parse_args(["--replicas", n, "--no-failover"]) for n in ("3", "5"))
+    assert compare.estimate(five) > compare.estimate(three)
+    assert compare.estimate(five) - compare.estimate(three) == pytest.approx(
+        3 * 5 * compare.START_S * 2 / 3)  # 15 starts, each 5/3 as long
+
+
+def test_ratios_use_the_redis_row_of_the_replica_count() -> None:
+    rows = [_row("ftds passive", 16, 100.0), _row("Redis WAIT 4", 16, 400.0)]
+    table = compare.medians(rows, ["ftds passive", "Redis WAIT 4"], [16])
+    found = compare.ratios(table, [16], replicas=5)
+    assert found["ftds passive / Redis WAIT 4"][16]["ops_s"] == pytest.approx(0.25)
+    assert compare.ratios(table, [16]) == {}  # at 3 nodes the Redis row is WAIT 2: absent
+
+
+@pytest.fixture
+def no_redis_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Systems built without asking whether redis-server is installed (nothing starts)."""
+    from bench import systems
+
+    monkeypatch.setattr(systems, "ensure_redis", lambda: "/usr/bin/redis-server")
+
+
+@pytest.mark.usefixtures("no_redis_lookup")
+def test_five_node_systems_are_built_with_five_nodes(tmp_path: Path) -> None:
+    from bench.systems import Ftds, PySyncObj, Redis
+
+    ftds = compare.make("ftds passive", tmp_path, 5)
+    assert isinstance(ftds, Ftds)
+    assert ftds.config.replica_ids == ["S1", "S2", "S3", "S4", "S5"]
+    assert len({r.port for r in ftds.config.replicas}) == 5
+
+    redis = compare.make("Redis WAIT 4", tmp_path, 5)
+    assert isinstance(redis, Redis) and not redis.sentinel_ports
+    assert redis.name == "Redis WAIT 4"
+    assert len(set(redis.ports)) == 5
+    assert redis.driver_args(redis.ports[0]) == ["--port", str(redis.ports[0]), "--wait", "4"]
+    assert "replicaof" not in redis.server_conf(0)
+    for i in range(1, 5):
+        assert f"replicaof 127.0.0.1 {redis.ports[0]}\n" in redis.server_conf(i)
+    with pytest.raises(ValueError):
+        compare.make("Redis WAIT 2", tmp_path, 5)
+
+    raft = compare.make("PySyncObj batch off", tmp_path, 5)
+    assert isinstance(raft, PySyncObj)
+    assert len(set(raft.raft)) == len(set(raft.front)) == 5
+    cmd = raft.node_command(2)
+    partners = cmd[cmd.index("--partners") + 1:cmd.index("--no-batch")]
+    assert sorted(partners) == sorted(a for j, a in enumerate(raft.raft) if j != 2)
+
+
+@pytest.mark.usefixtures("no_redis_lookup")
+@pytest.mark.parametrize(("nodes", "quorum", "syncs", "wait"), [(3, 2, 1, 1), (5, 3, 3, 2),
+                                                                (7, 4, 5, 3)])
+def test_sentinels_scale_with_a_majority_quorum(tmp_path: Path, nodes: int, quorum: int,
+                                                syncs: int, wait: int) -> None:
+    from bench.failover import majority_wait, tunables
+    from bench.systems import Redis
+
+    redis = compare.make("Redis+Sentinel", tmp_path, nodes)
+    assert isinstance(redis, Redis)
+    assert len(redis.ports) == len(redis.sentinel_ports) == nodes
+    assert not set(redis.ports) & set(redis.sentinel_ports)
+    conf = redis.sentinel_conf(1)
+    assert f"sentinel monitor mymaster 127.0.0.1 {redis.ports[0]} {quorum}\n" in conf
+    assert f"sentinel parallel-syncs mymaster {syncs}\n" in conf
+    assert conf.count("sentinel known-replica") == nodes - 1
+    assert conf.count("sentinel known-sentinel") == nodes - 1
+    assert str(redis.sentinel_ports[1]) not in conf.split("known-sentinel", 1)[1]  # not itself
+    assert majority_wait(nodes) == wait  # the master + wait replicas: a majority of nodes
+    assert f"{nodes} Sentinels, quorum {quorum}" in tunables(nodes)["Redis+Sentinel"]
+
+
+def test_report_records_the_replica_count(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    code = compare.main(["--replicas", "5", "--no-throughput", "--no-failover",
+                         "--failover-systems", "ftds passive", "--json", str(path)])
+    assert code == 0
+    report = json.loads(path.read_text())
+    assert report["replicas"] == 5
+    head = path.with_suffix(".txt").read_text().splitlines()
+    assert head[0].startswith("ftds vs Redis vs PySyncObj, 5 nodes each on 127.0.0.1")
+    assert head[1] == ("replicas: 5 (ftds 5 replicas; Redis a master and 4 replicas, WAIT 4; "
+                       "PySyncObj 5 nodes)")
