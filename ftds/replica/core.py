@@ -297,6 +297,8 @@ class Replica:
                     self._to_rm("lagging", {"members": missing, "reason": "no subscription"})
             if self.recorded_batches:
                 self._prune_recorded_batches()
+            if self.log.unreleased:
+                self.log.release()  # truncated entries, a slice per tick: no pause
             if now - self._last_report >= max(self.tunables.heartbeat_interval, 0.05):
                 self.report()
             if self.serving and (not self.sync_set or ACK_AFTER_DEPOSED):
