@@ -107,12 +107,17 @@ async def ftds_ops(args: argparse.Namespace) -> tuple[list[Op], Callable[[], Awa
 
     config = load_config(args.config)
     name = f"B{os.getpid()}"  # a fresh name: no watermarks from an earlier driver
-    client = Client(config, config.read_key(), name, trace=False)
-    await client.start()
-    await client.wait_connected(10)
+    # The C sessions share ``--ftds-clients`` Client objects (each: one connection per replica);
+    # one shared Client keeps all C writes in lockstep, one frame per turn.
+    clients = [Client(config, config.read_key(), f"{name}-{k}" if k else name, trace=False)
+               for k in range(max(1, min(args.ftds_clients, args.clients)))]
+    for client in clients:
+        await client.start()
+    for client in clients:
+        await client.wait_connected(10)
 
     def make(i: int) -> Op:
-        session = client.session(f"{name}.{i}")
+        session = clients[i % len(clients)].session(f"{name}.{i}")
         key = f"k{i}"
 
         async def op(n: int) -> str | None:
@@ -123,7 +128,11 @@ async def ftds_ops(args: argparse.Namespace) -> tuple[list[Op], Callable[[], Awa
             return None
         return op
 
-    return [make(i) for i in range(args.clients)], client.close
+    async def close() -> None:
+        for client in clients:
+            await client.close()
+
+    return [make(i) for i in range(args.clients)], close
 
 
 def snapshot(pids: dict[str, int]) -> dict[str, float | None]:
@@ -196,6 +205,8 @@ def main() -> None:
     parser.add_argument("--wait", type=int, default=2, help="Redis: WAIT numreplicas (0: none)")
     parser.add_argument("--wait-timeout-ms", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--ftds-clients", type=int, default=1,
+                        help="ftds: Client objects the C sessions are spread over (default 1)")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--op-timeout", type=float, default=5.0,
