@@ -88,6 +88,8 @@ class Tunables:
     hello_timeout: float = 2.0
     max_conns_per_port: int = 1024
     max_conns_per_source: int = 256
+    # A hung primary is killed by its LFD and reported as a crash: no lease wait (docs/design.md).
+    fence_hung_primary: bool = False
 
 
 @dataclass(frozen=True)
@@ -278,8 +280,11 @@ def _tunables(check: _Checker, data: dict[str, Any]) -> Tunables:
     check.no_unknown(data, names, "tunables")
     values: dict[str, Any] = {}
     for name, raw in data.items():
-        low, high = TUNABLE_LIMITS[name]
         where = f"tunables.{name}"
+        if isinstance(getattr(defaults, name), bool):
+            values[name] = check.boolean(raw, where)
+            continue
+        low, high = TUNABLE_LIMITS[name]
         if isinstance(getattr(defaults, name), int):
             values[name] = check.integer(raw, where, low=int(low), high=int(high))
         else:
@@ -494,7 +499,9 @@ def describe_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     for f in fields(Tunables):
         a, b = getattr(old.tunables, f.name), getattr(new.tunables, f.name)
         if a != b:
-            changes.append(f"tunables.{f.name}: {a:g} -> {b:g}")
+            shown = (str(a).lower(), str(b).lower()) if isinstance(a, bool) \
+                else (f"{a:g}", f"{b:g}")
+            changes.append(f"tunables.{f.name}: {shown[0]} -> {shown[1]}")
     if old.replicas != new.replicas:
         a_ids = ",".join(old.replica_ids)
         b_ids = ",".join(new.replica_ids)

@@ -5,6 +5,9 @@
 - When the connection drops the replica is declared failed at once; if its process is gone
   (checked in /proc) the report says so (``crashed``), which lets the RM fail over without
   waiting out a lease.
+- With ``tunables.fence_hung_primary``, a hung primary (or sequencer) is killed before it is
+  reported, and reported as a crash once its process is seen gone: its lease need not be waited
+  out, so a hang fails over as fast as a crash. Off by default.
 - Registers with the GFD, reports add/delete at once, answers the GFD's heartbeats and
   reconnects with a short backoff when the GFD is away.
 """
@@ -20,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .config import ConfigError, ReplicaSpec, describe_changes, load_config
-from .procs import pid_alive
+from .procs import kill_process, pid_alive
 from .sdnotify import nobody_listens
 from .supervise import spawn
 from .wire import Conn, Message, WireError, connect, require, stay_connected
@@ -28,6 +31,7 @@ from .wire import Conn, Message, WireError, connect, require, stay_connected
 log = logging.getLogger("ftds.lfd")
 
 DEATH_CONFIRM_WINDOW = 0.05  # how long a closed socket may precede the process's exit
+FENCE_CONFIRM_WINDOW = 1.0  # how long a SIGKILLed process may take to be gone (or a zombie)
 
 
 class LocalFaultDetector:
@@ -51,6 +55,7 @@ class LocalFaultDetector:
         self._gfd_conn: Conn | None = None
         self._outstanding: set[int] = set()
         self.stalled_seen = False  # the replica said its applier is stalled
+        self._fencing = False  # killing a hung primary: the loss is reported once that is done
         self._tasks: list[asyncio.Task[None]] = []
         self._replica_lost = asyncio.Event()
 
@@ -124,9 +129,12 @@ class LocalFaultDetector:
                 misses += 1
                 if misses >= tun.heartbeat_misses:
                     what = "applier stalled" if self.stalled_seen else "no heartbeat reply"
-                    self._declare_failed(f"{what} for {misses} intervals "
-                                         f"({misses * tun.heartbeat_interval * 1000:.0f} ms)",
-                                         confirmed=False)
+                    why = (f"{what} for {misses} intervals "
+                           f"({misses * tun.heartbeat_interval * 1000:.0f} ms)")
+                    fenced = await self._fence() if self._should_fence() else None
+                    if fenced is not None:
+                        why += f"; {fenced}"
+                    self._declare_failed(why, confirmed=fenced is not None)
                     conn.abort()
                     return
             else:
@@ -141,6 +149,44 @@ class LocalFaultDetector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._replica_lost.wait(), tun.heartbeat_interval)
         # the connection closed: _on_replica_closed already reported it
+
+    def _should_fence(self) -> bool:
+        """Fence only a hung orderer, and only when asked: a backup's stall costs nothing to
+        wait out, while killing it would cost a full catch-up."""
+        return (self.tunables.fence_hung_primary and self.present
+                and self.replica_pid is not None
+                and self.replica_state.get("role") in ("primary", "sequencer"))
+
+    async def _fence(self) -> str | None:
+        """Kill the hung replica and see its process gone: then the RM may treat the loss as a
+        crash and promote without waiting out its lease (a dead process acknowledges nothing).
+        None if it could not be confirmed gone (the loss stays a hang: the lease is waited)."""
+        pid = self.replica_pid
+        assert pid is not None
+        if not pid_alive(pid):
+            return None  # gone on its own, or not ours to judge: no claim
+        try:
+            kill_process(pid)
+        except PermissionError:
+            log.error("%s: may not kill %s (process %d): not fenced; the RM waits out its "
+                      "lease", self.name, self.replica_id, pid)
+            return None
+        self._fencing = True
+        try:
+            deadline = time.monotonic() + FENCE_CONFIRM_WINDOW
+            while pid_alive(pid):
+                if time.monotonic() > deadline:
+                    log.error("%s: %s (process %d) still there %.0f ms after SIGKILL: not "
+                              "fenced", self.name, self.replica_id, pid,
+                              FENCE_CONFIRM_WINDOW * 1000)
+                    return None
+                await asyncio.sleep(0.002)
+        finally:
+            self._fencing = False
+        log.warning("%s: fenced hung %s %s: killed process %d", self.name,
+                    self.replica_state.get("role"), self.replica_id, pid,
+                    extra={"kind": "membership"})
+        return f"killed (fenced), process {pid} gone"
 
     def _on_replica_message(self, conn: Conn, msg: Message) -> None:
         kind = msg["t"]
@@ -181,8 +227,8 @@ class LocalFaultDetector:
             return
         self._replica_conn = None
         self._replica_lost.set()
-        if not self.present:
-            return
+        if not self.present or self._fencing:
+            return  # a fence in progress reports the loss itself
         pid = self.replica_pid
         asyncio.get_running_loop().create_task(self._classify_loss(pid))
 

@@ -4,6 +4,10 @@ A module of its own so that no daemon imports the embedded cluster (``ftds.local
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+
 
 def pid_alive(pid: int) -> bool:
     """True for a running process (a zombie counts as gone)."""
@@ -13,3 +17,9 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def kill_process(pid: int) -> None:
+    """SIGKILL ``pid``; a process already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

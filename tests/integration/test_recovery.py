@@ -20,6 +20,7 @@ from helpers import check_counters, finish, read_history, run
 
 from ftds import local
 from ftds.config import load_config
+from ftds.procs import pid_alive
 
 IDS = ["S1", "S2", "S3"]
 
@@ -132,6 +133,38 @@ def test_paused_primary_is_deposed_and_acknowledges_nothing_after(make_managed, 
             and e["seq"] > takeover]
     assert not late, f"the deposed primary acknowledged {late[:3]}"
     assert cluster.rm_status()["replicas"][old]["ready"]  # resumed, caught up, readmitted
+
+
+def test_hung_primary_is_fenced_by_its_lfd_and_fails_over_without_the_lease(make_managed,
+                                                                           tmp_path):
+    # A lease far longer than any failover: without fencing the RM would wait it out.
+    cluster = make_managed(tunables={"lease": 3.0, "fence_hung_primary": True})
+    start = cluster.up()
+    histories, procs = with_load(cluster, tmp_path, duration=7)
+    old = start["primary"]
+    old_pid = cluster.signal(old, signal.SIGSTOP)
+    cluster.wait(lambda: (s := cluster.rm_status()) and s["primary"] != old and s["primary"],
+                 10, "a new primary")
+    assert not pid_alive(old_pid), "the hung primary was not killed"
+    incident = closed_incident(cluster, old)
+    assert incident["confirmed_dead"] and "fenced" in incident["cause"], incident
+    assert incident["detect_to_new_primary_ms"] < 1500, incident  # no 3 s lease wait
+    settle(cluster, histories, procs)
+    assert cluster.rm_status()["replicas"][old]["ready"]  # relaunched, caught up, readmitted
+
+
+def test_hung_backup_is_not_fenced(make_managed, tmp_path):
+    cluster = make_managed(tunables={"fence_hung_primary": True})
+    start = cluster.up()
+    histories, procs = with_load(cluster, tmp_path)
+    victim = next(r for r in IDS if r != start["primary"])
+    pid = cluster.signal(victim, signal.SIGSTOP)
+    cluster.wait(lambda: any(i["replica"] == victim for i in cluster.incidents()), 10,
+                 "the hang to be noticed")
+    assert pid_alive(pid)  # stopped, not killed: a backup's stall costs nothing to wait out
+    cluster.signal(victim, signal.SIGCONT)
+    settle(cluster, histories, procs)
+    assert not closed_incident(cluster, victim)["confirmed_dead"]
 
 
 def test_lost_lfd_presumes_its_replica_lost_and_heals(make_managed, tmp_path):

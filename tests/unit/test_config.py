@@ -73,6 +73,9 @@ def test_good_config_parses():
         (("rm", "metrics_address"), "bad host!", "rm.metrics_address: not an IP address"),
         (("tunables", "hello_timeout"), 0, "tunables.hello_timeout: must be between"),
         (("tunables", "max_conns_per_source"), 0, "tunables.max_conns_per_source: must be 1-"),
+        (("tunables", "fence_hung_primary"), 1, "tunables.fence_hung_primary: must be true or"),
+        (("tunables", "fence_hung_primary"), "yes",
+         "tunables.fence_hung_primary: must be true or false"),
         (("launcher",), {"ssh": {"command_timeout": 0}},
          "launcher.ssh.command_timeout: must be between"),
     ],
@@ -117,6 +120,14 @@ def test_describe_changes_lists_tunables_and_replicas():
     changes = describe_changes(old, parse_config(new_data))
     assert "tunables.heartbeat_interval: 0.1 -> 0.25" in changes
     assert "replicas: S1,S2,S3 -> S1,S2" in changes
+
+
+def test_fencing_is_off_unless_asked_and_a_change_reads_as_words():
+    old = parse_config(GOOD)
+    assert old.tunables.fence_hung_primary is False
+    new = parse_config(with_change(("tunables", "fence_hung_primary"), True))
+    assert new.tunables.fence_hung_primary is True
+    assert "tunables.fence_hung_primary: false -> true" in describe_changes(old, new)
 
 
 def test_strangers_and_metrics_settings(tmp_path):

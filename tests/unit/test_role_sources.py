@@ -99,11 +99,14 @@ def test_integer_tunables_are_the_codes_int_fields():
     role_vars = _yaml(ROLES / "ftds_common" / "vars" / "main.yml")
     ints = {f.name for f in dataclasses.fields(Tunables) if f.type in (int, "int")}
     assert set(role_vars["ftds_common_integer_tunables"]) == ints
+    bools = {f.name for f in dataclasses.fields(Tunables) if f.type in (bool, "bool")}
+    assert set(role_vars["ftds_common_boolean_tunables"]) == bools
 
 
 def test_argument_specs_describe_every_tunable_with_its_type():
     specs = _yaml(ROLES / "ftds_common" / "meta" / "argument_specs.yml")
     options = specs["argument_specs"]["main"]["options"]["ftds_common_tunables"]["options"]
-    types = {f.name: ("int" if f.type in (int, "int") else "float")
+    types = {f.name: ("bool" if f.type in (bool, "bool") else
+                      "int" if f.type in (int, "int") else "float")
              for f in dataclasses.fields(Tunables)}
     assert {name: spec["type"] for name, spec in options.items()} == types
