@@ -239,6 +239,8 @@ def tunables(nodes: int = 3) -> dict[str, str]:
         "ftds passive": f"heartbeat {t.heartbeat_interval * 1000:g} ms x {t.heartbeat_misses} "
                         f"misses (LFD), lease {t.lease * 1000:g} ms (+100 ms margin), "
                         f"client request_timeout {t.request_timeout:g} s",
+        "ftds passive fenced": "as ftds passive, with tunables.fence_hung_primary: the LFD "
+                               "kills a hung primary and reports a crash (no lease wait)",
         "PySyncObj batch off": f"election timeout {PYSYNCOBJ_TIMEOUTS[0]:g}-"
                                f"{PYSYNCOBJ_TIMEOUTS[1]:g} s (raftMinTimeout-raftMaxTimeout, "
                                "defaults), appendEntriesUseBatch off",

@@ -127,11 +127,13 @@ class System:
 class Ftds(System):
     kind = "ftds"
 
-    def __init__(self, mode: str, workdir: Path, replicas: int = 3) -> None:
+    def __init__(self, mode: str, workdir: Path, replicas: int = 3, fenced: bool = False) -> None:
         self.mode = mode
-        self.name = f"ftds {mode}"
+        self.name = f"ftds {mode}" + (" fenced" if fenced else "")
         self.dir = workdir / f"ftds-{mode}-{time.monotonic_ns()}"
-        self.path = local.write_cluster(self.dir, replicas, mode, trace={"requests": False})
+        tunables = {"fence_hung_primary": True} if fenced else None
+        self.path = local.write_cluster(self.dir, replicas, mode, trace={"requests": False},
+                                        tunables=tunables)
         from ftds.config import load_config
         self.config = load_config(self.path)
         self.key = self.config.read_key()

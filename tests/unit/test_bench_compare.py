@@ -366,3 +366,24 @@ def test_report_records_the_replica_count(tmp_path: Path) -> None:
     assert head[0].startswith("ftds vs Redis vs PySyncObj, 5 nodes each on 127.0.0.1")
     assert head[1] == ("replicas: 5 (ftds 5 replicas; Redis a master and 4 replicas, WAIT 4; "
                        "PySyncObj 5 nodes)")
+
+
+def test_the_fenced_ftds_row_runs_with_fencing_and_gets_its_own_ratios(tmp_path: Path) -> None:
+    from bench.systems import Ftds
+
+    fenced = compare.make(compare.FENCED, tmp_path)
+    plain = compare.make("ftds passive", tmp_path)
+    assert isinstance(fenced, Ftds) and isinstance(plain, Ftds)
+    assert fenced.name == "ftds passive fenced" and plain.name == "ftds passive"
+    assert fenced.config.tunables.fence_hung_primary is True
+    assert plain.config.tunables.fence_hung_primary is False
+    trials = [{"system": s, "fault": f, "ms": ms}
+              for s, f, ms in [("ftds passive", "crash", 20.0), ("ftds passive", "hang", 600.0),
+                               (compare.FENCED, "crash", 20.0), (compare.FENCED, "hang", 320.0),
+                               ("PySyncObj batch off", "crash", 700.0),
+                               ("PySyncObj batch off", "hang", 800.0)]]
+    table = compare.failover_medians(
+        trials, ["ftds passive", compare.FENCED, "PySyncObj batch off"])
+    assert table["ftds passive / PySyncObj batch off"]["hang"] == pytest.approx(0.75)
+    assert table["ftds passive fenced / PySyncObj batch off"]["hang"] == pytest.approx(0.4)
+    assert "ftds passive fenced / Redis+Sentinel" not in table  # not measured, not invented
