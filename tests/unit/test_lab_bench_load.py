@@ -168,8 +168,8 @@ def test_trials_0_without_load_is_refused_as_nothing_to_do(monkeypatch, capsys) 
 
 def test_load_options_parse() -> None:
     assert lab_bench.client_counts("1,16,128") == [1, 16, 128]
-    assert lab_bench.positive_int("3") == 3
-    assert lab_bench.positive_seconds("2.5") == 2.5
+    assert lab_bench.COUNT("3") == 3
+    assert lab_bench.SECONDS("2.5") == 2.5
 
 
 # -- a load-only run, wired to stand-ins -------------------------------------------------------

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ftds.cli import COUNT, SECONDS
 from ftds.client import Client
 from ftds.config import load_config
 from ftds.rmclient import reset_budgets
@@ -121,26 +122,6 @@ def client_counts(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"{text!r}: client count {count} given twice")
         counts.append(count)
     return counts
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
-    return value
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -276,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", type=client_counts, metavar="C1,C2,...",
                         help="closed-loop load at these client counts (e.g. 1,16,128), after "
                              "the recovery trials; the driver runs on this machine")
-    parser.add_argument("--load-rounds", type=positive_int, default=3, metavar="R",
+    parser.add_argument("--load-rounds", type=COUNT, default=3, metavar="R",
                         help="with --load: rounds over the client counts (default 3)")
-    parser.add_argument("--load-duration", type=positive_seconds, default=5.0, metavar="D",
+    parser.add_argument("--load-duration", type=SECONDS, default=5.0, metavar="D",
                         help="with --load: seconds of each measured window, after 1 s of "
                              "warm-up (default 5)")
     parser.add_argument("--json")
