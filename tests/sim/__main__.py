@@ -10,6 +10,7 @@ find it. Exit status: 0 when every run passed (or, with ``--fault``, when the bu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -157,11 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         "not_converged": len(unconverged),
         "not_converged_reasons": sorted({r["unavailable"] or "no reason given"
                                          for r in unconverged})[:10],
+        # One digest of every run's fingerprint, in seed order: equal digests on two commits
+        # mean every one of these schedules ran the same on both.
+        "runs_digest": hashlib.sha256("".join(
+            f"{r['seed']}:{r['fingerprint']}\n" for r in results).encode()).hexdigest()[:16],
     }
     print(json.dumps(summary, indent=2))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"summary": summary, "failures": failures[:20]}, fh, indent=2)
+            json.dump({"summary": summary, "failures": failures[:20],
+                       "fingerprints": {r["seed"]: r["fingerprint"] for r in results}},
+                      fh, indent=2)
     if args.fault:
         return 0 if failures else 1
     return 1 if failures else 0
