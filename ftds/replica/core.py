@@ -44,6 +44,23 @@ from ..supervise import spawn
 from ..tls import LinkTls
 from ..view import View
 from ..wire import Conn, Message, WireError, encode_body, envelope, frame, require
+from .orderer import (
+    ACK_AFTER_DEPOSED,
+    DROP_ACKED_WRITE,
+    Acked,
+    Applied,
+    Commitment,
+    Committed,
+    DropLaggards,
+    Event,
+    Holds,
+    Lease,
+    LeftEpoch,
+    ReadySet,
+    Serving,
+    Tick,
+    TookEpoch,
+)
 from .replog import ReplicationLog
 from .transfer import (
     STATE_FIELDS,
@@ -60,10 +77,7 @@ exec_log = logging.getLogger("ftds.exec")
 
 MAX_CLIENT_ID = 64
 # Planted bugs (tests of the tests only; see ftds/faults.py).
-DROP_ACKED_WRITE = faults.on("drop_acked_write")
 REORDER = faults.on("reorder")
-ACK_AFTER_DEPOSED = faults.on("ack_after_deposed")
-EARLY_COMMIT = faults.on("early_commit")
 STALL_APPLIER = faults.on("stall_applier")
 # Upper bounds (ns) of the request latency histogram's buckets: from tens of microseconds (a
 # reply from the cache) through the ms of a commit round trip to a second; slower is +Inf.
@@ -133,12 +147,11 @@ class Replica:
         self.caught_up = False  # holds a state from the current orderer's stream
         self.recovering = False  # orderer collecting the epoch's history (view change)
         self.stats = Stats()
-        # orderer side
+        # orderer side: the commit decisions are the orderer core's (no I/O in it)
+        self.orderer = Commitment(
+            waits_for_members=not (config.replication == "async" and config.mode != "active"))
         self.subs: dict[str, Subscriber] = {}
-        self.acked: dict[str, int] = {}
-        self.commit = 0
         self.waiting: collections.deque[PendingReply] = collections.deque()
-        self.lease_until = 0.0
         self._lease_sent: dict[int, float] = {}
         self._lease_n = 0
         self._fetch_from: str | None = None
@@ -147,14 +160,10 @@ class Replica:
         self._checkpoint_seq = 0
         self._entries_out: list[dict[str, Any]] = []
         self._commit_sent = 0
-        # What the orderer vouches for: a view all of whose members hold everything committed
-        # when it took that view. Members it adds become electable only then (the RM waits).
-        self._vouch_floor = 0
+        # What the orderer last vouched for: a view all of whose members hold everything
+        # committed when it took that view. Members it adds become electable only then.
         self._vouched: list[int] | None = None
         self._commit_scheduled = False
-        self._stall_since = 0.0
-        self._stall_commit = 0
-        self._lag_reported = 0.0
         # member side
         self.upstream: Upstream | None = None
         self._parts = PartsCollector()  # a checkpoint arriving in parts from the orderer
@@ -221,8 +230,21 @@ class Replica:
             return []
         return [m for m in self.view.members if m != self.id]
 
+    @property
+    def commit(self) -> int:
+        """The orderer's commit index: every member of the ready set holds it."""
+        return self.orderer.commit
+
+    @property
+    def acked(self) -> dict[str, int]:
+        return self.orderer.acked
+
+    @property
+    def lease_until(self) -> float:
+        return self.orderer.lease_until
+
     def lease_ok(self) -> bool:
-        return time.monotonic() < self.lease_until
+        return self.orderer.lease_ok(time.monotonic())
 
     # ====================================================================== lifecycle ====
     def start(self) -> None:
@@ -301,10 +323,10 @@ class Replica:
                 self.log.release()  # truncated entries, a slice per tick: no pause
             if now - self._last_report >= max(self.tunables.heartbeat_interval, 0.05):
                 self.report()
-            if self.serving and (not self.sync_set or ACK_AFTER_DEPOSED):
-                self._advance_commit()  # lease-bound commit when alone
-            elif self.serving:
-                self._check_laggards(now)
+            if self.serving:  # a lease-bound commit when alone; laggards otherwise
+                tun = self.tunables
+                self._step(Tick(self.sm.seq, tun.heartbeat_interval * tun.heartbeat_misses
+                                + 0.2), now)
 
     # ======================================================================== clients ====
     def on_client_hello(self, conn: Conn, msg: Message) -> None:
@@ -559,58 +581,24 @@ class Replica:
         return limit_for(self.tunables.max_frame)
 
     def _advance_commit(self) -> None:
-        if not self.serving:
-            return
-        new = self.sm.seq
-        sync = self.sync_set
-        if DROP_ACKED_WRITE or (ACK_AFTER_DEPOSED and self._stalled()):
-            pass  # planted bugs: acknowledge without the backups
-        elif self.config.replication == "async" and not self.active:
-            if not self.lease_ok():
-                return
-        elif sync:
-            for member in sync:
-                acked = self.acked.get(member, -1)
-                if acked < new:
-                    new = acked
-        elif not self.lease_ok():
-            return  # alone: only a live lease proves nobody else was promoted
-        if new > self.commit:
-            self.commit = new
-            self._release(self.waiting, new)
-            if self.active and not self._commit_scheduled:
-                # Members answer clients only for committed entries: tell them once per turn.
-                self._commit_scheduled = True
-                asyncio.get_running_loop().call_soon(self._broadcast_commit)
-            self._flush_replies()
+        self._step(Applied(self.sm.seq))
 
-    def _check_laggards(self, now: float) -> None:
-        """Commits stuck on a ready member (its stream broke, or it is cut off from us while
-        its LFD still sees it): ask the RM to take it out of the ready set."""
-        if self.commit >= self.sm.seq or self.commit > self._stall_commit:
-            self._stall_since = now
-            self._stall_commit = self.commit
-            return
-        tun = self.tunables
-        limit = tun.heartbeat_interval * tun.heartbeat_misses + 0.2
-        if now - self._stall_since < limit or now - self._lag_reported < limit:
-            return
-        laggards = [m for m in self.sync_set if self.acked.get(m, -1) <= self.commit]
-        if laggards:
-            self._lag_reported = now
-            waited = (now - self._stall_since) * 1000
-            log.warning("%s: no acknowledgement from %s for %.0f ms; asking the RM to drop "
-                        "them from the ready set", self.id, ", ".join(laggards), waited)
-            self._to_rm("lagging", {"members": laggards,
-                                    "reason": f"no acknowledgement for {waited:.0f} ms"})
-
-    def _stalled(self) -> bool:
-        """Planted bug helper: no commit progress for 200 ms although entries wait."""
-        now = time.monotonic()
-        if self.commit >= self.sm.seq:
-            self._progress_at = now
-            return False
-        return now - getattr(self, "_progress_at", now) > 0.2
+    def _step(self, event: Event, now: float | None = None) -> None:
+        """Feed the orderer core one event and carry out what it decides."""
+        for effect in self.orderer.step(event, time.monotonic() if now is None else now):
+            if isinstance(effect, Committed):
+                self._release(self.waiting, effect.upto)
+                if self.active and not self._commit_scheduled:
+                    # Members answer clients only for committed entries: tell them once a turn.
+                    self._commit_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._broadcast_commit)
+                self._flush_replies()
+            elif isinstance(effect, DropLaggards):
+                names, waited = ", ".join(effect.members), effect.waited * 1000
+                log.warning("%s: no acknowledgement from %s for %.0f ms; asking the RM to drop "
+                            "them from the ready set", self.id, names, waited)
+                self._to_rm("lagging", {"members": list(effect.members),
+                                        "reason": f"no acknowledgement for {waited:.0f} ms"})
 
     def _broadcast_commit(self) -> None:
         self._commit_scheduled = False
@@ -697,8 +685,7 @@ class Replica:
 
     def _mark_synced(self, sub: Subscriber, held: int) -> None:
         sub.synced = True
-        if sub.id in self.sync_set:
-            self.acked[sub.id] = max(self.acked.get(sub.id, 0), held)
+        self._step(Holds(sub.id, held))
 
     async def _transfer(self, sub: Subscriber, bodies: Iterable[bytes], upto: int,
                         held: int, parts: CheckpointParts | None = None) -> None:
@@ -746,10 +733,7 @@ class Replica:
         sub = self.subs.get(member)
         if sub is None or sub.conn is not conn or require(msg, "e", int) != self.epoch:
             return
-        if seq > self.acked.get(member, -1):
-            self.acked[member] = seq
-            if member in self.sync_set and self.serving:
-                self._advance_commit()
+        self._step(Acked(member, seq))
 
     def _continue_recovery(self) -> None:
         """View change: gather every ready member, adopt the longest history, then serve."""
@@ -772,10 +756,7 @@ class Replica:
         for sub in list(self.subs.values()):
             last = self.log.entry(sub.seq)
             self._sync_subscriber(sub, last["e"] if last else 0)
-        # Nothing of the history is committed in this epoch until every ready member holds it
-        # (their acks of the catch-up say so): a retry held during the view change is answered
-        # only then, so a crash of this new primary cannot lose what it acknowledged.
-        self.commit = self.sm.seq if EARLY_COMMIT else 0
+        self._step(Serving(self.sm.seq))  # commits only what its members acknowledge
         label = "sequencer" if self.active else "primary"
         log.info("%s: I am the %s of epoch %d (seq %d, ready: %s)", self.id, label, self.epoch,
                  self.sm.seq, ", ".join(self.view.members), extra={"kind": "membership"})
@@ -1109,21 +1090,20 @@ class Replica:
         for sub in list(self.subs.values()):
             sub.conn.close()
         self.subs.clear()
-        self.acked.clear()
+        self._step(LeftEpoch())
         self.waiting.clear()
         self.member_waiting.clear()
         self._entries_out.clear()
         self._held.clear()
         self._fetch_from = None
         self.recovering = False
-        self.lease_until = 0.0
         self._lease_sent.clear()
         self._vouched = None
 
     def _grant_view_lease(self, view: View) -> None:
         """A view from the RM (or an operator) carries the primary's first lease."""
         if view.lease and view.primary == self.id:
-            self.lease_until = max(self.lease_until, time.monotonic() + view.lease)
+            self._step(Lease(time.monotonic() + view.lease))
 
     def _become_orderer(self) -> None:
         if not (self.trusted and self.caught_up) and self.sm.seq:
@@ -1135,33 +1115,27 @@ class Replica:
         self.trusted = True
         self.caught_up = True
         self.recovering = True
-        self._vouch_floor = 0
+        self._step(TookEpoch(tuple(self.sync_set)))
         self._recovery_deadline = time.monotonic() + self.tunables.view_change_timeout
-        self.commit = 0
         log.info("%s: view change to epoch %d: collecting from %s", self.id, self.epoch,
                  ", ".join(self.sync_set) or "nobody", extra={"kind": "decision"})
         self._continue_recovery()
 
     def _sync_set_changed(self, old: View | None) -> None:
         before = set(old.members) if old else set()
-        # Entries committed before this view may still be on their way to a member it adds.
-        self._vouch_floor = self.commit
+        holds = {}
         for member in self.sync_set:
-            if member not in before:
-                sub = self.subs.get(member)
-                if sub is not None:
-                    sub.trusted = True
-                    # Its acks count from now on; it holds at least what it acked.
-                    self.acked.setdefault(member, sub.seq)
+            sub = self.subs.get(member)
+            if member not in before and sub is not None:
+                sub.trusted = True
+                holds[member] = sub.seq  # its acks count from what it held when subscribing
         for member in before - set(self.view.members if self.view else ()):
-            self.acked.pop(member, None)
             sub = self.subs.get(member)
             if sub is not None:
                 sub.trusted = False
+        self._step(ReadySet(tuple(self.sync_set), self.sm.seq, holds))
         if self.recovering:
             self._continue_recovery()
-        else:
-            self._advance_commit()
 
     def _subscribe(self) -> None:
         if self.view is None:
@@ -1193,7 +1167,7 @@ class Replica:
         sent = self._lease_sent.pop(n, None)
         if sent is None or msg["e"] != self.epoch or not self.is_orderer:
             return
-        self.lease_until = max(self.lease_until, sent + float(duration))
+        self._step(Lease(sent + float(duration)))
         for old in [k for k in self._lease_sent if k < n]:
             del self._lease_sent[old]
         if self.serving and not self.sync_set:
@@ -1216,8 +1190,7 @@ class Replica:
         committed when this orderer took it: the RM counts its members as holders (electable)
         only from then on."""
         view = self.view
-        if self.serving and view is not None and all(
-                self.acked.get(m, -1) >= self._vouch_floor for m in self.sync_set):
+        if view is not None and self.orderer.vouches():
             self._vouched = [view.epoch, view.version]
         return self._vouched
 

@@ -26,6 +26,7 @@ from ftds import local
 from ftds.config import ConfigError, describe_changes, load_config, parse_config
 from ftds.replica import core
 from ftds.replica.core import Replica
+from ftds.replica.orderer import Lease
 from ftds.replica.server import ReplicaDaemon
 from ftds.view import View
 
@@ -108,7 +109,7 @@ def alone(tmp_path: Path) -> Replica:
     config = load_config(local.write_cluster(tmp_path, 1, base=44900))
     replica = Replica(config, "S1", config.read_key())
     replica._on_view(FakeConn("rm", "RM"), {"view": View(1, 0, "S1", ("S1",))})
-    replica.lease_until = time.monotonic() + 60
+    replica.orderer.step(Lease(time.monotonic() + 60), time.monotonic())
     assert replica.serving
     return replica
 

@@ -14,7 +14,7 @@ import pytest
 
 from ftds import local
 from ftds.config import load_config
-from ftds.replica import core
+from ftds.replica import core, orderer
 from ftds.replica.core import Replica
 from ftds.view import View
 
@@ -92,7 +92,7 @@ def test_new_primary_answers_a_held_retry_only_after_the_members_hold_it(tmp_pat
 
 def test_planted_early_commit_is_what_the_test_catches(tmp_path, monkeypatch):
     """The old rule (commit = own seq at once) answers before S2 holds seq 4 and 5."""
-    monkeypatch.setattr(core, "EARLY_COMMIT", True)
+    monkeypatch.setattr(orderer, "EARLY_COMMIT", True)
 
     async def scenario():
         replica, client, _member = promoted_primary(tmp_path)
@@ -132,7 +132,8 @@ def test_primary_vouches_for_an_added_member_once_it_holds_what_was_committed(tm
     replica._on_view(rm, {"view": View(1, 0, "S1", ("S1",), lease=5.0)})
     for n in range(1, 4):
         replica._apply({"s": n, "e": 1, "c": "C1", "r": n, "op": op(n)}, announce=False)
-    replica.commit = 3  # acknowledged alone, under its lease
+    replica._advance_commit()  # acknowledged alone, under its lease
+    assert replica.commit == 3
     assert replica.vouched() == [1, 0]
     replica.subs["S2"] = core.Subscriber("S2", FakeConn("member", "S2"), seq=1, trusted=False)
     replica._on_view(rm, {"view": View(1, 1, "S1", ("S1", "S2"))})
