@@ -193,6 +193,8 @@ class Commitment:
             case Serving(seq):
                 self.seq = seq
                 self.serving = True
+                # A stall is timed from here: not from process start, not from another epoch.
+                self._stall_since, self._stall_commit = now, 0
                 # Nothing of the history is committed in this epoch until every ready member
                 # holds it (their acks of the catch-up say so): a retry held during the view
                 # change is answered only then, so this orderer's crash cannot lose it.

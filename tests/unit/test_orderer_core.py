@@ -134,3 +134,30 @@ def test_leaving_the_epoch_forgets_acks_and_the_lease():
     core.step(LeftEpoch(), 2.0)
     assert core.acked == {} and not core.lease_ok(2.0) and not core.serving
     assert core.step(Applied(3), 2.0) == []
+
+
+def test_a_new_orderer_gives_its_members_the_whole_limit_before_asking_to_drop_them():
+    """The stall clock starts when it begins serving, not at process start: a member sent a
+    checkpoint acknowledges nothing for a while, and is not dropped on the first tick."""
+    core = Commitment()
+    core.step(TookEpoch(("S2",)), 100.0)
+    core.step(Holds("S2", 0), 100.0)  # sent a checkpoint: holds nothing acknowledged yet
+    core.step(Serving(9), 100.0)
+    assert core.step(Tick(9, LAG), 100.02) == []
+    assert core.step(Tick(9, LAG), 100.3) == []
+    assert core.step(Tick(9, LAG), 100.5) == [DropLaggards(("S2",), 0.5)]
+
+
+def test_a_stall_of_an_earlier_epoch_does_not_carry_over_into_the_next():
+    core = serving(("S2",))
+    core.step(Applied(9), 10.0)
+    core.step(Acked("S2", 7), 10.0)
+    core.step(Tick(9, LAG), 10.1)  # stalled at commit 7 since 10.1
+    core.step(LeftEpoch(), 20.0)
+    core.step(TookEpoch(("S2",)), 30.0)
+    core.step(Holds("S2", 7), 30.0)
+    core.step(Serving(9), 30.0)
+    assert core.step(Applied(9), 30.0) == [Committed(7)]
+    assert core.step(Tick(9, LAG), 30.25) == []  # stalled at commit 7 since 30.25
+    assert core.step(Tick(9, LAG), 30.5) == []
+    assert core.step(Tick(9, LAG), 30.75) == [DropLaggards(("S2",), 0.5)]
