@@ -71,6 +71,7 @@ from .transfer import (
     send_paced,
 )
 from .upstream import Upstream
+from .viewchange import FetchFrom, Take, WaitForMembers, catchup_from_log, judge_view, recovery_step
 
 log = logging.getLogger("ftds.replica")
 exec_log = logging.getLogger("ftds.exec")
@@ -645,12 +646,11 @@ class Replica:
         """Send a subscriber what it lacks: log entries when we can, else a checkpoint."""
         payload: dict[str, Any] = {"commit": self.commit, "view": self.view.to_wire()}
         entries = None
-        if sub.trusted and sub.seq <= self.sm.seq:
-            at = self.log.entry(sub.seq)
-            consistent = sub.seq == 0 or (at is not None and at["e"] == last_epoch) or (
-                sub.seq == self.log.base and sub.seq == self._prev_checkpoint_seq)
-            if consistent:
-                entries = self.log.entries_after(sub.seq)
+        at = self.log.entry(sub.seq)
+        if catchup_from_log(trusted=sub.trusted, held=sub.seq, held_epoch=last_epoch,
+                            seq=self.sm.seq, epoch_at=at["e"] if at is not None else None,
+                            log_base=self.log.base, checkpoint_seq=self._prev_checkpoint_seq):
+            entries = self.log.entries_after(sub.seq)  # None: truncated meanwhile
         held = sub.seq
         if entries is None:
             cp = self._snapshot()
@@ -739,17 +739,17 @@ class Replica:
         """View change: gather every ready member, adopt the longest history, then serve."""
         if not self.recovering or self._fetch_from is not None:
             return
-        missing = [m for m in self.sync_set if m not in self.subs]
-        if missing:
+        step = recovery_step(self.sync_set, {m: (s.seq, s.trusted) for m, s in self.subs.items()},
+                             self.sm.seq)
+        if isinstance(step, WaitForMembers):
             return
-        ahead = max((s for s in self.subs.values() if s.trusted),
-                    key=lambda s: s.seq, default=None)
-        if ahead is not None and ahead.seq > self.sm.seq:
+        if isinstance(step, FetchFrom):
+            ahead = self.subs[step.member]
             self._fetch_from = ahead.id
             self._fetch_parts.reset()
             log.info("%s: view change: fetching entries %d..%d from %s", self.id,
-                     self.sm.seq + 1, ahead.seq, ahead.id, extra={"kind": "decision"})
-            ahead.conn.send("fetch", {"from": self.sm.seq})
+                     step.since + 1, ahead.seq, ahead.id, extra={"kind": "decision"})
+            ahead.conn.send("fetch", {"from": step.since})
             return
         self.recovering = False
         self._recovery_deadline = 0.0
@@ -1038,32 +1038,32 @@ class Replica:
             log.critical("%s: PLANTED BUG: ignoring the view that deposes me", self.id)
             return
         authority = conn.role in ("rm", "admin")
-        if view.primary == self.id and not view.made_for(self.id, self.incarnation):
+        verdict = judge_view(self.view, view, self.id, self.incarnation)
+        if verdict.take is Take.REFUSE:
             # Made for an earlier process of mine, which held the state: I hold nothing of it.
-            if self.view is None or view.key > self.view.key:
+            if verdict.newer:
                 log.error("%s: refusing view %s: it names incarnation %s as primary, I am %s "
                           "(restarted, without its state)", self.id, view.describe(),
                           view.incarnation(self.id), self.incarnation)
             if authority:
                 conn.send("view_ack", self.status())
             return
-        if self.view is not None and view.key <= self.view.key:
+        if verdict.take is Take.KNOWN:
             if authority:
-                if view.key == self.view.key:
+                if verdict.same:
                     self._grant_view_lease(view)
                 conn.send("view_ack", self.status())
             return
         old = self.view
         was_ready = self.ready
         self.view = view
-        new_epoch = old is None or view.epoch != old.epoch
-        in_view = self.id in view.members and view.made_for(self.id, self.incarnation)
+        new_epoch, in_view = verdict.new_epoch, verdict.counted
         log.info("%s: view %s", self.id, view.describe(), extra={"kind": "membership"})
         if new_epoch:
             self._leave_epoch()
         if authority:
             self._grant_view_lease(view)
-        if view.primary == self.id:
+        if verdict.lead:
             if new_epoch:
                 self._become_orderer()
             else:
