@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .wire import WireError
+from .errors import WireError
 
 
 @dataclass(frozen=True)

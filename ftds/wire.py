@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import authz
+from .errors import WireError
 from .gate import LISTEN_BACKLOG
 from .tls import Identity, LinkTls, identity_of
 
@@ -55,15 +56,6 @@ _NO_BIO = ssl.MemoryBIO()  # a connection without server-side TLS never touches 
 log = logging.getLogger("ftds.wire")
 
 Message = dict[str, Any]
-
-
-class WireError(Exception):
-    """A frame that cannot be accepted. ``code`` is what the peer is told."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
 
 
 def encode_body(msg: Message) -> bytes:

@@ -71,7 +71,16 @@ from .transfer import (
     send_paced,
 )
 from .upstream import Upstream
-from .viewchange import FetchFrom, Take, WaitForMembers, catchup_from_log, judge_view, recovery_step
+from .viewchange import (
+    FetchFrom,
+    Take,
+    WaitForMembers,
+    admits,
+    catchup_from_log,
+    judge_view,
+    may_come_due,
+    recovery_step,
+)
 
 log = logging.getLogger("ftds.replica")
 exec_log = logging.getLogger("ftds.exec")
@@ -618,11 +627,11 @@ class Replica:
         conn.claim("member", member)
         self.submit(self._handle_subscribe, conn,
                     {"id": member, "seq": seq, "last_epoch": last_epoch, "trusted": trusted,
-                     "epoch": msg["e"]})
+                     "epoch": msg.get("e", 0)})
 
     def _handle_subscribe(self, conn: Conn, msg: Message) -> None:
         member = msg["id"]
-        if not self.is_orderer or msg["epoch"] != self.epoch:
+        if not self.is_orderer or not admits("subscribe", msg["epoch"], self.epoch):
             # Not (or no longer) the orderer of its epoch: tell it the view we know and part.
             if self.view is not None:
                 conn.send("view", {"view": self.view.to_wire()})
@@ -731,7 +740,7 @@ class Replica:
         seq = require(msg, "seq", int)
         member = conn.peer_id or ""
         sub = self.subs.get(member)
-        if sub is None or sub.conn is not conn or require(msg, "e", int) != self.epoch:
+        if sub is None or sub.conn is not conn or not admits("ack", msg.get("e", 0), self.epoch):
             return
         self._step(Acked(member, seq))
 
@@ -776,7 +785,8 @@ class Replica:
         self.submit(self._handle_fetched, conn, msg)
 
     def _handle_fetched(self, conn: Conn, msg: Message) -> None:
-        if not self.recovering or conn.peer_id != self._fetch_from:
+        if not self.recovering or conn.peer_id != self._fetch_from \
+                or not admits("fetched", msg.get("e", 0), self.epoch):
             return
         if msg["t"] == "cp_part":
             self._fetch_parts.add(msg)
@@ -832,7 +842,7 @@ class Replica:
     def on_upstream_message(self, conn: Conn, msg: Message) -> None:
         kind = msg["t"]
         if kind in ("entries", "catchup", "checkpoint", "cp_part", "commit", "fetch", "view"):
-            if msg["e"] < self.epoch:
+            if not may_come_due(msg.get("e", 0), self.epoch):
                 return  # a deposed orderer's stream: fenced off
             self.submit(self._handle_upstream, conn, msg)
         elif kind == "error":
@@ -847,7 +857,7 @@ class Replica:
         if kind == "view":
             self._on_view(conn, {"view": msg["view"]})
             return
-        if msg["e"] != self.epoch:
+        if not admits(kind, msg.get("e", 0), self.epoch):
             return
         if kind == "cp_part":
             self._parts.add(msg)
@@ -1165,7 +1175,7 @@ class Replica:
         n = require(msg, "n", int)
         duration = require(msg, "duration", (int, float))
         sent = self._lease_sent.pop(n, None)
-        if sent is None or msg["e"] != self.epoch or not self.is_orderer:
+        if sent is None or not admits("lease", msg.get("e", 0), self.epoch) or not self.is_orderer:
             return
         self._step(Lease(sent + float(duration)))
         for old in [k for k in self._lease_sent if k < n]:

@@ -9,14 +9,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from ..config import ReplicaSpec
+from ..config import ClusterConfig, ReplicaSpec
 from ..supervise import spawn
-from ..wire import Conn, connect, stay_connected
+from ..tls import LinkTls
+from ..wire import Conn, Message, connect, stay_connected
 
-if TYPE_CHECKING:
-    from .core import Replica
+
+class Subscriber(Protocol):
+    """What the stream needs of the member it feeds (the replica): no import of it here."""
+
+    id: str
+    key: bytes
+    config: ClusterConfig
+    tls: LinkTls | None
+
+    @property
+    def epoch(self) -> int: ...
+
+    def on_upstream_message(self, conn: Conn, msg: Message) -> None: ...
+
+    def subscription_fields(self) -> dict[str, Any]: ...
+
+    def upstream_lost(self) -> None: ...
+
 
 log = logging.getLogger("ftds.replica")
 
@@ -25,7 +42,7 @@ BACKOFF_MAX = 1.0
 
 
 class Upstream:
-    def __init__(self, replica: Replica, target: ReplicaSpec) -> None:
+    def __init__(self, replica: Subscriber, target: ReplicaSpec) -> None:
         self.replica = replica
         self.target = target.id
         self._spec = target

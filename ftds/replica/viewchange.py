@@ -1,7 +1,8 @@
 """What a replica does with a view, and how a new orderer collects its epoch's history.
 
-Pure decisions, no I/O: :func:`judge_view` says whether a view is refused, already known or
-taken (and what taking it means for this replica); :func:`recovery_step` says what a new
+Pure decisions, no I/O: :func:`admits` is the epoch gate every peer's message passes;
+:func:`judge_view` says whether a view is refused, already known or taken (and what taking it
+means for this replica); :func:`recovery_step` says what a new
 orderer's view change does next; :func:`catchup_from_log` says whether a subscriber can be
 sent log entries or needs a checkpoint. The replica (``ftds/replica/core.py``) carries them out.
 """
@@ -13,6 +14,29 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ..view import View
+
+# ====================================================================== epoch gate ====
+# Every message a replica takes from a peer carries the sender's epoch ("e"). All but views act
+# only within the epoch the replica is in: a deposed orderer's stream, a subscription, ack,
+# fetched history or lease of another epoch changes nothing. A view carries its own
+# (epoch, version) and is judged by judge_view.
+GATED = frozenset({"entries", "catchup", "checkpoint", "cp_part", "commit", "fetch", "fetched",
+                   "subscribe", "ack", "lease"})
+
+
+def admits(kind: str, sender_epoch: int, epoch: int) -> bool:
+    """Whether a ``kind`` message sent in ``sender_epoch`` may act on a replica in ``epoch``."""
+    if kind == "view":
+        return True
+    if kind not in GATED:
+        raise ValueError(f"{kind!r} is not a message between replicas")
+    return sender_epoch == epoch
+
+
+def may_come_due(sender_epoch: int, epoch: int) -> bool:
+    """At receipt, before the applier takes it: a message of a later epoch may become current
+    once a view queued ahead of it is taken; one of an earlier epoch never will."""
+    return sender_epoch >= epoch
 
 
 class Take(Enum):

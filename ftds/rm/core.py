@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import faults
+from ..errors import WireError
 from ..log import members_line
 from ..view import View
-from ..wire import WireError
 from .store import RmRecord
 
 EMPTY_PRIMARY_KEEPS_EPOCH = faults.on("empty_primary_keeps_epoch")  # planted bug (tests only)

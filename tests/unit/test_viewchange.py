@@ -10,8 +10,10 @@ from ftds.replica.viewchange import (
     Serve,
     Take,
     WaitForMembers,
+    admits,
     catchup_from_log,
     judge_view,
+    may_come_due,
     recovery_step,
 )
 from ftds.view import View
@@ -92,3 +94,19 @@ def test_a_ready_member_whose_last_entry_matches_ours_gets_the_log():
 def test_anything_else_gets_a_checkpoint(trusted, held, held_epoch, epoch_at):
     assert not catchup_from_log(trusted=trusted, held=held, held_epoch=held_epoch,
                                 epoch_at=epoch_at, **LOG)
+
+
+def test_the_epoch_gate_lets_only_the_current_epoch_act_and_views_through():
+    for kind in ("entries", "catchup", "checkpoint", "cp_part", "commit", "fetch", "fetched",
+                 "subscribe", "ack", "lease"):
+        assert admits(kind, 4, 4)
+        assert not admits(kind, 3, 4), f"{kind} of a deposed epoch"
+        assert not admits(kind, 5, 4), f"{kind} of an epoch this replica has not taken"
+    assert admits("view", 1, 9), "a view is judged by its (epoch, version)"
+    with pytest.raises(ValueError):
+        admits("req", 4, 4)
+
+
+def test_a_message_of_a_later_epoch_waits_for_the_view_an_older_one_never_comes_due():
+    assert may_come_due(5, 4) and may_come_due(4, 4)
+    assert not may_come_due(3, 4)
