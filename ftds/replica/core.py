@@ -44,6 +44,14 @@ from ..supervise import spawn
 from ..tls import LinkTls
 from ..view import View
 from ..wire import Conn, Message, WireError, encode_body, envelope, frame, require
+from .member import (
+    AtCheckpoint,
+    InStream,
+    Seen,
+    classify_request,
+    compare_checkpoint,
+    next_in_stream,
+)
 from .orderer import (
     ACK_AFTER_DEPOSED,
     DROP_ACKED_WRITE,
@@ -409,8 +417,9 @@ class Replica:
 
     def _record(self, conn: Conn, client: str, request_num: int, op: Any, attempt: int,
                 received: int = 0) -> None:
-        watermark = self.sm.watermark(client)
-        if request_num > watermark:
+        seen = classify_request(request_num, self.sm.watermark(client),
+                                lambda: self.sm.same_op(client, op))
+        if seen is Seen.NEW:
             if validate_op(op) is not None:
                 return  # the orderer answers the error; nothing worth keeping
             self.recorded[client] = Recorded(request_num, op, conn, received)
@@ -418,8 +427,7 @@ class Replica:
                 log.info("Recorded %s (i_am_ready = 0, high_watermark_request_num = %d)",
                          msg_id(client, self.id, request_num, "request"), request_num,
                          extra={"kind": "state"})
-        elif request_num == watermark and attempt > 1 and self.active and self.ready \
-                and self.sm.same_op(client, op):
+        elif seen is Seen.RETRY and attempt > 1 and self.active and self.ready:
             cached = self.sm.cached(client, request_num)
             if cached is not None:
                 result, seq = cached
@@ -429,7 +437,10 @@ class Replica:
     def _order(self, conn: Conn, client: str, request_num: int, op: Any,
                received: int = 0) -> None:
         watermark = self.sm.watermark(client)
-        if request_num < watermark:
+        seen = classify_request(request_num, watermark, lambda: self.sm.same_op(client, op))
+        if SKIP_REPLY_CACHE and seen is not Seen.STALE:
+            seen = Seen.NEW  # planted bug: the reply cache is not consulted
+        if seen is Seen.STALE:
             # A restarted client reusing its id: tell it where its numbering stands.
             self._queue_reply(conn, {"c": client, "r": request_num, "s": 0,
                                      "watermark": watermark,
@@ -437,8 +448,8 @@ class Replica:
                                              "error": f"stale request_num (last {watermark})"}},
                               received)
             return
-        if request_num == watermark and not SKIP_REPLY_CACHE:
-            if not self.sm.same_op(client, op):
+        if seen is not Seen.NEW:
+            if seen is Seen.REUSED:
                 # The same (client, request_num) with another operation: a reused client id,
                 # never a retry. Tell it where its numbering stands; never the other reply.
                 self._queue_reply(conn, {"c": client, "r": request_num, "s": 0,
@@ -924,9 +935,10 @@ class Replica:
         if not isinstance(entry, dict) or not isinstance(entry.get("s"), int):
             raise WireError("malformed", "entries: bad entry")
         seq = entry["s"]
-        if seq <= self.sm.seq:
+        step = next_in_stream(seq, self.sm.seq)
+        if step is InStream.HELD:
             return
-        if seq != self.sm.seq + 1:
+        if step is InStream.GAP:
             log.error("%s: gap in the stream (got %d after %d); resubscribing", self.id, seq,
                       self.sm.seq)
             self.caught_up = False
@@ -990,14 +1002,15 @@ class Replica:
         if not isinstance(seq, int) or not isinstance(digest, str) or not isinstance(count, int):
             raise WireError("malformed", "checkpoint: seq, digest and checkpoint_count needed")
         self.stats.checkpoints_received += 1
-        if seq == self.sm.seq and digest == self.sm.digest():
+        verdict = compare_checkpoint(seq, digest, self.sm.seq, self.sm.digest)
+        if verdict is AtCheckpoint.MATCH:
             self.sm.checkpoint_count = count
             log.info("[CHECKPOINT %d] %s -> %s received (seq %d, digest matches my state)",
                      count, self.view.primary if self.view else "?", self.id, seq,
                      extra={"kind": "checkpoint"})
             self._truncate_at(seq)
             return True
-        if seq == self.sm.seq:
+        if verdict is AtCheckpoint.DIVERGED:
             self.stats.divergences += 1
             log.error("%s: DIVERGENCE at seq %d: my digest %s, primary's %s; taking its state",
                       self.id, seq, self.sm.digest()[:12], digest[:12])
@@ -1014,11 +1027,12 @@ class Replica:
         if problem:
             raise WireError("malformed", problem)
         self.stats.checkpoints_received += 1
-        if cp["seq"] == self.sm.seq and cp["digest"] == self.sm.digest():
+        at = compare_checkpoint(cp["seq"], cp["digest"], self.sm.seq, self.sm.digest)
+        if at is AtCheckpoint.MATCH:
             self.sm.checkpoint_count = cp["checkpoint_count"]
             verdict = "matches my state"
         else:
-            if cp["seq"] == self.sm.seq:
+            if at is AtCheckpoint.DIVERGED:
                 self.stats.divergences += 1
                 log.error("%s: DIVERGENCE at seq %d: my digest %s, primary's %s; installing "
                           "the checkpoint", self.id, cp["seq"], self.sm.digest()[:12],
