@@ -417,8 +417,9 @@ class Replica:
 
     def _record(self, conn: Conn, client: str, request_num: int, op: Any, attempt: int,
                 received: int = 0) -> None:
-        seen = classify_request(request_num, self.sm.watermark(client),
-                                lambda: self.sm.same_op(client, op))
+        watermark = self.sm.watermark(client)
+        seen = classify_request(request_num, watermark,
+                                request_num == watermark and self.sm.same_op(client, op))
         if seen is Seen.NEW:
             if validate_op(op) is not None:
                 return  # the orderer answers the error; nothing worth keeping
@@ -437,7 +438,8 @@ class Replica:
     def _order(self, conn: Conn, client: str, request_num: int, op: Any,
                received: int = 0) -> None:
         watermark = self.sm.watermark(client)
-        seen = classify_request(request_num, watermark, lambda: self.sm.same_op(client, op))
+        seen = classify_request(request_num, watermark,
+                                request_num == watermark and self.sm.same_op(client, op))
         if SKIP_REPLY_CACHE and seen is not Seen.STALE:
             seen = Seen.NEW  # planted bug: the reply cache is not consulted
         if seen is Seen.STALE:

@@ -19,14 +19,15 @@ class Seen(Enum):
     STALE = "stale"  # below the watermark: the client is told where its numbering stands
 
 
-def classify_request(request_num: int, watermark: int, same_op: Callable[[], bool]) -> Seen:
+def classify_request(request_num: int, watermark: int, same_op: bool) -> Seen:
     """``watermark``: the session's last applied request_num; ``same_op``: whether the request
-    carries that request's operation (asked only when the numbers are equal)."""
+    carries that request's operation (only read when the numbers are equal, so a caller may
+    compute it only then: ``request_num == watermark and ...``)."""
     if request_num > watermark:
         return Seen.NEW
     if request_num < watermark:
         return Seen.STALE
-    return Seen.RETRY if same_op() else Seen.REUSED
+    return Seen.RETRY if same_op else Seen.REUSED
 
 
 class InStream(Enum):

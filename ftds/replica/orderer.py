@@ -153,14 +153,14 @@ class Commitment:
 
     def step(self, event: Event, now: float) -> list[Effect]:
         match event:
-            case Applied(seq):
-                self.seq = seq
-                return self._advance(now)
-            case Acked(member, seq):
+            case Acked(member, seq):  # the most frequent first: one per member and batch
                 if seq <= self.acked.get(member, -1):
                     return []
                 self.acked[member] = seq
                 return self._advance(now) if member in self.members else []
+            case Applied(seq):
+                self.seq = seq
+                return self._advance(now)
             case Holds(member, seq):
                 if member in self.members:
                     self.acked[member] = max(self.acked.get(member, 0), seq)
