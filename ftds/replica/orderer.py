@@ -31,26 +31,26 @@ STALLED_AFTER = 0.2  # ack_after_deposed: seconds without commit progress before
 
 
 # ========================================================================= events ====
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TookEpoch:
     """This replica orders a new epoch; the view change collects the history first."""
 
     members: tuple[str, ...]  # the other members of the ready set
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Serving:
     """The view change is over: the orderer holds the epoch's history up to ``seq``."""
 
     seq: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LeftEpoch:
     """A view of another epoch came: this replica's orderer state of the old one is void."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ReadySet:
     """A view of the same epoch changed the ready set. ``holds``: what each member that
     subscribed already held then (an added member's acknowledgements count from there)."""
@@ -60,14 +60,14 @@ class ReadySet:
     holds: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Applied:
     """The orderer applied entries up to ``seq`` (after a batch): commit what is held."""
 
     seq: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Acked:
     """A member acknowledged holding every entry up to ``seq``."""
 
@@ -75,7 +75,7 @@ class Acked:
     seq: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Holds:
     """A member is known to hold ``seq`` (its catch-up was sent); no commit is tried."""
 
@@ -83,7 +83,7 @@ class Holds:
     seq: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Lease:
     """The RM granted a lease until ``until`` (monotonic seconds). What it lets commit is
     committed at the next ``Applied`` or ``Tick``: the shell feeds one in its applier."""
@@ -91,7 +91,7 @@ class Lease:
     until: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Tick:
     """Time passed. ``lag_limit``: seconds a stuck commit waits before members are dropped."""
 
@@ -103,14 +103,14 @@ Event = TookEpoch | Serving | LeftEpoch | ReadySet | Applied | Acked | Holds | L
 
 
 # ======================================================================== effects ====
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Committed:
     """Everything up to ``upto`` is committed: answer it (and tell active members)."""
 
     upto: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DropLaggards:
     """Members that held the commit back for ``waited`` seconds: ask the RM to drop them."""
 
@@ -119,6 +119,8 @@ class DropLaggards:
 
 
 Effect = Committed | DropLaggards
+Effects = tuple[Effect, ...]
+NOTHING: Effects = ()
 
 
 # ==================================================================== the machine ====
@@ -151,98 +153,110 @@ class Commitment:
         return self.serving and all(self.acked.get(m, -1) >= self.vouch_floor
                                     for m in self.members)
 
-    def step(self, event: Event, now: float) -> list[Effect]:
-        match event:
-            case Acked(member, seq):  # the most frequent first: one per member and batch
-                if seq <= self.acked.get(member, -1):
-                    return []
-                self.acked[member] = seq
-                return self._advance(now) if member in self.members else []
-            case Applied(seq):
-                self.seq = seq
-                return self._advance(now)
-            case Holds(member, seq):
-                if member in self.members:
-                    self.acked[member] = max(self.acked.get(member, 0), seq)
-                return []
-            case Lease(until):
-                self.lease_until = max(self.lease_until, until)
-                return []
-            case Tick(seq, lag_limit):
-                self.seq = seq
-                if not self.members or ACK_AFTER_DEPOSED:
-                    return self._advance(now)  # lease-bound commit when alone
-                return self._laggards(now, lag_limit) if self.serving else []
-            case ReadySet(members, seq, holds):
-                before = set(self.members)
-                self.members, self.seq = members, seq
-                # Entries committed before this view may still be on their way to a member
-                # it adds: the view is vouched for once every member holds them.
-                self.vouch_floor = self.commit
-                for member in members:
-                    if member not in before and member in holds:
-                        self.acked.setdefault(member, holds[member])
-                for member in before - set(members):
-                    self.acked.pop(member, None)
-                return self._advance(now)
-            case TookEpoch(members):
-                self.serving = False
-                self.members = members
-                self.commit = self.vouch_floor = 0
-                return []
-            case Serving(seq):
-                self.seq = seq
-                self.serving = True
-                # A stall is timed from here: not from process start, not from another epoch.
-                self._stall_since, self._stall_commit = now, 0
-                # Nothing of the history is committed in this epoch until every ready member
-                # holds it (their acks of the catch-up say so): a retry held during the view
-                # change is answered only then, so this orderer's crash cannot lose it.
-                self.commit = seq if EARLY_COMMIT else 0
-                return []
-            case LeftEpoch():
-                self.serving = False
-                self.members = ()
-                self.acked.clear()
-                self.lease_until = 0.0
-                return []
-        raise TypeError(f"not an orderer event: {event!r}")
+    def step(self, event: Event, now: float) -> Effects:
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            raise TypeError(f"not an orderer event: {event!r}")
+        return handler(self, event, now)
 
-    def _advance(self, now: float) -> list[Effect]:
+    def _acked(self, event: Acked, now: float) -> Effects:
+        member, seq = event.member, event.seq
+        if seq <= self.acked.get(member, -1):
+            return NOTHING
+        self.acked[member] = seq
+        return self._advance(now) if member in self.members else NOTHING
+
+    def _applied(self, event: Applied, now: float) -> Effects:
+        self.seq = event.seq
+        return self._advance(now)
+
+    def _holds(self, event: Holds, now: float) -> Effects:
+        if event.member in self.members:
+            self.acked[event.member] = max(self.acked.get(event.member, 0), event.seq)
+        return NOTHING
+
+    def _lease(self, event: Lease, now: float) -> Effects:
+        self.lease_until = max(self.lease_until, event.until)
+        return NOTHING
+
+    def _tick(self, event: Tick, now: float) -> Effects:
+        self.seq = event.seq
+        if not self.members or ACK_AFTER_DEPOSED:
+            return self._advance(now)  # lease-bound commit when alone
+        return self._laggards(now, event.lag_limit) if self.serving else NOTHING
+
+    def _ready_set(self, event: ReadySet, now: float) -> Effects:
+        before, members = set(self.members), event.members
+        self.members, self.seq = members, event.seq
+        # Entries committed before this view may still be on their way to a member it adds:
+        # the view is vouched for once every member holds them.
+        self.vouch_floor = self.commit
+        for member in members:
+            if member not in before and member in event.holds:
+                self.acked.setdefault(member, event.holds[member])
+        for member in before - set(members):
+            self.acked.pop(member, None)
+        return self._advance(now)
+
+    def _took_epoch(self, event: TookEpoch, now: float) -> Effects:
+        self.serving = False
+        self.members = event.members
+        self.commit = self.vouch_floor = 0
+        return NOTHING
+
+    def _serving(self, event: Serving, now: float) -> Effects:
+        self.seq = event.seq
+        self.serving = True
+        # A stall is timed from here: not from process start, not from another epoch.
+        self._stall_since, self._stall_commit = now, 0
+        # Nothing of the history is committed in this epoch until every ready member holds it
+        # (their acks of the catch-up say so): a retry held during the view change is answered
+        # only then, so this orderer's crash cannot lose it.
+        self.commit = event.seq if EARLY_COMMIT else 0
+        return NOTHING
+
+    def _left_epoch(self, event: LeftEpoch, now: float) -> Effects:
+        self.serving = False
+        self.members = ()
+        self.acked.clear()
+        self.lease_until = 0.0
+        return NOTHING
+
+    def _advance(self, now: float) -> Effects:
         if not self.serving:
-            return []
+            return NOTHING
         new = self.seq
         if DROP_ACKED_WRITE or (ACK_AFTER_DEPOSED and self._stalled(now)):
             pass  # planted bugs: acknowledge without the backups
         elif not self.waits_for_members:
             if not self.lease_ok(now):
-                return []
+                return NOTHING
         elif self.members:
             for member in self.members:
                 acked = self.acked.get(member, -1)
                 if acked < new:
                     new = acked
         elif not self.lease_ok(now):
-            return []  # alone: only a live lease proves nobody else was promoted
+            return NOTHING  # alone: only a live lease proves nobody else was promoted
         if new <= self.commit:
-            return []
+            return NOTHING
         self.commit = new
-        return [Committed(new)]
+        return (Committed(new),)
 
-    def _laggards(self, now: float, limit: float) -> list[Effect]:
+    def _laggards(self, now: float, limit: float) -> Effects:
         """Commits stuck on a ready member (its stream broke, or it is cut off from us while
         its LFD still sees it): the RM is asked to take it out of the ready set."""
         if self.commit >= self.seq or self.commit > self._stall_commit:
             self._stall_since = now
             self._stall_commit = self.commit
-            return []
+            return NOTHING
         if now - self._stall_since < limit or now - self._lag_reported < limit:
-            return []
+            return NOTHING
         laggards = tuple(m for m in self.members if self.acked.get(m, -1) <= self.commit)
         if not laggards:
-            return []
+            return NOTHING
         self._lag_reported = now
-        return [DropLaggards(laggards, now - self._stall_since)]
+        return (DropLaggards(laggards, now - self._stall_since),)
 
     def _stalled(self, now: float) -> bool:
         """Planted bug helper: no commit progress for a while although entries wait."""
@@ -250,3 +264,18 @@ class Commitment:
             self._progress_at = now
             return False
         return self._progress_at is not None and now - self._progress_at > STALLED_AFTER
+
+
+# One handler per event type: a dict lookup, cheaper than a match on the hot path (an ack per
+# member and batch, an Applied per batch).
+_HANDLERS = {
+    Acked: Commitment._acked,
+    Applied: Commitment._applied,
+    Holds: Commitment._holds,
+    Lease: Commitment._lease,
+    Tick: Commitment._tick,
+    ReadySet: Commitment._ready_set,
+    TookEpoch: Commitment._took_epoch,
+    Serving: Commitment._serving,
+    LeftEpoch: Commitment._left_epoch,
+}
