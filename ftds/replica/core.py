@@ -14,6 +14,12 @@ Roles (same code in both modes):
   records client requests so it can order them itself if promoted;
 - a **newborn** (``i_am_ready = 0``) records requests, receives a checkpoint, installs it,
   replays what arrived beyond it and is made ready by the Replication Manager.
+
+This class is the shell around the decisions, which are made without I/O elsewhere: the commit,
+laggards and vouching by the orderer core (``orderer.Commitment``, fed events through
+``_step``); the epoch gate, which views to take and what a view change does next
+(``viewchange``); exactly-once, the member's stream and checkpoint verdicts (``member``). Here
+are the connections, the state machine and the log, and the carrying out.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ no tasks, time given with each step."""
 
 from __future__ import annotations
 
+import pytest
+
 from ftds.replica.orderer import (
     Acked,
     Applied,
@@ -161,3 +163,8 @@ def test_a_stall_of_an_earlier_epoch_does_not_carry_over_into_the_next():
     assert core.step(Tick(9, LAG), 30.25) == ()  # stalled at commit 7 since 30.25
     assert core.step(Tick(9, LAG), 30.5) == ()
     assert core.step(Tick(9, LAG), 30.75) == (DropLaggards(("S2",), 0.5),)
+
+
+def test_an_event_it_does_not_know_is_an_error_not_a_silent_no_op():
+    with pytest.raises(TypeError):
+        Commitment().step(object(), 0.0)  # type: ignore[arg-type]
