@@ -39,6 +39,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _caller_path(path: str) -> str:
+    """A path the caller gave, relative to where it ran ``scripts/sim`` (which changes into
+    tests/ before starting Python), not to tests/."""
+    return os.path.join(os.environ.get("FTDS_SIM_CALLER_CWD", ""), path)
+
+
 def _reexec_if_needed(args: argparse.Namespace) -> None:
     """String hashing and planted bugs are fixed at interpreter start: set them, then exec."""
     want = {"PYTHONHASHSEED": "0", "FTDS_FAULT": args.fault or ""}
@@ -90,7 +96,7 @@ def _replay(args: argparse.Namespace, command: str) -> int:
 
         full = run(args.seed, mode=args.mode, duration=args.duration, kinds=_kinds(args),
                    keep=True)
-        out = Path(args.dump)
+        out = Path(_caller_path(args.dump))
         out.mkdir(parents=True, exist_ok=True)
         (out / "log.txt").write_text("\n".join(full.lines) + "\n")
         (out / "history.txt").write_text("\n".join(full.history) + "\n")
@@ -117,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     dur += f" --kinds {args.kinds}" if args.kinds else ""
     if args.seed is not None:
         return _replay(args, f"scripts/sim --seed {args.seed}{mode}{dur}{fault}")
+    if args.json:  # made now: a long run must not fail at its end for want of a directory
+        os.makedirs(os.path.dirname(_caller_path(args.json)) or ".", exist_ok=True)
     seeds = list(range(args.first, args.first + args.seeds))
     jobs = max(1, min(args.jobs, len(seeds)))
     # Interleaved chunks of 25: every worker stays busy and results come back in order.
@@ -130,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                    for c in chunks]
         for future in futures:
             for r in future.result():
-                results.append(r)
                 if not r["ok"]:
                     failures.append(r)
                     print(f"seed {r['seed']} ({r['mode']}): FAIL: {r['why']}", flush=True)
                     print(f"  replay: scripts/sim --seed {r['seed']}{mode}{dur}{fault}",
                           flush=True)
+                else:  # what only a failure needs to be told: not kept for a long run
+                    r = {k: v for k, v in r.items() if k not in ("schedule", "events", "tail")}
+                results.append(r)
             if args.stop_at_first and failures:
                 for f in futures:
                     f.cancel()
@@ -165,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary, indent=2))
     if args.json:
-        with open(args.json, "w") as fh:
+        with open(_caller_path(args.json), "w") as fh:
             json.dump({"summary": summary, "failures": failures[:20],
                        "fingerprints": {r["seed"]: r["fingerprint"] for r in results}},
                       fh, indent=2)

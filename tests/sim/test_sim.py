@@ -6,6 +6,7 @@ that the simulator can be trusted to say what it says.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -71,3 +72,16 @@ def test_planted_bug_is_found(fault, seeds, kinds):
     done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, f"{fault} not found in {seeds} schedules:\n{done.stdout[-2000:]}"
     assert "FAIL" in done.stdout
+
+
+def test_the_json_report_goes_where_the_caller_said_with_every_runs_fingerprint(tmp_path):
+    """``--json`` is relative to where ``scripts/sim`` was run (it changes into tests/), and
+    holds every run's fingerprint and their digest: what the long run is compared by."""
+    done = subprocess.run([SIM, "--seeds", "2", "--first", "11", "--jobs", "1",
+                           "--json", "out/report.json"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["fingerprints"]["11"] == run(11).fingerprint
+    assert set(report["fingerprints"]) == {"11", "12"}
+    assert len(report["summary"]["runs_digest"]) == 16
