@@ -29,7 +29,6 @@ import collections
 import logging
 import os
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +74,7 @@ from .orderer import (
     Tick,
     TookEpoch,
 )
+from .replies import Pending, PendingReply, Replies
 from .replog import ReplicationLog
 from .transfer import (
     STATE_FIELDS,
@@ -103,11 +103,6 @@ MAX_CLIENT_ID = 64
 # Planted bugs (tests of the tests only; see ftds/faults.py).
 REORDER = faults.on("reorder")
 STALL_APPLIER = faults.on("stall_applier")
-# Upper bounds (ns) of the request latency histogram's buckets: from tens of microseconds (a
-# reply from the cache) through the ms of a commit round trip to a second; slower is +Inf.
-LATENCY_BOUNDS_NS = (50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
-                     10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 500_000_000,
-                     1_000_000_000)
 
 
 @dataclass
@@ -122,15 +117,6 @@ class Subscriber:
 
 
 @dataclass(slots=True)
-class PendingReply:
-    seq: int
-    conn: Conn
-    item: dict[str, Any]
-    label: str = ""
-    received: int = 0  # monotonic ns the request came in (0: not timed)
-
-
-@dataclass(slots=True)
 class Recorded:
     request_num: int
     op: dict[str, Any]
@@ -141,17 +127,12 @@ class Recorded:
 @dataclass
 class Stats:
     ordered: int = 0
-    replies: int = 0
     duplicates_answered: int = 0
     checkpoints_sent: int = 0
     checkpoints_received: int = 0
     divergences: int = 0
     rejected_frames: int = 0
     started: float = field(default_factory=time.time)
-    # The request latency histogram: replies per bucket of LATENCY_BOUNDS_NS (+Inf last) and
-    # their total, in integers, so timing a request allocates nothing.
-    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_NS) + 1))
-    latency_sum_ns: int = 0
 
 
 class Replica:
@@ -175,7 +156,9 @@ class Replica:
         self.orderer = Commitment(
             waits_for_members=not (config.replication == "async" and config.mode != "active"))
         self.subs: dict[str, Subscriber] = {}
-        self.waiting: collections.deque[PendingReply] = collections.deque()
+        self.replies = Replies(replica_id, lambda: self.epoch,
+                               lambda: self.config.trace.requests)
+        self.waiting: Pending = collections.deque()
         self._lease_sent: dict[int, float] = {}
         self._lease_n = 0
         self._fetch_from: str | None = None
@@ -195,7 +178,7 @@ class Replica:
         self._state_keys = 0  # its keys then
         self._fetch_parts = PartsCollector()  # one arriving during a view change's fetch
         self.member_commit = 0  # commit index reported by the orderer
-        self.member_waiting: collections.deque[PendingReply] = collections.deque()
+        self.member_waiting: Pending = collections.deque()
         # clients
         self.client_links: set[Conn] = set()
         self.recorded: dict[str, Recorded] = {}
@@ -205,7 +188,6 @@ class Replica:
         # control
         self.rm_conns: set[Conn] = set()
         self.watchers: set[Conn] = set()
-        self._reply_out: dict[Conn, list[dict[str, Any]]] = {}
         self._inbox: list[tuple[Callable[[Conn, Message], None], Conn, Message]] = []
         self._applied_at = time.monotonic()  # when the applier last took its inbox
         self._stall_planted = False
@@ -438,7 +420,7 @@ class Replica:
             cached = self.sm.cached(client, request_num)
             if cached is not None:
                 result, seq = cached
-                self._reply_when_committed(self.member_waiting, self.member_commit,
+                self.replies.when_committed(self.member_waiting, self.member_commit,
                                            conn, client, request_num, seq, result, received)
 
     def _order(self, conn: Conn, client: str, request_num: int, op: Any,
@@ -450,7 +432,7 @@ class Replica:
             seen = Seen.NEW  # planted bug: the reply cache is not consulted
         if seen is Seen.STALE:
             # A restarted client reusing its id: tell it where its numbering stands.
-            self._queue_reply(conn, {"c": client, "r": request_num, "s": 0,
+            self.replies.send(conn, {"c": client, "r": request_num, "s": 0,
                                      "watermark": watermark,
                                      "res": {"ok": False, "stale": True,
                                              "error": f"stale request_num (last {watermark})"}},
@@ -460,7 +442,7 @@ class Replica:
             if seen is Seen.REUSED:
                 # The same (client, request_num) with another operation: a reused client id,
                 # never a retry. Tell it where its numbering stands; never the other reply.
-                self._queue_reply(conn, {"c": client, "r": request_num, "s": 0,
+                self.replies.send(conn, {"c": client, "r": request_num, "s": 0,
                                          "watermark": watermark,
                                          "res": {"ok": False, "stale": True,
                                                  "error": f"request_num {request_num} was "
@@ -471,12 +453,12 @@ class Replica:
             if cached is not None:
                 result, seq = cached
                 self.stats.duplicates_answered += 1
-                self._reply_when_committed(self.waiting, self.commit, conn, client,
+                self.replies.when_committed(self.waiting, self.commit, conn, client,
                                            request_num, seq, result, received)
             return
         problem = validate_op(op)
         if problem is not None:
-            self._queue_reply(conn, {"c": client, "r": request_num, "s": 0,
+            self.replies.send(conn, {"c": client, "r": request_num, "s": 0,
                                      "res": {"ok": False, "error": problem}}, received)
             return
         self.recorded.pop(client, None)
@@ -512,52 +494,6 @@ class Replica:
             del self.recorded[client]
         return result
 
-    def _reply_when_committed(self, queue: collections.deque[PendingReply], commit: int,
-                              conn: Conn, client: str, request_num: int, seq: int,
-                              result: dict[str, Any], received: int = 0) -> None:
-        item = {"c": client, "r": request_num, "s": seq, "res": result}
-        if seq <= commit:
-            self._queue_reply(conn, item, received)
-        else:
-            # Answered in seq order once committed; an already-waiting original keeps its place.
-            queue.append(PendingReply(seq, conn, item, "", received))
-            if len(queue) > 1 and queue[-2].seq > seq:
-                ordered = sorted(queue, key=lambda p: p.seq)
-                queue.clear()
-                queue.extend(ordered)
-
-    def _queue_reply(self, conn: Conn, item: dict[str, Any], received: int = 0) -> None:
-        if conn.is_closing():
-            return
-        if received:  # time it: a clock read, a bisect, two integer additions
-            elapsed = time.monotonic_ns() - received
-            stats = self.stats
-            stats.latency_counts[bisect_left(LATENCY_BOUNDS_NS, elapsed)] += 1
-            stats.latency_sum_ns += elapsed
-        item["from"] = self.id
-        item["e"] = self.epoch
-        if self.config.trace.requests:
-            log.info("Sending %s", msg_id(item["c"], self.id, item["r"], "reply"),
-                     extra={"kind": "reply"})
-        out = self._reply_out.get(conn)
-        if out is None:
-            self._reply_out[conn] = [item]
-        else:
-            out.append(item)
-        self.stats.replies += 1
-
-    def _flush_replies(self) -> None:
-        if not self._reply_out:
-            return
-        out, self._reply_out = self._reply_out, {}
-        for conn, items in out.items():
-            conn.send("reply", {"reps": items})
-
-    def _release(self, queue: collections.deque[PendingReply], commit: int) -> None:
-        while queue and queue[0].seq <= commit:
-            pending = queue.popleft()
-            self._queue_reply(pending.conn, pending.item, pending.received)
-
     def on_client_closed(self, conn: Conn) -> None:
         self.client_links.discard(conn)
 
@@ -580,7 +516,7 @@ class Replica:
                 self._broadcast_bodies(self._entries_bodies(entries))
             self._commit_sent = self.commit
         self._advance_commit()
-        self._flush_replies()
+        self.replies.flush()
 
     def _broadcast(self, kind: str, fields: dict[str, Any]) -> list[str]:
         return self._broadcast_bodies([self._body(kind, fields)])
@@ -616,12 +552,12 @@ class Replica:
         """Feed the orderer core one event and carry out what it decides."""
         for effect in self.orderer.step(event, time.monotonic() if now is None else now):
             if isinstance(effect, Committed):
-                self._release(self.waiting, effect.upto)
+                self.replies.release(self.waiting, effect.upto)
                 if self.active and not self._commit_scheduled:
                     # Members answer clients only for committed entries: tell them once a turn.
                     self._commit_scheduled = True
                     asyncio.get_running_loop().call_soon(self._broadcast_commit)
-                self._flush_replies()
+                self.replies.flush()
             elif isinstance(effect, DropLaggards):
                 names, waited = ", ".join(effect.members), effect.waited * 1000
                 log.warning("%s: no acknowledgement from %s for %.0f ms; asking the RM to drop "
@@ -964,13 +900,13 @@ class Replica:
         result = self._apply(entry, announce=replies)
         if asker is not None and asker.request_num == entry["r"] \
                 and fingerprint(asker.op) == fingerprint(entry["op"]):
-            self._reply_when_committed(self.member_waiting, self.member_commit, asker.conn,
+            self.replies.when_committed(self.member_waiting, self.member_commit, asker.conn,
                                        entry["c"], entry["r"], seq, result, asker.received)
 
     def _member_commit(self, commit: int) -> None:
         if commit > self.member_commit:
             self.member_commit = commit
-            self._release(self.member_waiting, commit)
+            self.replies.release(self.member_waiting, commit)
 
     def _install_payload(self, msg: Message, sums: Sums | None = None) -> None:
         """Install a catch-up/fetch payload: optional checkpoint, then entries beyond it
@@ -1273,7 +1209,7 @@ class Replica:
             "upstream": self.upstream.target if self.upstream else None,
             "stats": {
                 "ordered": self.stats.ordered, "executed": self.sm.executed,
-                "replies": self.stats.replies,
+                "replies": self.replies.sent,
                 "duplicates_answered": self.stats.duplicates_answered,
                 "checkpoints_sent": self.stats.checkpoints_sent,
                 "checkpoints_received": self.stats.checkpoints_received,
@@ -1284,15 +1220,8 @@ class Replica:
         if not light:
             data["digest"] = self.sm.digest()
             data["keys"] = len(self.sm.kv)
-            data["latency"] = self.latency_status()
+            data["latency"] = self.replies.latency()
         return data
-
-    def latency_status(self) -> dict[str, Any]:
-        """The request latency histogram: bucket bounds and sum in seconds, replies per
-        bucket (the last one over every bound). Not in the light status: no report needs it."""
-        return {"le": [ns / 1e9 for ns in LATENCY_BOUNDS_NS],
-                "counts": list(self.stats.latency_counts),
-                "sum": self.stats.latency_sum_ns / 1e9}
 
 
 class _NoConn:

@@ -69,7 +69,7 @@ class ReplicaDaemon:
     async def _metrics_snapshot(self) -> Snapshot:
         # The light status: the digest would hash the whole store once a second.
         status = self.replica.status(light=True)
-        status["latency"] = self.replica.latency_status()
+        status["latency"] = self.replica.replies.latency()
         return status
 
     # ====================================================================== lifecycle ====

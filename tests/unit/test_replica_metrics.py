@@ -24,7 +24,7 @@ from test_replica_view_change import FakeConn
 
 from ftds import local
 from ftds.config import ConfigError, describe_changes, load_config, parse_config
-from ftds.replica import core
+from ftds.replica import replies
 from ftds.replica.core import Replica
 from ftds.replica.orderer import Lease
 from ftds.replica.server import ReplicaDaemon
@@ -115,11 +115,11 @@ def alone(tmp_path: Path) -> Replica:
 
 
 def counts(replica: Replica) -> list[int]:
-    return replica.latency_status()["counts"]
+    return replica.replies.latency()["counts"]
 
 
 def test_the_buckets_run_from_tens_of_microseconds_to_a_second():
-    le = [ns / 1e9 for ns in core.LATENCY_BOUNDS_NS]
+    le = [ns / 1e9 for ns in replies.LATENCY_BOUNDS_NS]
     assert le == sorted(le) and le[0] <= 0.0001 and le[-1] == 1.0
 
 
@@ -131,7 +131,7 @@ def test_a_reply_is_timed_from_the_requests_receipt_to_its_queueing(tmp_path):
         replica._handle_requests(client, {"reqs": [("C1", 1, incr(1), 1)], "at": received})
         assert sum(counts(replica)) == 0, "timed before its reply was queued"
         replica._advance_commit()
-        status = replica.latency_status()
+        status = replica.replies.latency()
         assert sum(status["counts"]) == 1
         slot = status["counts"].index(1)
         assert status["le"][slot - 1] < 0.003 <= status["le"][slot]
@@ -140,7 +140,7 @@ def test_a_reply_is_timed_from_the_requests_receipt_to_its_queueing(tmp_path):
         replica._handle_requests(client, {"reqs": [("C1", 1, incr(1), 2), ("C2", 1, {}, 1)],
                                           "at": time.monotonic_ns()})
         assert sum(counts(replica)) == 3
-        assert replica.status()["latency"] == replica.latency_status()
+        assert replica.status()["latency"] == replica.replies.latency()
 
     asyncio.run(scenario())
 
@@ -164,7 +164,7 @@ def test_requests_without_a_receipt_time_are_not_timed(tmp_path):
         client = FakeConn("client", "C1")
         replica._handle_requests(client, {"reqs": [("C1", 1, incr(1), 1)]})
         replica._advance_commit()
-        replica._flush_replies()
+        replica.replies.flush()
         assert [kind for kind, _ in client.sent] == ["reply"]
         assert sum(counts(replica)) == 0
 

@@ -69,7 +69,7 @@ def promoted_primary(tmp_path) -> tuple[Replica, FakeConn, FakeConn]:
 
 
 def replied(replica: Replica, client: FakeConn) -> list[dict]:
-    replica._flush_replies()
+    replica.replies.flush()
     return [item for kind, body in client.sent if kind == "reply" for item in body["reps"]]
 
 
