@@ -48,7 +48,8 @@ from ..statemachine import (
 from ..supervise import spawn
 from ..tls import LinkTls
 from ..view import View
-from ..wire import Conn, Message, WireError, encode_body, envelope, frame, require
+from ..wire import Conn, Message, WireError, encode_body, envelope, require
+from .fanout import Fanout, Subscriber
 from .member import (
     AtCheckpoint,
     InStream,
@@ -105,17 +106,6 @@ REORDER = faults.on("reorder")
 STALL_APPLIER = faults.on("stall_applier")
 
 
-@dataclass
-class Subscriber:
-    """A member streaming from this orderer."""
-
-    id: str
-    conn: Conn
-    seq: int  # what it had when it subscribed
-    trusted: bool  # in the ready set: its log is a prefix of ours
-    synced: bool = False  # caught-up payload sent
-
-
 @dataclass(slots=True)
 class Recorded:
     request_num: int
@@ -155,7 +145,7 @@ class Replica:
         # orderer side: the commit decisions are the orderer core's (no I/O in it)
         self.orderer = Commitment(
             waits_for_members=not (config.replication == "async" and config.mode != "active"))
-        self.subs: dict[str, Subscriber] = {}
+        self.subs = Fanout(replica_id, key)
         self.replies = Replies(replica_id, lambda: self.epoch,
                                lambda: self.config.trace.requests)
         self.waiting: Pending = collections.deque()
@@ -513,23 +503,13 @@ class Replica:
             if DROP_ACKED_WRITE:
                 asyncio.get_running_loop().call_later(0.5, self._broadcast, "entries", fields)
             else:
-                self._broadcast_bodies(self._entries_bodies(entries))
+                self.subs.broadcast(self._entries_bodies(entries))
             self._commit_sent = self.commit
         self._advance_commit()
         self.replies.flush()
 
     def _broadcast(self, kind: str, fields: dict[str, Any]) -> list[str]:
-        return self._broadcast_bodies([self._body(kind, fields)])
-
-    def _broadcast_bodies(self, bodies: list[bytes]) -> list[str]:
-        """Encoded bodies, in order, to every synced subscriber (each framed once)."""
-        receivers = [s for s in self.subs.values() if s.synced]
-        if receivers:
-            for body in bodies:
-                data = frame(body, self.key)
-                for sub in receivers:
-                    sub.conn.send_frame(data)
-        return [s.id for s in receivers]
+        return self.subs.broadcast([self._body(kind, fields)])
 
     def _body(self, kind: str, fields: dict[str, Any]) -> bytes:
         return encode_body(envelope(kind, self.id, self.epoch, fields))
@@ -592,13 +572,9 @@ class Replica:
                 conn.send("view", {"view": self.view.to_wire()})
             conn.close()
             return
-        old = self.subs.get(member)
-        if old is not None and old.conn is not conn:
-            old.conn.close()
         trusted = msg["trusted"] and member in self.sync_set
         sub = Subscriber(member, conn, msg["seq"], trusted)
-        self.subs[member] = sub
-        self.watch_member_close(conn)
+        self.subs.admit(sub)
         log.info("%s: %s subscribed (seq %d, %s)", self.id, member, sub.seq,
                  "ready member" if trusted else "newborn: sending a checkpoint")
         if self.recovering:
@@ -667,7 +643,7 @@ class Replica:
             return
         if parts is not None:
             self._state_parts, self._state_keys = parts.parts, len(self.sm.kv)
-        if self.subs.get(sub.id) is not sub or not self.is_orderer:
+        if not self.subs.current(sub) or not self.is_orderer:
             return
         rest = self.log.entries_after(upto)
         if rest is None:  # the log moved past it meanwhile: it subscribes again
@@ -678,18 +654,6 @@ class Replica:
         self._mark_synced(sub, held)
         log.info("%s: catch-up of %s sent in %d frames (+%d entries ordered meanwhile)",
                  self.id, sub.id, sent, len(rest))
-
-    def watch_member_close(self, conn: Conn) -> None:
-        previous = conn.on_close
-
-        def closed(c: Conn) -> None:
-            if previous:
-                previous(c)
-            sub = self.subs.get(c.peer_id or "")
-            if sub is not None and sub.conn is c:
-                del self.subs[sub.id]
-                log.warning("%s: lost the stream to %s", self.id, sub.id)
-        conn.on_close = closed
 
     def on_member_ack(self, conn: Conn, msg: Message) -> None:
         seq = require(msg, "seq", int)
@@ -703,7 +667,7 @@ class Replica:
         """View change: gather every ready member, adopt the longest history, then serve."""
         if not self.recovering or self._fetch_from is not None:
             return
-        step = recovery_step(self.sync_set, {m: (s.seq, s.trusted) for m, s in self.subs.items()},
+        step = recovery_step(self.sync_set, {s.id: (s.seq, s.trusted) for s in self.subs},
                              self.sm.seq)
         if isinstance(step, WaitForMembers):
             return
@@ -717,7 +681,7 @@ class Replica:
             return
         self.recovering = False
         self._recovery_deadline = 0.0
-        for sub in list(self.subs.values()):
+        for sub in self.subs:
             last = self.log.entry(sub.seq)
             self._sync_subscriber(sub, last["e"] if last else 0)
         self._step(Serving(self.sm.seq))  # commits only what its members acknowledge
@@ -777,7 +741,7 @@ class Replica:
             meta = {k: v for k, v in cp.items() if k not in STATE_FIELDS}
             bodies = [self._body("checkpoint", {"checkpoint": meta, "digest_only": True})]
             why = "periodic, digest only"
-        receivers = self._broadcast_bodies(bodies)
+        receivers = self.subs.broadcast(bodies)
         if receivers:
             self.stats.checkpoints_sent += 1
             self._log_checkpoint(cp, receivers, why)
@@ -1055,9 +1019,7 @@ class Replica:
 
     def _leave_epoch(self) -> None:
         """Forget the previous epoch's orderer state (its pending replies die with it)."""
-        for sub in list(self.subs.values()):
-            sub.conn.close()
-        self.subs.clear()
+        self.subs.close_all()
         self._step(LeftEpoch())
         self.waiting.clear()
         self.member_waiting.clear()
@@ -1205,7 +1167,7 @@ class Replica:
             "clients": len(self.sm.clients),
             "client_links": len(self.client_links),
             "lease_left": round(max(0.0, self.lease_until - time.monotonic()), 3),
-            "subscribers": {s.id: self.acked.get(s.id, s.seq) for s in self.subs.values()},
+            "subscribers": {s.id: self.acked.get(s.id, s.seq) for s in self.subs},
             "upstream": self.upstream.target if self.upstream else None,
             "stats": {
                 "ordered": self.stats.ordered, "executed": self.sm.executed,

@@ -14,8 +14,9 @@ import pytest
 
 from ftds import local
 from ftds.config import load_config
-from ftds.replica import core, orderer
+from ftds.replica import orderer
 from ftds.replica.core import Replica
+from ftds.replica.fanout import Subscriber
 from ftds.view import View
 
 
@@ -135,7 +136,7 @@ def test_primary_vouches_for_an_added_member_once_it_holds_what_was_committed(tm
     replica._advance_commit()  # acknowledged alone, under its lease
     assert replica.commit == 3
     assert replica.vouched() == [1, 0]
-    replica.subs["S2"] = core.Subscriber("S2", FakeConn("member", "S2"), seq=1, trusted=False)
+    replica.subs.admit(Subscriber("S2", FakeConn("member", "S2"), seq=1, trusted=False))
     replica._on_view(rm, {"view": View(1, 1, "S1", ("S1", "S2"))})
     assert replica.vouched() == [1, 0], "vouched before S2 holds seq 2..3"
     replica.acked["S2"] = 3
