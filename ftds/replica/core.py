@@ -43,19 +43,18 @@ from ..statemachine import (
     Sums,
     fingerprint,
     validate_op,
-    verify_checkpoint,
 )
 from ..supervise import spawn
 from ..tls import LinkTls
 from ..view import View
 from ..wire import Conn, Message, WireError, encode_body, envelope, require
+from .checkpoints import Checkpoints
 from .fanout import Fanout, Subscriber
 from .member import (
     AtCheckpoint,
     InStream,
     Seen,
     classify_request,
-    compare_checkpoint,
     next_in_stream,
 )
 from .orderer import (
@@ -78,7 +77,6 @@ from .orderer import (
 from .replies import Pending, PendingReply, Replies
 from .replog import ReplicationLog
 from .transfer import (
-    STATE_FIELDS,
     CheckpointParts,
     PartsCollector,
     limit_for,
@@ -118,9 +116,6 @@ class Recorded:
 class Stats:
     ordered: int = 0
     duplicates_answered: int = 0
-    checkpoints_sent: int = 0
-    checkpoints_received: int = 0
-    divergences: int = 0
     rejected_frames: int = 0
     started: float = field(default_factory=time.time)
 
@@ -137,6 +132,8 @@ class Replica:
         self.incarnation = os.urandom(6).hex()
         self.sm = StateMachine()
         self.log = ReplicationLog()
+        self.checkpoints = Checkpoints(replica_id, self.sm, self.log,
+                                       lambda: self.config.trace.executions)
         self.view: View | None = None
         self.trusted = False  # in the ready set of the view (i_am_ready)
         self.caught_up = False  # holds a state from the current orderer's stream
@@ -153,8 +150,6 @@ class Replica:
         self._lease_n = 0
         self._fetch_from: str | None = None
         self._recovery_deadline = 0.0
-        self._prev_checkpoint_seq = 0
-        self._checkpoint_seq = 0
         self._entries_out: list[dict[str, Any]] = []
         self._commit_sent = 0
         # What the orderer last vouched for: a view all of whose members hold everything
@@ -164,8 +159,6 @@ class Replica:
         # member side
         self.upstream: Upstream | None = None
         self._parts = PartsCollector()  # a checkpoint arriving in parts from the orderer
-        self._state_parts = 0  # frames the state took when last measured
-        self._state_keys = 0  # its keys then
         self._fetch_parts = PartsCollector()  # one arriving during a view change's fetch
         self.member_commit = 0  # commit index reported by the orderer
         self.member_waiting: Pending = collections.deque()
@@ -301,7 +294,7 @@ class Replica:
             now = time.monotonic()
             if self.serving and now >= next_checkpoint:
                 next_checkpoint = now + self.tunables.checkpoint_interval
-                if self.sm.seq > self._checkpoint_seq:
+                if self.checkpoints.due():
                     self.submit(self._send_checkpoint, _NO_CONN, {})
             if self.is_orderer and now >= next_lease:
                 next_lease = now + self.tunables.lease / 4
@@ -589,13 +582,13 @@ class Replica:
         at = self.log.entry(sub.seq)
         if catchup_from_log(trusted=sub.trusted, held=sub.seq, held_epoch=last_epoch,
                             seq=self.sm.seq, epoch_at=at["e"] if at is not None else None,
-                            log_base=self.log.base, checkpoint_seq=self._prev_checkpoint_seq):
+                            log_base=self.log.base, checkpoint_seq=self.checkpoints.prev_seq):
             entries = self.log.entries_after(sub.seq)  # None: truncated meanwhile
         held = sub.seq
         if entries is None:
             cp = self._snapshot()
             held = 0  # what it had is not known to be ours: only its ack counts
-            self._log_checkpoint(cp, [sub.id], "catch-up")
+            self.checkpoints.announce(cp, [sub.id], "catch-up")
             # A state of many parts is encoded as the link drains, so it is sent from a copy
             # the applier does not change meanwhile; one that fits a part goes at once.
             cp["my_state"] = dict(cp["my_state"])
@@ -607,7 +600,7 @@ class Replica:
                       f"transfer-{sub.id}")
                 return
             bodies = small
-            self._state_parts, self._state_keys = parts.parts, len(self.sm.kv)
+            self.checkpoints.measured(parts.parts)
         else:
             whole = self._body("catchup", {**payload, "entries": entries})
             if len(whole) <= self._limit:
@@ -642,7 +635,7 @@ class Replica:
         if not await send_paced(sub.conn, counted()):
             return
         if parts is not None:
-            self._state_parts, self._state_keys = parts.parts, len(self.sm.kv)
+            self.checkpoints.measured(parts.parts)
         if not self.subs.current(sub) or not self.is_orderer:
             return
         rest = self.log.entries_after(upto)
@@ -726,36 +719,12 @@ class Replica:
             return
         self._ship()  # entries before the checkpoint, in stream order
         cp = self._snapshot()
-        # A state of many frames is not broadcast whole: the members hold it already (they
-        # applied the stream), so they verify its digest at this seq, and only a member that
-        # differs is sent the state (it subscribes again). Measured again once it halved.
-        bodies: list[bytes] = []
-        if self._state_parts <= 1 or len(self.sm.kv) < self._state_keys // 2:
-            # Made only if the state fits one part: a larger one costs one part to find out.
-            parts = CheckpointParts(cp, "checkpoint", {}, self.id, self.epoch, self._limit)
-            bodies = parts.all_if_small() or []
-            self._state_parts = parts.parts if bodies else max(parts.parts, 2)
-            self._state_keys = len(self.sm.kv)
-        why = "periodic"
-        if self._state_parts > 1:
-            meta = {k: v for k, v in cp.items() if k not in STATE_FIELDS}
-            bodies = [self._body("checkpoint", {"checkpoint": meta, "digest_only": True})]
-            why = "periodic, digest only"
+        bodies, why = self.checkpoints.periodic(cp, self.id, self.epoch, self._limit, self._body)
         receivers = self.subs.broadcast(bodies)
         if receivers:
-            self.stats.checkpoints_sent += 1
-            self._log_checkpoint(cp, receivers, why)
-        self._truncate_at(cp["seq"])
-
-    def _log_checkpoint(self, cp: dict[str, Any], receivers: list[str], why: str) -> None:
-        log.info("[CHECKPOINT %d] %s -> %s (%s: seq %d, %d keys, digest %s)",
-                 cp["checkpoint_count"], self.id, ", ".join(receivers), why, cp["seq"],
-                 len(cp["my_state"]), cp["digest"][:12], extra={"kind": "checkpoint"})
-
-    def _truncate_at(self, seq: int) -> None:
-        self.log.truncate(self._prev_checkpoint_seq)
-        self._prev_checkpoint_seq = self._checkpoint_seq
-        self._checkpoint_seq = seq
+            self.checkpoints.sent += 1
+            self.checkpoints.announce(cp, receivers, why)
+        self.checkpoints.taken(cp["seq"])
 
     # ===================================================================== member side ====
     def on_upstream_message(self, conn: Conn, msg: Message) -> None:
@@ -811,11 +780,11 @@ class Replica:
             return
         elif kind == "checkpoint":
             if msg.get("digest_only"):
-                if not self._verify_checkpoint_digest(conn, require(msg, "checkpoint", dict)):
+                if not self._take_digest_checkpoint(conn, require(msg, "checkpoint", dict)):
                     return
             else:
                 cp = self._parts.complete(require(msg, "checkpoint", dict))
-                self._install_checkpoint_from_stream(cp, self._parts.last_sums)
+                self.checkpoints.from_stream(cp, self._primary_name, self._parts.last_sums)
         elif kind == "fetch":
             since = require(msg, "from", int)
             entries = self.log.entries_after(since)
@@ -877,17 +846,8 @@ class Replica:
         (``sums``: the checkpoint's hashes, taken as its parts arrived)."""
         cp = msg.get("checkpoint")
         if cp is not None:
-            problem, sums = verify_checkpoint(cp, sums)
-            if problem:
-                raise WireError("malformed", problem)
-            self.sm.install(cp, sums)
-            self.log.reset(cp["seq"])
-            self._trace_reset(cp["seq"])
-            self._prev_checkpoint_seq = self._checkpoint_seq = cp["seq"]
+            self.checkpoints.install(cp, sums)
             self.member_waiting.clear()
-            log.info("[CHECKPOINT %d] %s installed (seq %d, %d keys, digest %s)",
-                     cp["checkpoint_count"], self.id, cp["seq"], len(cp["my_state"]),
-                     cp["digest"][:12], extra={"kind": "checkpoint"})
         entries = msg.get("entries") or []
         replayed = 0
         for entry in entries:
@@ -899,60 +859,18 @@ class Replica:
             log.info("%s: replayed %d entries beyond the checkpoint (now seq %d)", self.id,
                      replayed, self.sm.seq, extra={"kind": "state"})
 
-    def _trace_reset(self, seq: int) -> None:
-        if self.config.trace.executions:
-            exec_log.info("RESET %s seq=%d (state replaced by a checkpoint)", self.id, seq)
-
-    def _verify_checkpoint_digest(self, conn: Conn, cp: dict[str, Any]) -> bool:
-        """A checkpoint without its state: compare digests at its seq. A member that differs
-        (it diverged, or missed entries) takes the whole state again: it subscribes anew."""
-        seq, digest, count = cp.get("seq"), cp.get("digest"), cp.get("checkpoint_count")
-        if not isinstance(seq, int) or not isinstance(digest, str) or not isinstance(count, int):
-            raise WireError("malformed", "checkpoint: seq, digest and checkpoint_count needed")
-        self.stats.checkpoints_received += 1
-        verdict = compare_checkpoint(seq, digest, self.sm.seq, self.sm.digest)
-        if verdict is AtCheckpoint.MATCH:
-            self.sm.checkpoint_count = count
-            log.info("[CHECKPOINT %d] %s -> %s received (seq %d, digest matches my state)",
-                     count, self.view.primary if self.view else "?", self.id, seq,
-                     extra={"kind": "checkpoint"})
-            self._truncate_at(seq)
+    def _take_digest_checkpoint(self, conn: Conn, cp: dict[str, Any]) -> bool:
+        """A checkpoint without its state. A member that differs (it diverged, or missed
+        entries) takes the whole state again: it subscribes anew, untrusted."""
+        if self.checkpoints.compare(cp, self._primary_name) is AtCheckpoint.MATCH:
             return True
-        if verdict is AtCheckpoint.DIVERGED:
-            self.stats.divergences += 1
-            log.error("%s: DIVERGENCE at seq %d: my digest %s, primary's %s; taking its state",
-                      self.id, seq, self.sm.digest()[:12], digest[:12])
-        else:
-            log.error("%s: checkpoint at seq %d while I am at %d; taking the primary's state",
-                      self.id, seq, self.sm.seq)
-        self.caught_up = False  # subscribe again, untrusted: a whole checkpoint comes
+        self.caught_up = False
         conn.close()
         return False
 
-    def _install_checkpoint_from_stream(self, cp: dict[str, Any],
-                                        sums: Sums | None = None) -> None:
-        problem, sums = verify_checkpoint(cp, sums)
-        if problem:
-            raise WireError("malformed", problem)
-        self.stats.checkpoints_received += 1
-        at = compare_checkpoint(cp["seq"], cp["digest"], self.sm.seq, self.sm.digest)
-        if at is AtCheckpoint.MATCH:
-            self.sm.checkpoint_count = cp["checkpoint_count"]
-            verdict = "matches my state"
-        else:
-            if at is AtCheckpoint.DIVERGED:
-                self.stats.divergences += 1
-                log.error("%s: DIVERGENCE at seq %d: my digest %s, primary's %s; installing "
-                          "the checkpoint", self.id, cp["seq"], self.sm.digest()[:12],
-                          cp["digest"][:12])
-            self.sm.install(cp, sums)
-            self.log.reset(cp["seq"])
-            self._trace_reset(cp["seq"])
-            verdict = "installed"
-        log.info("[CHECKPOINT %d] %s -> %s received (seq %d, %s)", cp["checkpoint_count"],
-                 self.view.primary if self.view else "?", self.id, cp["seq"], verdict,
-                 extra={"kind": "checkpoint"})
-        self._truncate_at(cp["seq"])
+    @property
+    def _primary_name(self) -> str:
+        return self.view.primary if self.view else "?"
 
     # ==================================================================== views & RM ====
     def on_view(self, conn: Conn, msg: Message) -> None:
@@ -1173,9 +1091,9 @@ class Replica:
                 "ordered": self.stats.ordered, "executed": self.sm.executed,
                 "replies": self.replies.sent,
                 "duplicates_answered": self.stats.duplicates_answered,
-                "checkpoints_sent": self.stats.checkpoints_sent,
-                "checkpoints_received": self.stats.checkpoints_received,
-                "divergences": self.stats.divergences,
+                "checkpoints_sent": self.checkpoints.sent,
+                "checkpoints_received": self.checkpoints.received,
+                "divergences": self.checkpoints.divergences,
                 "rejected_frames": self.stats.rejected_frames,
             },
         }

@@ -113,12 +113,12 @@ def test_member_that_differs_from_a_digest_only_checkpoint_takes_the_state_again
         closed = []
         upstream.close = lambda: closed.append(True)
         good = {"seq": 3, "digest": member.sm.digest(), "checkpoint_count": 7, "epoch": 1}
-        assert member._verify_checkpoint_digest(upstream, good)
+        assert member._take_digest_checkpoint(upstream, good)
         assert member.caught_up and not closed and member.sm.checkpoint_count == 7
         bad = {**good, "digest": "0" * 64, "checkpoint_count": 8}
-        assert not member._verify_checkpoint_digest(upstream, bad)
+        assert not member._take_digest_checkpoint(upstream, bad)
         assert not member.caught_up and closed, "a diverged member kept its state"
-        assert member.stats.divergences == 1
+        assert member.checkpoints.divergences == 1
 
     asyncio.run(scenario())
 
