@@ -541,3 +541,47 @@ def test_m_a_revoked_certificate_is_refused_and_its_identity_gets_a_new_key(clus
     again = cluster.deploy("-e", revoke)
     assert len(_recap(again)) == 5 and not any(_recap(again).values()), again.stdout[-3000:]
     assert cluster.unit_pids() == after
+
+
+def test_n_a_hung_primary_is_fenced_by_its_lfd_and_replaced_as_after_a_crash(cluster):
+    """With ``fence_hung_primary`` on (a reload: nothing restarts), a primary frozen with
+    SIGSTOP is killed by its own LFD, which reports a crash (its process seen gone): the RM
+    promotes a backup without waiting out the lease and relaunches the old one as a backup.
+    Nothing acknowledged is lost meanwhile."""
+    cluster.wait_healthy()
+    pids = cluster.unit_pids()
+    change = INVENTORY / "group_vars" / "all" / "61-fencing.yml"
+    try:
+        change.write_text(yaml.safe_dump({"ftds_common_tunables": {"fence_hung_primary": True}}))
+        since = cluster.now_on_lab()
+        cluster.deploy("--tags", "ftds_configure")
+        for rid, host in cluster.lab.replica_hosts.items():
+            cluster.wait(lambda h=host, r=rid: "fence_hung_primary: false -> true"
+                         in cluster.journal(h, f"ftds-lfd@{r}.service", since),
+                         30, f"the LFD of {rid} to take fence_hung_primary")
+        assert cluster.unit_pids() == pids, "a daemon was restarted by a tunable's change"
+
+        start = cluster.wait_healthy()
+        cluster.start_clients("N1")
+        old = start["primary"]
+        host = cluster.lab.host_of(old)
+        unit = f"ftds-replica@{old}.service"
+        pid = cluster.unit_pid(host, unit)
+        since = cluster.now_on_lab()
+        hung_at = time.time()
+        cluster.lab.ssh(host, f"kill -STOP {pid}")
+        new = cluster.wait(lambda: (s := cluster.status()) and s["primary"] != old
+                           and s["primary"], 30, "a new primary")
+        incident = cluster.closed_incident(old, hung_at, timeout=90)
+        status = cluster.wait_healthy(90)
+        lfd_log = cluster.journal(host, f"ftds-lfd@{old}.service", since)
+        assert f"fenced hung primary {old}: killed process {pid}" in lfd_log, lfd_log[-2000:]
+        assert incident["cause"].startswith("crash: ") and "killed (fenced)" in incident["cause"] \
+            and incident["confirmed_dead"], incident
+        assert incident["was_primary"] and incident["new_primary_id"] == new, incident
+        assert cluster.unit_pid(host, unit) not in (0, pid), "the frozen process is still there"
+        assert status["primary"] == new and status["replicas"][old]["role"] == "backup"
+        cluster.stop_clients_and_check()
+    finally:
+        change.unlink(missing_ok=True)
+        cluster.deploy()
