@@ -19,7 +19,10 @@ This class is the shell around the decisions, which are made without I/O elsewhe
 laggards and vouching by the orderer core (``orderer.Commitment``, fed events through
 ``_step``); the epoch gate, which views to take and what a view change does next
 (``viewchange``); exactly-once, the member's stream and checkpoint verdicts (``member``). Here
-are the connections, the state machine and the log, and the carrying out.
+are the connections, the state machine and the log, and the carrying out, with the help of
+objects with one job each: ``replies.Replies`` (replies held until committed, sent once a
+turn), ``fanout.Fanout`` (the orderer's subscribers and the stream to them) and
+``checkpoints.Checkpoints`` (taking, sending and receiving checkpoints).
 """
 
 from __future__ import annotations
