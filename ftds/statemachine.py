@@ -19,6 +19,11 @@ from . import faults
 SKIP_REPLY_CACHE = faults.on("skip_reply_cache")
 
 OPS = ("get", "put", "incr", "delete", "cas")
+# The fields each op may carry. The whole op travels with its entry (log, stream, reply cache),
+# so a field it does not use is refused rather than carried unchecked.
+FIELDS = {"get": frozenset(("op", "key")), "put": frozenset(("op", "key", "value")),
+          "incr": frozenset(("op", "key", "delta")), "delete": frozenset(("op", "key")),
+          "cas": frozenset(("op", "key", "expect", "value"))}
 MAX_KEY_LEN = 256
 # Bounds on what a client may store: every value must round-trip through the wire codec
 # (orjson encodes 64-bit integers and at most 254 levels of nesting), and none may grow a
@@ -44,6 +49,10 @@ def validate_op(op: Any, values: bool = True) -> str | None:
     name = op.get("op")
     if name not in OPS:
         return f"unknown op {name!r} (known: {', '.join(OPS)})"
+    if not op.keys() <= FIELDS[name]:
+        extra = sorted(str(f) for f in op.keys() - FIELDS[name])[0]
+        return (f"unknown field {extra[:40]!r} for {name} (it takes: "
+                f"{', '.join(sorted(FIELDS[name] - {'op'}))})")
     key = op.get("key")
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LEN:
         return f"key must be a string of 1-{MAX_KEY_LEN} characters"

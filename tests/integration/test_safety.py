@@ -86,6 +86,29 @@ def test_hostile_numbers_and_depths_get_an_error_and_the_primary_keeps_serving(m
     assert len(digests) == 1
 
 
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_a_field_the_op_does_not_use_cannot_carry_what_the_codec_cannot_encode(make_managed,
+                                                                                mode):
+    """Extra fields of an op travel with it (log, stream, reply cache). One nested past what
+    the codec encodes again, or past the value bounds, must be refused like a value, never
+    ordered: else the orderer's stream cannot be encoded, and every replica that orders it
+    (each new primary in turn) stops."""
+    cluster = make_managed(mode=mode)
+    start = cluster.up()
+    cfg, key = cluster.config, cluster.key
+    deep = b"[" * 300 + b"]" * 300
+    body = (b'{"v":%d,"t":"req","from":"RAW2","e":0,"reqs":[{"c":"RAW2","r":1,'
+            b'"op":{"op":"get","key":"k","extra":%s}}]}' % (PROTOCOL_VERSION, deep))
+    replies = [m for m in raw_request(cluster, start["primary"], body, "RAW2")
+               if m["t"] == "reply"]
+    assert replies and replies[0]["reps"][0]["res"]["ok"] is False, replies
+    assert "extra" in replies[0]["reps"][0]["res"]["error"]
+    assert run(call(cfg, key, {"op": "incr", "key": "n"}))["res"] == {"ok": True, "value": 1}
+    status = cluster.wait_healthy(10)
+    assert (status["primary"], status["epoch"]) == (start["primary"], start["epoch"])
+    assert len({s["digest"] for s in cluster.wait_converged(IDS).values()}) == 1
+
+
 def kill_primary_while_alone(cluster) -> tuple[dict, str, list[str], object]:
     """Write x (held by all), hang both backups until the primary is alone, write y (held by
     the primary only), kill -9 the primary, resume the backups, wait for the relaunch. Returns

@@ -93,6 +93,28 @@ def test_validate_op():
     assert validate_op("get x") == "op must be an object"
 
 
+def test_an_op_carries_only_the_fields_of_its_kind():
+    """A field the op does not use travels with it (log, stream, reply cache, checkpoints):
+    unchecked, it could hold what the value bounds refuse, or what the codec cannot encode
+    again and so stop every orderer in turn."""
+    deep: list = []
+    for _ in range(300):
+        deep = [deep]
+    assert "unknown field 'extra'" in validate_op({"op": "get", "key": "x", "extra": deep})
+    assert "unknown field 'value'" in validate_op({"op": "get", "key": "x", "value": 1})
+    assert "unknown field 'delta'" in validate_op({"op": "put", "key": "x", "value": 1,
+                                                    "delta": "x" * (2 << 20)})
+    assert "unknown field 'value'" in validate_op({"op": "incr", "key": "x", "value": 1})
+    assert "unknown field" in validate_op({"op": "delete", "key": "x", "expect": None})
+    for op in ({"op": "get", "key": "x"}, {"op": "put", "key": "x", "value": 1},
+               {"op": "incr", "key": "x"}, {"op": "incr", "key": "x", "delta": 2},
+               {"op": "delete", "key": "x"}, {"op": "cas", "key": "x", "expect": 1, "value": 2}):
+        assert validate_op(op) is None, op
+        assert validate_op(op, values=False) is None, op
+    # Entries from the orderer are checked without their values, but never with extra fields.
+    assert validate_op({"op": "get", "key": "x", "extra": 1}, values=False) is not None
+
+
 def test_checkpoint_install_then_replay_equals_the_original():
     es = entries(300, seed=7)
     primary = StateMachine()
