@@ -6,7 +6,8 @@ its outcome is unknown at the end), the form a history checker reads.
 ``hostile=True`` adds a hostile session among the normal ones: between normal requests it sends
 requests every replica must refuse with an error reply and no other effect (``HOSTILE_KINDS``):
 an ``incr`` that overflows a signed 64-bit counter, values nested deeper than allowed or larger
-than 1 MiB, keys over 256 characters, an unknown operation, and its own client id reused (from
+than 1 MiB, keys over 256 characters, an unknown operation, an operation with a field it does
+not take (a nested value hidden where no value is checked), and its own client id reused (from
 a second connection, as a restarted process would) with a ``request_num`` it already used for
 another operation. Each is recorded with ``hostile: KIND`` on its invocation, so a checker can
 require an error for every one and count none as an acknowledged write.
@@ -26,7 +27,7 @@ from .client import Client, Outstanding, RequestFailed, Session
 from .config import ClusterConfig
 
 HOSTILE_KINDS = ("incr_overflow", "deep_value", "huge_value", "long_key", "unknown_op",
-                 "reused_request_num")
+                 "unused_field", "reused_request_num")
 INT64_MAX = 2**63 - 1
 
 
@@ -173,6 +174,8 @@ class HostileSession:
             return op, {"op": "put", "key": key, "value": f"<{size} characters of x>"}
         elif kind == "long_key":
             op = {"op": "put", "key": "k" * (257 + n % 64), "value": n}
+        elif kind == "unused_field":
+            op = {"op": "get", "key": key, "extra": _nested(40 + n % 8)}
         elif kind == "unknown_op":
             op = {"op": self.rng.choice(["frobnicate", "drop_all", "INCR", ""]), "key": key}
         else:

@@ -104,8 +104,9 @@ def test_seeded_compound_faults_are_valid(tmp_path, mode):
 
 
 def test_hostile_session_is_refused_every_time(tmp_path):
-    """Overflowing incr, too deep, too large, key too long, unknown op, reused request_num with
-    another op: each gets an error reply and changes nothing; the checks still pass."""
+    """Overflowing incr, too deep, too large, key too long, unknown op, a field the op does not
+    take, reused request_num with another op: each gets an error reply and changes nothing; the
+    checks still pass."""
     report = chaos(tmp_path, mode="passive", schedule="kills", faults=1, seed=4,
                    hostile_rate=20)
     v = report["verdict"]
@@ -116,7 +117,8 @@ def test_hostile_session_is_refused_every_time(tmp_path):
     assert all(o.outcome == "fail" for o in hostile), [o.describe() for o in hostile
                                                         if o.outcome != "fail"]
     why = {"incr_overflow": "overflow", "deep_value": "nested deeper",
-           "huge_value": "larger than", "long_key": "key must be", "unknown_op": "unknown op"}
+           "huge_value": "larger than", "long_key": "key must be", "unknown_op": "unknown op",
+           "unused_field": "unknown field 'extra'"}
     for o in hostile:
         assert o.result is not None and o.result["ok"] is False
         if o.hostile == "reused_request_num":
