@@ -179,6 +179,10 @@ class StateMachine:
         record = self.clients.get(client)
         if record is None or len(record) < 4 or not isinstance(op, dict):
             return record is not None and len(record) < 4  # no fingerprint kept: trust it
+        if validate_op(op) is not None:
+            # What was applied was valid, so this is another op; and one past the bounds may
+            # not even encode (its fingerprint would raise).
+            return False
         kept = record[3]  # compared by fingerprint either way (1 == True in Python, not here)
         return fingerprint(op) == (fingerprint(kept) if isinstance(kept, dict) else kept)
 

@@ -342,7 +342,10 @@ class Replica:
             if isinstance(request_num, bool) or not isinstance(request_num, int) \
                     or request_num < 1:
                 raise WireError("malformed", "req: request_num 'r' must be a positive integer")
-            parsed.append((client, request_num, item.get("op"), item.get("a", 1)))
+            attempt = item.get("a", 1)
+            if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+                raise WireError("malformed", "req: attempt 'a' must be a positive integer")
+            parsed.append((client, request_num, item.get("op"), attempt))
         if self.passive_backup and not self.config.trace.requests:
             # A ready passive backup only keeps requests in case it is promoted: keep the
             # batch as it came and look inside only then (checkpoints prune what is old).

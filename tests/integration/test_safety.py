@@ -54,6 +54,20 @@ def raw_request(cluster, rid, body: bytes, client="RAW1") -> list[dict]:
     return messages
 
 
+def raw_send(cluster, rid, body: bytes, client="RAW1") -> None:
+    """One hand-made request frame to ``rid``, waiting for nothing (a member may not answer):
+    the connection closes once the replica has read it."""
+    spec = cluster.config.replica(rid)
+    hello = encode({"v": PROTOCOL_VERSION, "t": "hello", "from": client, "e": 0,
+                    "client": client}, cluster.key)
+    with socket.create_connection((spec.host, spec.port), timeout=5) as sock:
+        sock.sendall(hello + frame(body, cluster.key))
+        sock.settimeout(0.3)
+        with contextlib.suppress(TimeoutError):
+            while sock.recv(65536):  # its welcome (and any reply); read until quiet
+                pass
+
+
 def test_hostile_numbers_and_depths_get_an_error_and_the_primary_keeps_serving(make_managed):
     cluster = make_managed()
     start = cluster.up()
@@ -106,6 +120,41 @@ def test_a_field_the_op_does_not_use_cannot_carry_what_the_codec_cannot_encode(m
     assert run(call(cfg, key, {"op": "incr", "key": "n"}))["res"] == {"ok": True, "value": 1}
     status = cluster.wait_healthy(10)
     assert (status["primary"], status["epoch"]) == (start["primary"], start["epoch"])
+    assert len({s["digest"] for s in cluster.wait_converged(IDS).values()}) == 1
+
+
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_a_hostile_retry_of_an_applied_request_number_changes_nothing(make_managed, mode):
+    """After a request is applied, the same (client, request_num) comes again to every replica
+    with an op nested past what the codec encodes, or with an attempt that is not a number.
+    Each replica compares a retry with what it applied before it validates anything else: that
+    comparison must not be where it stops."""
+    cluster = make_managed(mode=mode)
+    start = cluster.up()
+    cfg, key = cluster.config, cluster.key
+    put = b'{"op":"put","key":"r","value":1}'
+    deep = b"[" * 300 + b"]" * 300
+    retries = [
+        (put, b'"x"'),  # the same op, an attempt that is a string
+        (b'{"op":"put","key":"r","value":%s}' % deep, b"2"),  # another op, unencodable
+        (put, b"[[1]]"),
+    ]
+    first = (b'{"v":%d,"t":"req","from":"RAW3","e":0,"reqs":[{"c":"RAW3","r":1,"op":%s}]}'
+             % (PROTOCOL_VERSION, put))
+    replies = [m for m in raw_request(cluster, start["primary"], first, "RAW3")
+               if m["t"] == "reply"]
+    assert replies and replies[0]["reps"][0]["res"]["ok"] is True, replies
+    cluster.wait_converged(IDS)
+    for op, attempt in retries:
+        body = (b'{"v":%d,"t":"req","from":"RAW3","e":0,"reqs":[{"c":"RAW3","r":1,"op":%s,'
+                b'"a":%s}]}' % (PROTOCOL_VERSION, op, attempt))
+        for rid in IDS:
+            raw_send(cluster, rid, body, "RAW3")
+    assert run(call(cfg, key, {"op": "incr", "key": "n"}))["res"] == {"ok": True, "value": 1}
+    status = cluster.wait_healthy(10)
+    assert (status["primary"], status["epoch"]) == (start["primary"], start["epoch"])
+    assert cluster.incidents() == [], "a replica stopped"
+    assert run(call(cfg, key, {"op": "get", "key": "r"}))["res"]["value"] == 1
     assert len({s["digest"] for s in cluster.wait_converged(IDS).values()}) == 1
 
 

@@ -18,6 +18,7 @@ from ftds.replica import orderer
 from ftds.replica.core import Replica
 from ftds.replica.fanout import Subscriber
 from ftds.view import View
+from ftds.wire import WireError
 
 
 class FakeConn:
@@ -171,3 +172,15 @@ def test_active_member_answers_an_entry_only_on_the_connection_that_sent_that_op
         assert [(r["r"], r["s"]) for r in replied(member, honest)] == [(13, 2)]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("attempt", ["2", None, [2], 0, True, 2.0])
+def test_a_request_whose_attempt_is_not_a_positive_integer_is_malformed(tmp_path, attempt):
+    """The attempt is compared with numbers on every replica that records a retry: anything
+    else is refused at the edge (the connection closes), never carried to the applier."""
+    config = load_config(local.write_cluster(tmp_path, 3, base=44100))
+    replica = Replica(config, "S2", config.read_key())
+    with pytest.raises(WireError, match="attempt"):
+        replica.on_client_requests(FakeConn("client", "C1"), {"reqs": [
+            {"c": "C1", "r": 1, "op": op(1), "a": attempt}]})
+    assert not replica._inbox and not replica.recorded_batches

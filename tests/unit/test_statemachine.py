@@ -267,3 +267,18 @@ def test_an_installed_checkpoint_keeps_the_hashes_its_verification_computed(monk
     member = StateMachine()
     member.install(cp, sums)
     assert member.digest() == primary.digest() and not hashed
+
+
+def test_a_retry_that_cannot_be_the_applied_op_is_told_apart_without_encoding_it():
+    """same_op runs before any validation (a retry is recognised first): an op the codec cannot
+    encode must come back as "another op", never raise."""
+    sm = StateMachine()
+    put = {"op": "put", "key": "x", "value": 1}
+    sm.apply({"s": 1, "e": 1, "c": "C1", "r": 1, "op": put, "t": 0})
+    deep: list = []
+    for _ in range(300):
+        deep = [deep]
+    assert sm.same_op("C1", dict(put))
+    assert not sm.same_op("C1", {"op": "put", "key": "x", "value": deep})
+    assert not sm.same_op("C1", {"op": "put", "key": "x", "value": 2**64 - 1})
+    assert not sm.same_op("C1", {**put, "extra": 1})
