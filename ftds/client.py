@@ -20,7 +20,17 @@ from typing import Any
 
 from .config import ClusterConfig, ReplicaSpec
 from .log import msg_id
-from .wire import Conn, Message, broadcast, connect, stay_connected
+from .wire import (
+    MAC_LEN,
+    MAX_REQUESTS_PER_FRAME,
+    Conn,
+    Message,
+    connect,
+    encode_body,
+    envelope,
+    frame,
+    stay_connected,
+)
 
 log = logging.getLogger("ftds.client")
 
@@ -198,8 +208,31 @@ class Client:
         batch, self._batch = self._batch, []
         conns = [link.conn for link in self.links.values() if link.usable]
         if batch and conns:
-            broadcast(conns, "req", {"reqs": batch}, self.name, 0, self.key)  # type: ignore[arg-type]
+            # A replica takes a frame of at most MAX_REQUESTS_PER_FRAME requests, in one turn.
+            for start in range(0, len(batch), MAX_REQUESTS_PER_FRAME):
+                self._send_slice(conns, batch[start:start + MAX_REQUESTS_PER_FRAME])
             self.stats["sent"] += len(batch) * len(conns)
+
+    def _send_slice(self, conns: list[Conn], reqs: list[dict[str, Any]]) -> None:
+        """One ``req`` frame, halved until it fits one (a single request too large for a frame
+        fails here instead of being refused, reconnected and sent again forever)."""
+        body = encode_body(envelope("req", self.name, 0, {"reqs": reqs}))
+        limit = self.config.tunables.max_frame // 2
+        if len(body) > limit and len(reqs) > 1:
+            half = len(reqs) // 2
+            self._send_slice(conns, reqs[:half])
+            self._send_slice(conns, reqs[half:])
+            return
+        if len(body) + MAC_LEN > self.config.tunables.max_frame:
+            out = self.outstanding.pop((reqs[0]["c"], reqs[0]["r"]), None)
+            if out is not None and not out.future.done():
+                out.future.set_exception(RequestFailed(
+                    f"request of {len(body)} bytes is larger than a frame "
+                    f"(max_frame {self.config.tunables.max_frame})"))
+            return
+        data = frame(body, self.key)
+        for conn in conns:
+            conn.send_frame(data)
 
     def submit(self, client_id: str, request_num: int, op: dict[str, Any],
                first: bool = False) -> Outstanding:

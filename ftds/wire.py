@@ -45,6 +45,10 @@ HEADER = struct.Struct(">I")
 MAX_WRITE_BUFFER = 64 * 1024 * 1024
 # What a peer on a listening port may make us buffer before its hello is accepted.
 PRE_AUTH_LIMIT = 64 * 1024
+# Requests one ``req`` frame may carry: a replica takes a frame in one turn of its applier, so
+# this bounds how long one frame can hold it (about 30 ms at 1,024); the client splits a larger
+# turn into several frames.
+MAX_REQUESTS_PER_FRAME = 1024
 # A hello deadline that fires this late means a busy loop: bytes may wait unread, so read first.
 HELLO_LATE = 0.05
 HELLO_LATE_CHECKS = 3

@@ -50,7 +50,15 @@ from ..statemachine import (
 from ..supervise import spawn
 from ..tls import LinkTls
 from ..view import View
-from ..wire import Conn, Message, WireError, encode_body, envelope, require
+from ..wire import (
+    MAX_REQUESTS_PER_FRAME,
+    Conn,
+    Message,
+    WireError,
+    encode_body,
+    envelope,
+    require,
+)
 from .checkpoints import Checkpoints
 from .fanout import Fanout, Subscriber
 from .member import (
@@ -331,6 +339,9 @@ class Replica:
 
     def on_client_requests(self, conn: Conn, msg: Message) -> None:
         reqs = require(msg, "reqs", list)
+        if len(reqs) > MAX_REQUESTS_PER_FRAME:
+            raise WireError("malformed", f"req: at most {MAX_REQUESTS_PER_FRAME} requests a frame "
+                                         f"(got {len(reqs)})")
         parsed = []
         for item in reqs:
             if not isinstance(item, dict):

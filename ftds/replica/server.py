@@ -159,7 +159,11 @@ class ReplicaDaemon:
             self.replica.on_client_hello(conn, msg)
             conn.label = f"client {conn.peer_id}"
         elif kind == "req":
-            self.replica.on_client_requests(conn, msg)
+            try:
+                self.replica.on_client_requests(conn, msg)
+            except WireError:
+                self.replica.stats.rejected_frames += 1  # refused before the applier saw it
+                raise
         else:
             raise WireError("unknown_type", f"{kind!r} is not a client message")
 

@@ -17,9 +17,9 @@ import pytest
 from helpers import run
 
 from ftds import local
-from ftds.client import Client
+from ftds.client import Client, RequestFailed
 from ftds.rmclient import RMRefused, rm_request
-from ftds.wire import PROTOCOL_VERSION, FrameDecoder, encode, frame
+from ftds.wire import MAX_REQUESTS_PER_FRAME, PROTOCOL_VERSION, FrameDecoder, encode, frame
 
 IDS = ["S1", "S2", "S3"]
 INT64_MAX = 2**63 - 1
@@ -156,6 +156,89 @@ def test_a_hostile_retry_of_an_applied_request_number_changes_nothing(make_manag
     assert cluster.incidents() == [], "a replica stopped"
     assert run(call(cfg, key, {"op": "get", "key": "r"}))["res"]["value"] == 1
     assert len({s["digest"] for s in cluster.wait_converged(IDS).values()}) == 1
+
+
+def test_a_frame_of_too_many_requests_is_refused_and_changes_nothing(make_managed):
+    """One frame of 100,000 requests held the primary's applier for seconds: its detectors took
+    it for hung and the cluster failed over. A frame may carry at most
+    MAX_REQUESTS_PER_FRAME requests: past that the connection is closed with an error, nothing
+    is ordered, and the primary keeps serving."""
+    cluster = make_managed()
+    start = cluster.up()
+    cfg, key = cluster.config, cluster.key
+    reqs = b",".join(b'{"c":"RAW5","r":%d,"op":{"op":"incr","key":"m"}}' % n
+                     for n in range(1, MAX_REQUESTS_PER_FRAME + 2))
+    body = b'{"v":%d,"t":"req","from":"RAW5","e":0,"reqs":[%s]}' % (PROTOCOL_VERSION, reqs)
+    answer = raw_request(cluster, start["primary"], body, "RAW5")
+    errors = [m for m in answer if m["t"] == "error"]
+    assert errors and f"at most {MAX_REQUESTS_PER_FRAME}" in errors[0]["message"], answer
+    assert not [m for m in answer if m["t"] == "reply"]
+    assert run(call(cfg, key, {"op": "get", "key": "m"}))["res"]["value"] is None
+    assert cluster.status_of(start["primary"])["stats"]["rejected_frames"] == 1
+    status = cluster.wait_healthy(10)
+    assert (status["primary"], status["epoch"]) == (start["primary"], start["epoch"])
+    assert cluster.incidents() == []
+
+
+def test_a_client_with_thousands_of_requests_in_one_turn_sends_frames_the_replicas_take(
+        make_managed):
+    """The client splits what one turn of its loop sends into frames a replica takes."""
+    cluster = make_managed()
+    start = cluster.up()
+    cfg, key = cluster.config, cluster.key
+    sessions = 3 * MAX_REQUESTS_PER_FRAME
+
+    async def burst() -> list[dict]:
+        client = Client(cfg, key, "BURST", trace=False)
+        await client.start()
+        try:
+            await client.wait_connected(10)
+            calls = [client.session(f"BURST.{i}").call({"op": "incr", "key": "b"})
+                     for i in range(sessions)]
+            return await asyncio.wait_for(asyncio.gather(*calls), 60)
+        finally:
+            await client.close()
+
+    replies = run(burst())
+    assert all(r["res"]["ok"] for r in replies)
+    assert sorted(r["res"]["value"] for r in replies) == list(range(1, sessions + 1))
+    status = cluster.wait_healthy(10)
+    assert (status["primary"], status["epoch"]) == (start["primary"], start["epoch"])
+    statuses = cluster.wait_converged(IDS)
+    assert all(s["stats"]["rejected_frames"] == 0 for s in statuses.values())
+
+
+def test_a_turn_larger_than_a_frame_is_sent_in_frames_and_one_request_too_large_fails(
+        make_managed):
+    """With a 2 MiB frame, eight writes of 600 KB in one turn leave in several frames and are
+    all acknowledged; one request larger than a frame fails at the client at once (sent, it
+    would be refused, the connection closed and the request sent again, forever)."""
+    cluster = make_managed(tunables={"max_frame": 2 * 1024 * 1024})
+    cluster.up()
+    cfg, key = cluster.config, cluster.key
+
+    async def writes() -> tuple[list[dict], BaseException | None]:
+        client = Client(cfg, key, "WIDE", trace=False)
+        await client.start()
+        try:
+            await client.wait_connected(10)
+            calls = [client.session(f"WIDE.{i}").call(
+                {"op": "put", "key": f"w{i}", "value": "v" * 600_000}) for i in range(8)]
+            replies = await asyncio.wait_for(asyncio.gather(*calls), 30)
+            try:
+                await asyncio.wait_for(client.session("WIDE.big").call(
+                    {"op": "put", "key": "big", "value": "v" * 3_000_000}), 5)
+            except RequestFailed as exc:
+                return replies, exc
+            return replies, None
+        finally:
+            await client.close()
+
+    replies, failed = run(writes())
+    assert all(r["res"]["ok"] for r in replies), [r["res"] for r in replies]
+    assert failed is not None and "larger than a frame" in str(failed)
+    statuses = cluster.wait_converged(IDS)
+    assert all(s["stats"]["rejected_frames"] == 0 for s in statuses.values())
 
 
 def kill_primary_while_alone(cluster) -> tuple[dict, str, list[str], object]:
