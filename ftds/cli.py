@@ -292,8 +292,20 @@ async def _connected_client(config: ClusterConfig, name: str, trace: bool,
     return client
 
 
+def _client_ids(prog: str, given: str, *names: str) -> None:
+    """--id must make client ids the replicas take (every name derived from it included)."""
+    from .statemachine import client_id_problem
+
+    for name in (given, *names):
+        if (problem := client_id_problem(name)) is not None:
+            made = "" if name == given else f" (it makes {name!r})"
+            raise UsageError(f"--id {given!r}{made}: {problem}", "choose another --id",
+                             prog=prog)
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     op = _op_from_args(args)  # a usage error must not wait for a connection
+    _client_ids("ftds client", args.id)
     config = _config(args)
     setup_logging(config.trace.color)
     started = time.monotonic()
@@ -324,6 +336,8 @@ def cmd_workload(args: argparse.Namespace) -> int:
     from .runloop import tune_gc
     from .workload import run_workload
 
+    _client_ids("ftds workload", args.id, f"{args.id}.{args.clients}", f"{args.id}.hostile",
+                f"{args.id}.twin")
     # The history is opened only once connected: whatever would stop it is refused now.
     if args.history and Path(args.history).is_dir():
         raise UsageError(f"--history {args.history}: is a directory",

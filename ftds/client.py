@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import ClusterConfig, ReplicaSpec
 from .log import msg_id
+from .statemachine import client_id_problem
 from .wire import (
     MAC_LEN,
     MAX_REQUESTS_PER_FRAME,
@@ -132,6 +133,8 @@ class Client:
         self.key = key
         # Under TLS a client presents the client certificate of its host (tls.dir/client.crt).
         self.tls = config.link_tls("client")
+        if (problem := client_id_problem(name)) is not None:
+            raise ValueError(f"{name!r}: {problem}")
         self.name = name
         self.trace = config.trace.requests if trace is None else trace
         wanted = replicas or config.replica_ids
@@ -181,6 +184,8 @@ class Client:
         cid = client_id or self.name
         session = self._sessions.get(cid)
         if session is None:
+            if (problem := client_id_problem(cid)) is not None:
+                raise ValueError(f"{cid!r}: {problem}")
             session = self._sessions[cid] = Session(self, cid)
         return session
 

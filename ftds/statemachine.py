@@ -9,6 +9,7 @@ divergence between replicas is visible.
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from typing import Any
 
@@ -39,6 +40,21 @@ PRUNE_EVERY = 4096  # entries between two sweeps of the reply cache
 
 Result = dict[str, Any]
 Entry = dict[str, Any]  # {"s": seq, "e": epoch, "c": client, "r": request_num, "op": {...}}
+
+
+# Client ids are written into log lines read line by line and field by field (``EXEC S1 seq=5
+# e=1 <C1, 5>``, ``Received <C1, S1, 5, request>``): no space, comma, bracket or control
+# character, so none can forge a line or a field.
+CLIENT_ID_CHARS = "letters, digits and . _ : @ + / = ~ -"
+MAX_CLIENT_ID = 64
+_CLIENT_ID = re.compile(rf"[A-Za-z0-9._:@+/=~-]{{1,{MAX_CLIENT_ID}}}", re.ASCII)
+
+
+def client_id_problem(client: Any) -> str | None:
+    """None if ``client`` may name a client, else why not."""
+    if isinstance(client, str) and _CLIENT_ID.fullmatch(client):
+        return None
+    return f"client id must be 1-{MAX_CLIENT_ID} characters: {CLIENT_ID_CHARS}"
 
 
 def validate_op(op: Any, values: bool = True) -> str | None:

@@ -44,6 +44,7 @@ from ..statemachine import (
     SKIP_REPLY_CACHE,
     StateMachine,
     Sums,
+    client_id_problem,
     fingerprint,
     validate_op,
 )
@@ -109,7 +110,6 @@ from .viewchange import (
 log = logging.getLogger("ftds.replica")
 exec_log = logging.getLogger("ftds.exec")
 
-MAX_CLIENT_ID = 64
 # Planted bugs (tests of the tests only; see ftds/faults.py).
 REORDER = faults.on("reorder")
 STALL_APPLIER = faults.on("stall_applier")
@@ -331,7 +331,9 @@ class Replica:
     # ======================================================================== clients ====
     def on_client_hello(self, conn: Conn, msg: Message) -> None:
         client = require(msg, "client", str)
-        conn.peer_id = client[:MAX_CLIENT_ID]
+        if (problem := client_id_problem(client)) is not None:
+            raise WireError("malformed", f"hello: {problem}")
+        conn.peer_id = client
         self.client_links.add(conn)
         conn.send("welcome", {"replica": self.id, "mode": self.config.mode,
                               "view": self.view.to_wire() if self.view else None,
@@ -348,8 +350,8 @@ class Replica:
                 raise WireError("malformed", "req: each request must be an object")
             client = item.get("c")
             request_num = item.get("r")
-            if not isinstance(client, str) or not 0 < len(client) <= MAX_CLIENT_ID:
-                raise WireError("malformed", "req: client id 'c' must be a short string")
+            if (problem := client_id_problem(client)) is not None:
+                raise WireError("malformed", f"req: {problem} ('c')")
             if isinstance(request_num, bool) or not isinstance(request_num, int) \
                     or request_num < 1:
                 raise WireError("malformed", "req: request_num 'r' must be a positive integer")

@@ -184,3 +184,29 @@ def test_a_request_whose_attempt_is_not_a_positive_integer_is_malformed(tmp_path
         replica.on_client_requests(FakeConn("client", "C1"), {"reqs": [
             {"c": "C1", "r": 1, "op": op(1), "a": attempt}]})
     assert not replica._inbox and not replica.recorded_batches
+
+
+@pytest.mark.parametrize("client", ["C1\nEXEC S1 seq=9 e=1 <C9, 9>", "a b", "C1, 5>", "",
+                                    "x" * 65, "C\u00e9", "C1\x00"])
+def test_a_client_id_that_could_forge_a_log_line_is_refused_at_the_edge(tmp_path, client):
+    """Client ids are written into journal lines (``EXEC S1 seq=.. <C1, 5>``, ``Received <C1,
+    S1, 5, request>``) that operators and the chaos checker read line by line: a newline, a
+    space or a comma in one could forge a line or a field. They are refused in the hello and in
+    every request."""
+    config = load_config(local.write_cluster(tmp_path, 3, base=44100))
+    replica = Replica(config, "S1", config.read_key())
+    with pytest.raises(WireError, match="client id"):
+        replica.on_client_hello(FakeConn("client"), {"client": client})
+    with pytest.raises(WireError, match="client id"):
+        replica.on_client_requests(FakeConn("client", "C1"), {"reqs": [
+            {"c": client, "r": 1, "op": op(1)}]})
+    assert not replica._inbox and not replica.client_links
+
+
+def test_the_client_ids_ftds_makes_are_taken(tmp_path):
+    config = load_config(local.write_cluster(tmp_path, 3, base=44100))
+    replica = Replica(config, "S1", config.read_key())
+    for client in ("C1", "C1.2", "C1.hostile", "B123-4.17", "e2e-reader-1796431527",
+                   "chaos-reader-77", "user@h5:9/x+y=z~w", "x" * 64):
+        replica.on_client_requests(FakeConn("client", "C1"), {"reqs": [
+            {"c": client, "r": 1, "op": op(1)}]})
