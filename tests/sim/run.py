@@ -235,13 +235,16 @@ class World:
             return False
         if rm.obj.unavailable or rm.obj.failover is not None:
             return False
+        view = rm.obj.view
         seqs = set()
         for rid in c.ids:
             node = c.nodes.get(rid)
             if node is None or not node.alive or node.obj is None:
                 return False
             replica = node.obj.replica
-            if not replica.ready:
+            # Ready by the RM's current view, not only by its own account: a deposed primary
+            # that has not heard of the new epoch yet still calls itself ready.
+            if not replica.ready or rid not in view.members or replica.epoch != view.epoch:
                 return False
             seqs.add(replica.sm.seq)
         return len(seqs) == 1

@@ -36,6 +36,17 @@ def test_a_seed_replays_exactly_in_a_new_process():
     assert prints[0] == prints[1]
 
 
+def test_a_deposed_primary_that_still_calls_itself_ready_is_not_convergence():
+    """Seed 22264: h2, whose S2 was primary of epoch 4, is isolated while S3 takes epoch 5;
+    at the final heal S2 still calls itself ready (primary of epoch 4, at the same seq as the
+    others), and the run was judged then, as a divergence. Convergence is by the RM's view:
+    every replica a member of it, in its epoch. S2 then learns epoch 5 and takes S3's state."""
+    result = run(22264)
+    assert result.ok, result.why
+    lines = "\n".join(result.tail)  # the last log lines: S2 rejoins before the end
+    assert re.search(r"S2: view epoch 5\.\d+: primary S3, ready S1, S2, S3", lines), lines
+
+
 def test_schedules_draw_every_kind_and_overlap():
     schedules = [draw(seed) for seed in range(1, 301)]
     drawn = {f.kind for s in schedules for f in s.faults}
