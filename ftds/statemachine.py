@@ -176,6 +176,7 @@ class StateMachine:
         self.last_epoch = 0  # epoch of the last applied entry
         self.checkpoint_count = 0
         self.executed = 0  # entries executed by this replica since it started
+        self.clock = 0  # the latest orderer time (``t``) an applied entry carried
 
     # -- applying --------------------------------------------------------------------------
     def watermark(self, client: str) -> int:
@@ -223,6 +224,8 @@ class StateMachine:
             self._sums.dirty_keys.add(op["key"])
         self._sums.dirty_clients.add(client)
         at = entry.get("t", 0)
+        if at > self.clock:
+            self.clock = at
         # The op itself (no cost here); checkpoints carry its fingerprint instead.
         self.clients[client] = [request_num, result, seq, op, at]
         self.executed += 1
@@ -266,6 +269,8 @@ class StateMachine:
         self.seq = checkpoint["seq"]
         self.last_epoch = checkpoint["last_epoch"]
         self.checkpoint_count = checkpoint["checkpoint_count"]
+        self.clock = max((rec[4] for rec in self.clients.values()
+                          if len(rec) > 4 and isinstance(rec[4], int)), default=0)
 
     def describe(self, key: str) -> str:
         """The part of my_state a request touches, for the course's before/after lines."""

@@ -186,6 +186,7 @@ class Replica:
         self._applied_at = time.monotonic()  # when the applier last took its inbox
         self._stall_planted = False
         self._now_s = int(time.time())
+        self._clock_seen = (0, 0.0)  # the state's clock, and when this replica first saw it
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_report = 0.0
@@ -279,7 +280,7 @@ class Replica:
         while True:
             await self._wake.wait()
             self._applied_at = time.monotonic()
-            self._now_s = int(time.time())  # the orderer's clock, carried by each entry
+            self._now_s = self._entry_time(self._applied_at)
             self._wake.clear()
             while self._inbox:
                 batch, self._inbox = self._inbox, []
@@ -295,6 +296,19 @@ class Replica:
             if STALL_APPLIER and self._stall_planted:
                 log.critical("%s: PLANTED BUG: the applier stops taking work", self.id)
                 await asyncio.Event().wait()
+
+    def _entry_time(self, mono: float) -> int:
+        """The orderer's clock, carried by each entry: the reply cache's TTL is measured by it,
+        the same on every replica. Its wall clock, but never behind the last entry applied,
+        nor ahead of it by more than the time that really passed since: a new primary whose
+        clock ran an hour fast would otherwise prune every client's record at its first sweep,
+        and a retry of a request its predecessor applied would run again."""
+        now, last = int(time.time()), self.sm.clock
+        if not last:
+            return now
+        if self._clock_seen[0] != last:
+            self._clock_seen = (last, mono)
+        return max(last, min(now, last + int(mono - self._clock_seen[1]) + 1))
 
     async def _ticker(self) -> None:
         """Checkpoints, lease renewal, recovery deadlines and reports, on their own clocks."""

@@ -14,7 +14,7 @@ import pytest
 
 from ftds import local
 from ftds.config import load_config
-from ftds.replica import orderer
+from ftds.replica import core, orderer
 from ftds.replica.core import Replica
 from ftds.replica.fanout import Subscriber
 from ftds.view import View
@@ -210,3 +210,22 @@ def test_the_client_ids_ftds_makes_are_taken(tmp_path):
                    "chaos-reader-77", "user@h5:9/x+y=z~w", "x" * 64):
         replica.on_client_requests(FakeConn("client", "C1"), {"reqs": [
             {"c": client, "r": 1, "op": op(1)}]})
+
+
+def test_an_orderer_whose_clock_runs_ahead_does_not_age_the_reply_cache(tmp_path, monkeypatch):
+    """Entries carry the orderer's time, and the reply cache's TTL (an hour) is measured by
+    it. A new primary whose wall clock runs two hours fast must not date its entries two hours
+    later: its first sweep would prune every client's record, and a retry of a request applied
+    under its predecessor would run again. Nor may the time run backward."""
+    config = load_config(local.write_cluster(tmp_path, 3, base=44100))
+    replica = Replica(config, "S2", config.read_key())
+    t0 = 1_800_000_000
+    replica._apply({"s": 1, "e": 1, "c": "C1", "r": 1, "op": op(1), "t": t0}, announce=False)
+    mono = 5000.0
+    monkeypatch.setattr(core.time, "time", lambda: t0 + 7200.5)
+    assert replica._entry_time(mono) <= t0 + 1
+    assert replica._entry_time(mono + 30) <= t0 + 31  # as fast as time really passes
+    monkeypatch.setattr(core.time, "time", lambda: t0 + 40.2)
+    assert replica._entry_time(mono + 45) == t0 + 40  # a right clock is taken as it is
+    monkeypatch.setattr(core.time, "time", lambda: t0 - 100)
+    assert replica._entry_time(mono + 50) == t0  # never behind the last entry

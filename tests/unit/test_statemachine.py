@@ -282,3 +282,14 @@ def test_a_retry_that_cannot_be_the_applied_op_is_told_apart_without_encoding_it
     assert not sm.same_op("C1", {"op": "put", "key": "x", "value": deep})
     assert not sm.same_op("C1", {"op": "put", "key": "x", "value": 2**64 - 1})
     assert not sm.same_op("C1", {**put, "extra": 1})
+
+
+def test_the_state_keeps_the_latest_orderer_time_through_a_checkpoint():
+    sm = StateMachine()
+    for n, t in ((1, 1000), (2, 1005), (3, 1003)):
+        sm.apply({"s": n, "e": 1, "c": f"C{n}", "r": 1,
+                  "op": {"op": "put", "key": "x", "value": n}, "t": t})
+    assert sm.clock == 1005
+    other = StateMachine()
+    other.install(sm.snapshot(1))
+    assert other.clock == 1005
