@@ -18,8 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .config import ClusterConfig, ReplicaSpec
 from .log import msg_id
+from .replica.transfer import pack
 from .statemachine import client_id_problem
 from .wire import (
     MAC_LEN,
@@ -219,25 +222,24 @@ class Client:
             self.stats["sent"] += len(batch) * len(conns)
 
     def _send_slice(self, conns: list[Conn], reqs: list[dict[str, Any]]) -> None:
-        """One ``req`` frame, halved until it fits one (a single request too large for a frame
-        fails here instead of being refused, reconnected and sent again forever)."""
-        body = encode_body(envelope("req", self.name, 0, {"reqs": reqs}))
-        limit = self.config.tunables.max_frame // 2
-        if len(body) > limit and len(reqs) > 1:
-            half = len(reqs) // 2
-            self._send_slice(conns, reqs[:half])
-            self._send_slice(conns, reqs[half:])
-            return
-        if len(body) + MAC_LEN > self.config.tunables.max_frame:
-            out = self.outstanding.pop((reqs[0]["c"], reqs[0]["r"]), None)
-            if out is not None and not out.future.done():
-                out.future.set_exception(RequestFailed(
-                    f"request of {len(body)} bytes is larger than a frame "
-                    f"(max_frame {self.config.tunables.max_frame})"))
-            return
-        data = frame(body, self.key)
-        for conn in conns:
-            conn.send_frame(data)
+        """``req`` frames for ``reqs``, halved until each fits one (``transfer.pack``); a single
+        request too large for a frame fails here instead of being refused, reconnected and sent
+        again forever."""
+        max_frame = self.config.tunables.max_frame
+        bodies = pack(reqs, lambda part: encode_body(envelope("req", self.name, 0,
+                                                              {"reqs": part})), max_frame // 2)
+        for body in bodies:
+            if len(body) + MAC_LEN > max_frame:  # one request alone (pack halves the rest)
+                req = orjson.loads(body)["reqs"][0]
+                out = self.outstanding.pop((req["c"], req["r"]), None)
+                if out is not None and not out.future.done():
+                    out.future.set_exception(RequestFailed(
+                        f"request of {len(body)} bytes is larger than a frame "
+                        f"(max_frame {max_frame})"))
+                continue
+            data = frame(body, self.key)
+            for conn in conns:
+                conn.send_frame(data)
 
     def submit(self, client_id: str, request_num: int, op: dict[str, Any],
                first: bool = False) -> Outstanding:
