@@ -234,11 +234,24 @@ def cmd_incidents(args: argparse.Namespace) -> int:
 
 
 # =========================================================================== client ====
+class _NotJson(Exception):
+    pass
+
+
+def _not_json(name: str) -> Any:
+    raise _NotJson(name)  # NaN and Infinity: Python's parser takes them, JSON has none
+
+
 def _parse_value(text: str) -> Any:
+    """JSON, else the string itself; JSON no replica could store is a usage error."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return json.loads(text, parse_constant=_not_json)
+    except (json.JSONDecodeError, _NotJson):
         return text
+    except (RecursionError, ValueError) as exc:  # too deep, or an integer of 4,300+ digits
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise UsageError(f"the replicas would refuse this request: a value {why}",
+                         "see 'ftds client --help'", prog="ftds client") from None
 
 
 # What each op takes after KEY, for the usage error when the count is wrong.

@@ -34,6 +34,7 @@ from .wire import (
     envelope,
     frame,
     stay_connected,
+    unencodable,
 )
 
 log = logging.getLogger("ftds.client")
@@ -243,6 +244,11 @@ class Client:
 
     def submit(self, client_id: str, request_num: int, op: dict[str, Any],
                first: bool = False) -> Outstanding:
+        """Send ``op`` as (client_id, request_num) to every replica. An op the wire would not
+        carry as it is raises ValueError: orjson writes NaN as null (a put of null), and one it
+        cannot encode would lose the whole frame of the turn."""
+        if (problem := unencodable(op)) is not None:
+            raise ValueError(f"op cannot be sent: {problem}")
         loop = asyncio.get_running_loop()
         out = Outstanding(client_id, request_num, op, loop.create_future(), first=first)
         self.outstanding[(client_id, request_num)] = out
@@ -361,8 +367,10 @@ class Session:
     def start(self, op: dict[str, Any]) -> Outstanding:
         """Send without waiting (the caller awaits ``.future``); still one at a time."""
         first = self.request_num == 0
-        self.request_num = max(self.request_num, self.client.watermarks.get(self.id, 0)) + 1
-        return self.client.submit(self.id, self.request_num, op, first=first)
+        num = max(self.request_num, self.client.watermarks.get(self.id, 0)) + 1
+        out = self.client.submit(self.id, num, op, first=first)
+        self.request_num = num  # only once sent: a refused op takes no number
+        return out
 
     async def call(self, op: dict[str, Any]) -> dict[str, Any]:
         return await self.start(op).future

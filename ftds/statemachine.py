@@ -9,6 +9,7 @@ divergence between replicas is visible.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import zlib
 from typing import Any
@@ -99,7 +100,11 @@ def value_problem(value: Any) -> str | None:
             return f"nested deeper than {MAX_DEPTH} levels"
         if isinstance(v, str):
             budget[0] -= len(v) + 2
-        elif isinstance(v, bool) or v is None or isinstance(v, float):
+        elif isinstance(v, float):
+            if not math.isfinite(v):  # only from the library: orjson decodes none
+                return "numbers must be finite (JSON has no NaN or infinity)"
+            budget[0] -= 8
+        elif isinstance(v, bool) or v is None:
             budget[0] -= 8
         elif isinstance(v, int):
             if not INT_MIN <= v <= INT_MAX:
@@ -113,6 +118,8 @@ def value_problem(value: Any) -> str | None:
         elif isinstance(v, dict):
             budget[0] -= 2
             for k, item in v.items():
+                if not isinstance(k, str):
+                    return "object keys must be strings"
                 budget[0] -= len(k) + 3
                 if (problem := walk(item, depth + 1)) is not None:
                     return problem

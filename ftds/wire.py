@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import ssl
 import struct
 import time
@@ -49,6 +50,9 @@ PRE_AUTH_LIMIT = 64 * 1024
 # this bounds how long one frame can hold it (about 30 ms at 1,024); the client splits a larger
 # turn into several frames.
 MAX_REQUESTS_PER_FRAME = 1024
+# orjson encodes 255 levels of nesting at most, and a request's op sits 3 levels inside its
+# frame (envelope, its list, the request).
+MAX_OP_DEPTH = 252
 # A hello deadline that fires this late means a busy loop: bytes may wait unread, so read first.
 HELLO_LATE = 0.05
 HELLO_LATE_CHECKS = 3
@@ -64,6 +68,39 @@ Message = dict[str, Any]
 
 def encode_body(msg: Message) -> bytes:
     return orjson.dumps(msg)
+
+
+def unencodable(value: Any, max_depth: int = MAX_OP_DEPTH) -> str | None:
+    """None if ``value`` travels as the JSON it is, else why not: orjson fails on other types,
+    on integers past 64 bits and past 255 levels, and writes NaN and infinities as null."""
+    return _unencodable(value, 1, max_depth)
+
+
+def _unencodable(v: Any, depth: int, max_depth: int) -> str | None:
+    kind = type(v)  # exact types first: this runs for every request a client sends
+    if kind is str or kind is bool or v is None:
+        return None
+    if depth > max_depth:
+        return f"nested deeper than {max_depth} levels"
+    if isinstance(v, str):
+        return None
+    if isinstance(v, int):
+        return None if -(2**63) <= v < 2**64 else "integers must fit in 64 bits"
+    if isinstance(v, float):
+        return None if math.isfinite(v) else "numbers must be finite (JSON has no NaN)"
+    if isinstance(v, dict):
+        for k, item in v.items():
+            if type(k) is not str:
+                return "object keys must be strings"
+            if (problem := _unencodable(item, depth + 1, max_depth)) is not None:
+                return problem
+        return None
+    if isinstance(v, (list, tuple)):  # orjson writes a tuple as an array
+        for item in v:
+            if (problem := _unencodable(item, depth + 1, max_depth)) is not None:
+                return problem
+        return None
+    return f"a {kind.__name__} is not JSON"
 
 
 def frame(body: bytes, key: bytes) -> bytes:

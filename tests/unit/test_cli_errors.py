@@ -400,6 +400,10 @@ def test_config_after_a_nested_command_wins_over_one_before(tmp_path):
     ["cas", "x", "1"],
     ["put", "x", "99999999999999999999999"],  # beyond 64 bits: the replicas would refuse it
     ["put", "k" * 300, "1"],  # key too long
+    ["put", "x", "1e400"],  # JSON, but no finite number: it was stored as null
+    ["cas", "x", "1", "[1, -1e999]"],
+    ["put", "x", "[" * 3000 + "]" * 3000],  # nested past the parser: was a traceback
+    ["put", "x", "9" * 5000],  # past Python's digit limit: was a traceback
 ])
 def test_client_arguments_are_checked_before_connecting(tmp_path, servers, request_args):
     replica = listener(servers)
@@ -423,6 +427,17 @@ def test_client_success_is_0(tmp_path, servers):
     assert result.stdout.strip() == '{"ok": true, "value": 42}'
     sent = next(m for m in replica.received if m["t"] == "req")["reqs"][0]["op"]
     assert sent == {"op": "incr", "key": "x", "delta": 2}
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "[NaN]"])
+def test_a_value_that_is_not_json_is_sent_as_the_string_it_is(tmp_path, servers, text):
+    """Python's parser takes NaN and Infinity, which are not JSON, as floats, and the wire
+    carries those as null: ``put x NaN`` stored null and said ok."""
+    replica = fake_replica(servers, {"ok": True})
+    cluster = Cluster(tmp_path, {"S1": replica.port})
+    check(ftds("client", "-c", cluster.c, "-q", "put", "x", "--", text, cwd=tmp_path), 0)
+    sent = next(m for m in replica.received if m["t"] == "req")["reqs"][0]["op"]
+    assert sent == {"op": "put", "key": "x", "value": text}
 
 
 def test_client_error_reply_is_1(tmp_path, servers):

@@ -1,5 +1,7 @@
 import random
 
+import pytest
+
 from ftds.replica.replog import ReplicationLog
 from ftds.statemachine import StateMachine, execute, validate_checkpoint, validate_op
 
@@ -91,6 +93,18 @@ def test_validate_op():
     assert "cas needs expect" in validate_op({"op": "cas", "key": "x", "value": 1})
     assert "delta" in validate_op({"op": "incr", "key": "x", "delta": "1"})
     assert validate_op("get x") == "op must be an object"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1, {"a": float("-inf")}]])
+def test_a_number_that_is_not_finite_is_not_storable(value):
+    """JSON has no NaN or infinity; the wire would carry them as null."""
+    assert "finite" in validate_op({"op": "put", "key": "x", "value": value})
+    assert "finite" in validate_op({"op": "cas", "key": "x", "expect": value, "value": 1})
+    assert validate_op({"op": "put", "key": "x", "value": [1.5, {"a": -2.0e300}]}) is None
+
+
+def test_an_object_key_that_is_not_a_string_is_not_storable():
+    assert "keys must be strings" in validate_op({"op": "put", "key": "x", "value": {1: 2}})
 
 
 def test_an_op_carries_only_the_fields_of_its_kind():
