@@ -39,6 +39,9 @@ from .wire import (
 
 log = logging.getLogger("ftds.client")
 
+# The longest wait before a request is resent, in request timeouts (1, 2, 4, then 8 each).
+RETRY_BACKOFF = 8
+
 
 class RequestFailed(Exception):
     """A request that could not be completed (the client was closed)."""
@@ -52,7 +55,14 @@ class Outstanding:
     future: asyncio.Future[dict[str, Any]]
     attempt: int = 1
     sent_at: float = field(default_factory=time.monotonic)
+    timeouts: int = 0  # retries for want of a reply: each waits twice as long (up to a cap)
     first: bool = False  # the session's first request: it may learn its watermark from it
+
+
+def retry_due(out: Outstanding, now: float, timeout: float) -> bool:
+    """Whether ``out``, unanswered, is sent again now: ``timeout`` after it was last sent,
+    doubled for each retry it had for want of a reply, up to RETRY_BACKOFF timeouts."""
+    return now - out.sent_at >= timeout * min(1 << out.timeouts, RETRY_BACKOFF)
 
 
 class ReplicaLink:
@@ -276,12 +286,17 @@ class Client:
                 self._transmit(out)
 
     async def _retry_loop(self) -> None:
+        """Resend a request that had no reply in ``request_timeout``, then after twice that, up
+        to RETRY_BACKOFF times it. A retry at a fixed pace is a retry storm when the replicas
+        are merely slow: 100,000 requests out were all sent again every second, and the
+        replicas spent their time on copies while the originals waited behind them."""
         while True:
             timeout = self.config.tunables.request_timeout
             await asyncio.sleep(min(timeout / 4, 0.25))
             now = time.monotonic()
             for out in list(self.outstanding.values()):
-                if not out.future.done() and now - out.sent_at >= timeout:
+                if not out.future.done() and retry_due(out, now, timeout):
+                    out.timeouts += 1
                     out.attempt += 1
                     self.stats["retries"] += 1
                     if self.trace:

@@ -530,6 +530,15 @@ class Conn(asyncio.Protocol):
                       self.transport.get_write_buffer_size())
             self.transport.abort()
 
+    def pause_reading(self) -> None:
+        """Take no more bytes from this peer until ``resume_reading``: TCP pushes back on it."""
+        if not self.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.is_closing():
+            self.transport.resume_reading()
+
     def pending_bytes(self) -> int:
         """What is queued for this peer and not yet taken by the kernel."""
         queued = sum(len(chunk) for chunk in self._out)

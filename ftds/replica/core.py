@@ -110,6 +110,15 @@ from .viewchange import (
 log = logging.getLogger("ftds.replica")
 exec_log = logging.getLogger("ftds.exec")
 
+# Requests (or stream entries) the applier handles before the event loop gets a turn (about
+# 25 ms of work): a backlog must not keep heartbeats unanswered until the LFD takes the replica
+# for hung.
+APPLIER_STEP_REQUESTS = MAX_REQUESTS_PER_FRAME
+# Client requests waiting for the applier past which no more are read from clients, until it is
+# back under one step's worth: the backlog, its memory and its wait stay bounded, and TCP slows
+# the clients down.
+INBOX_HIGH = 16 * APPLIER_STEP_REQUESTS
+
 # Planted bugs (tests of the tests only; see ftds/faults.py).
 REORDER = faults.on("reorder")
 STALL_APPLIER = faults.on("stall_applier")
@@ -156,7 +165,7 @@ class Replica:
         self.subs = Fanout(replica_id, key)
         self.replies = Replies(replica_id, lambda: self.epoch,
                                lambda: self.config.trace.requests)
-        self.waiting: Pending = collections.deque()
+        self.waiting = Pending()
         self._lease_sent: dict[int, float] = {}
         self._lease_n = 0
         self._fetch_from: str | None = None
@@ -172,7 +181,7 @@ class Replica:
         self._parts = PartsCollector()  # a checkpoint arriving in parts from the orderer
         self._fetch_parts = PartsCollector()  # one arriving during a view change's fetch
         self.member_commit = 0  # commit index reported by the orderer
-        self.member_waiting: Pending = collections.deque()
+        self.member_waiting = Pending()
         # clients
         self.client_links: set[Conn] = set()
         self.recorded: dict[str, Recorded] = {}
@@ -182,7 +191,10 @@ class Replica:
         # control
         self.rm_conns: set[Conn] = set()
         self.watchers: set[Conn] = set()
-        self._inbox: list[tuple[Callable[[Conn, Message], None], Conn, Message]] = []
+        self._inbox: collections.deque[tuple[Callable[[Conn, Message], None], Conn, Message]] \
+            = collections.deque()
+        self._queued = 0  # client requests in the inbox
+        self._clients_paused = False  # reading from clients stopped: the inbox is full
         self._applied_at = time.monotonic()  # when the applier last took its inbox
         self._stall_planted = False
         self._now_s = int(time.time())
@@ -279,23 +291,37 @@ class Replica:
     async def _applier(self) -> None:
         while True:
             await self._wake.wait()
-            self._applied_at = time.monotonic()
-            self._now_s = self._entry_time(self._applied_at)
             self._wake.clear()
             while self._inbox:
-                batch, self._inbox = self._inbox, []
-                for handler, conn, msg in batch:
-                    if conn.is_closing() and handler is not self._on_view:
-                        continue
-                    try:
-                        handler(conn, msg)
-                    except WireError as exc:
-                        self.stats.rejected_frames += 1
-                        conn.reject(exc.code, exc.detail)
-            self._ship()
-            if STALL_APPLIER and self._stall_planted:
-                log.critical("%s: PLANTED BUG: the applier stops taking work", self.id)
-                await asyncio.Event().wait()
+                self._applied_at = time.monotonic()
+                self._now_s = self._entry_time(self._applied_at)
+                self._take(APPLIER_STEP_REQUESTS)
+                self._ship()
+                if self._clients_paused and self._queued <= APPLIER_STEP_REQUESTS:
+                    self._pace_clients(False)
+                if STALL_APPLIER and self._stall_planted:
+                    log.critical("%s: PLANTED BUG: the applier stops taking work", self.id)
+                    await asyncio.Event().wait()
+                if self._inbox:
+                    # The loop's turn: heartbeats, acknowledgements and views are not kept
+                    # waiting behind a backlog of client requests.
+                    await asyncio.sleep(0)
+
+    def _take(self, budget: int) -> None:
+        """Handle events in arrival order until ``budget`` requests' worth is done."""
+        inbox = self._inbox
+        while inbox and budget > 0:
+            handler, conn, msg = inbox.popleft()
+            requests = len(msg.get("reqs", ()))
+            self._queued -= requests
+            budget -= requests or len(msg.get("entries") or ()) or 1
+            if conn.is_closing() and handler is not self._on_view:
+                continue
+            try:
+                handler(conn, msg)
+            except WireError as exc:
+                self.stats.rejected_frames += 1
+                conn.reject(exc.code, exc.detail)
 
     def _entry_time(self, mono: float) -> int:
         """The orderer's clock, carried by each entry: the reply cache's TTL is measured by it,
@@ -349,6 +375,8 @@ class Replica:
             raise WireError("malformed", f"hello: {problem}")
         conn.peer_id = client
         self.client_links.add(conn)
+        if self._clients_paused:
+            conn.pause_reading()
         conn.send("welcome", {"replica": self.id, "mode": self.config.mode,
                               "view": self.view.to_wire() if self.view else None,
                               "ready": self.ready, "watermark": self.sm.watermark(client)})
@@ -379,6 +407,20 @@ class Replica:
             self.recorded_batches.append((time.monotonic(), conn, parsed))
             return
         self.submit(self._handle_requests, conn, {"reqs": parsed, "at": time.monotonic_ns()})
+        self._queued += len(parsed)
+        if self._queued > INBOX_HIGH and not self._clients_paused:
+            self._pace_clients(True)
+
+    def _pace_clients(self, pause: bool) -> None:
+        """Stop (or resume) reading from every client while the inbox is over INBOX_HIGH."""
+        self._clients_paused = pause
+        log.info("%s: %s reading from clients (%d requests wait for the applier)", self.id,
+                 "pausing" if pause else "resuming", self._queued)
+        for conn in self.client_links:
+            if pause:
+                conn.pause_reading()
+            else:
+                conn.resume_reading()
 
     @property
     def passive_backup(self) -> bool:

@@ -208,6 +208,37 @@ def test_a_client_with_thousands_of_requests_in_one_turn_sends_frames_the_replic
     assert all(s["stats"]["rejected_frames"] == 0 for s in statuses.values())
 
 
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_a_client_with_thirty_thousand_requests_out_is_served_without_a_failover(
+        make_managed, mode):
+    """One client process, 30,000 sessions, one request each, all sent at once. The replica
+    took the whole backlog in one turn of its applier, so heartbeats went unanswered; replies
+    waiting for a commit were re-sorted for each retry, and a retry came every second for each
+    request out. The LFDs took the replicas for hung, the RM relaunched them one after
+    another, and with 100,000 sessions the cluster ended without its data."""
+    cluster = make_managed(mode=mode)
+    start = cluster.up()
+    cfg, key = cluster.config, cluster.key
+    sessions = 30_000
+
+    async def burst() -> list[dict]:
+        client = Client(cfg, key, "HERD", trace=False)
+        await client.start()
+        try:
+            await client.wait_connected(10)
+            calls = [client.session(f"HERD.{i}").call({"op": "incr", "key": "h"})
+                     for i in range(sessions)]
+            return await asyncio.wait_for(asyncio.gather(*calls), 120)
+        finally:
+            await client.close()
+
+    replies = run(burst())
+    assert sorted(r["res"]["value"] for r in replies) == list(range(1, sessions + 1))
+    status = cluster.wait_healthy(10)
+    assert (status["primary"], status["epoch"]) == (start["primary"], start["epoch"])
+    assert all(r["restarts"] == 0 for r in status["replicas"].values()), status["replicas"]
+
+
 def test_a_turn_larger_than_a_frame_is_sent_in_frames_and_one_request_too_large_fails(
         make_managed):
     """With a 2 MiB frame, eight writes of 600 KB in one turn leave in several frames and are

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ftds import local
-from ftds.client import Client
+from ftds.client import RETRY_BACKOFF, Client, Outstanding, retry_due
 from ftds.config import load_config
 
 
@@ -58,3 +58,16 @@ def test_a_hostile_op_the_replicas_must_refuse_can_still_be_sent(tmp_path):
             session.start(op)
 
     asyncio.run(attempt())
+
+
+def test_a_request_without_a_reply_is_resent_less_and_less_often():
+    """A fixed pace made 100,000 requests out a retry storm: all sent again every second
+    while the replicas were merely slow."""
+    out = Outstanding("C1", 1, {"op": "get", "key": "x"}, None, sent_at=100.0)  # type: ignore
+    waits = []
+    for _ in range(6):
+        wait = next(w / 10 for w in range(1, 200) if retry_due(out, out.sent_at + w / 10, 1.0))
+        waits.append(wait)
+        out.sent_at += wait
+        out.timeouts += 1
+    assert waits == [1.0, 2.0, 4.0, RETRY_BACKOFF, RETRY_BACKOFF, RETRY_BACKOFF]
