@@ -85,6 +85,10 @@ SECONDS = _number(float, 0, above=True)
 NON_NEGATIVE = _number(float, 0)
 COUNT = _number(int, 1)
 NON_NEGATIVE_INT = _number(int, 0)
+# Logical clients in one process: each is a record in the replicas' reply cache, and 100,000 of
+# them already make each checkpoint about 0.4 s of a replica's loop.
+MAX_SESSIONS = 100_000
+SESSIONS = _number(int, 1, high=MAX_SESSIONS)
 
 # The daemons' --log-level: names as in journalctl -p, mapped to the logging module's levels.
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -849,8 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("workload", help="clients sending requests at a rate"))
     p.add_argument("--id", default="C1", help="name prefix of the clients (C1 -> C1, C1.2..)")
-    p.add_argument("--clients", type=COUNT, default=3,
-                   help="logical clients, each one request at a time (default 3)")
+    p.add_argument("--clients", type=SESSIONS, default=3,
+                   help=f"logical clients, each one request at a time (default 3, at most "
+                        f"{MAX_SESSIONS:,})")
     p.add_argument("--rate", type=NON_NEGATIVE, default=20.0, help="requests/s over all "
                    "clients; 0 = as fast as replies come (default 20)")
     p.add_argument("--duration", type=SECONDS, default=10.0, metavar="SECONDS",
@@ -991,7 +996,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=1,
                    help="seed of the schedule and the clients: a run can be repeated")
     q.add_argument("--clients", type=COUNT, default=3, help="client processes")
-    q.add_argument("--sessions", type=COUNT, default=4, help="logical clients per process")
+    q.add_argument("--sessions", type=SESSIONS, default=4, help="logical clients per process")
     q.add_argument("--rate", type=SECONDS, default=100.0,
                    help="requests/s per client process")
     q.add_argument("--keys", type=COUNT, default=6, help="how many keys (default 6)")
