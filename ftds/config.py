@@ -214,7 +214,7 @@ class _Checker:
         if not isinstance(value, str) or not value:
             raise self.fail(where, "must be a non-empty string")
         if choices and value not in choices:
-            raise self.fail(where, f"must be one of {', '.join(choices)} (got {value!r})")
+            raise self.fail(where, f"must be one of {', '.join(choices)} (got {_shown(value)})")
         return value
 
     def port(self, value: Any, where: str) -> int:
@@ -228,7 +228,7 @@ class _Checker:
             ipaddress.ip_address(host)
         except ValueError:
             if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", host):
-                raise self.fail(where, f"not an IP address or host name: {host!r}") from None
+                raise self.fail(where, f"not an IP address or host name: {_shown(host)}") from None
         return host
 
     def number(self, value: Any, where: str, *, low: float, high: float) -> float:
@@ -242,7 +242,7 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(where, "must be an integer")
         if not low <= value <= high:
-            raise self.fail(where, f"must be {low}-{high} (got {value})")
+            raise self.fail(where, f"must be {low}-{high} (got {_shown(value)})")
         return value
 
     def boolean(self, value: Any, where: str) -> bool:
@@ -313,7 +313,7 @@ def _replicas(check: _Checker, raw: Any) -> tuple[ReplicaSpec, ...]:
                 raise check.fail(f"{where}.{required}", "is required")
         rid = check.string(item["id"], f"{where}.id")
         if not ID_RE.match(rid):
-            raise check.fail(f"{where}.id", f"must look like S1, S2, ... (got {rid!r})")
+            raise check.fail(f"{where}.id", f"must look like S1, S2, ... (got {_shown(rid)})")
         if rid in seen_ids:
             raise check.fail(f"{where}.id", f"duplicate replica id {rid}")
         seen_ids.add(rid)
@@ -469,19 +469,35 @@ def _tls(check: _Checker, raw: Any) -> TlsSettings:
                        crl=check.string(crl, "tls.crl") if crl else "")
 
 
+def _shown(value: Any) -> str:
+    """A value as an error message shows it: its repr, cut short."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's 4,300 digits
+        return "a number of thousands of digits"
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
 def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
     source = str(path)
     name = os.path.basename(source)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 text (byte {exc.start}); save it as UTF-8") \
+            from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{name}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+    except RecursionError:
+        raise ConfigError(f"{name}: not a cluster file: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4,300 digits
+        raise ConfigError(f"{name}: not a cluster file: {exc}") from None
     config = parse_config(data, name)
     web_config = config.rm_metrics_web_config
     if web_config and not os.path.isabs(web_config):  # beside the cluster file, not the cwd

@@ -4,6 +4,7 @@ import re
 import pytest
 import yaml
 
+from ftds import local
 from ftds.config import ConfigError, describe_changes, load_config, parse_config
 
 GOOD = {
@@ -106,6 +107,29 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     path.write_text("replicas: [\n  {id: S1\n")
     with pytest.raises(ConfigError, match=r"cluster.yml: not valid YAML at line"):
         load_config(path)
+
+
+@pytest.mark.parametrize("content, problem", [
+    (("a: " + "[" * 5000 + "]" * 5000).encode(), "nested too deeply"),  # was a RecursionError
+    (b"name: caf\xe9\n", "not UTF-8"),  # Latin-1 from an old editor: was a UnicodeDecodeError
+    (b"tunables: {max_frame: " + b"9" * 5000 + b"}", "digits"),  # was a ValueError
+])
+def test_a_file_the_parser_cannot_take_is_a_config_error(tmp_path, content, problem):
+    path = tmp_path / "cluster.yml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^cluster.yml: .*{problem}"):
+        load_config(path)
+
+
+def test_a_long_bad_value_is_named_short(tmp_path):
+    """One line an operator can read, not the 5,000 characters they pasted by mistake."""
+    path = local.write_cluster(tmp_path, 3, base=44900)
+    data = yaml.safe_load(path.read_text())
+    data["replicas"][1]["id"] = "S" * 5000
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "must look like S1" in str(caught.value) and len(str(caught.value)) < 200
 
 
 def test_missing_file():
