@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from .config import ClusterConfig, ConfigError, load_config
 from .log import setup_logging
+from .view import MAX_EPOCH
 
 DEFAULT_CONFIG = os.environ.get("FTDS_CONFIG", "/etc/ftds/cluster.yml")
 
@@ -89,6 +90,8 @@ NON_NEGATIVE_INT = _number(int, 0)
 # them already make each checkpoint about 0.4 s of a replica's loop.
 MAX_SESSIONS = 100_000
 SESSIONS = _number(int, 1, high=MAX_SESSIONS)
+EPOCH = _number(int, 1, high=MAX_EPOCH)
+VERSION = _number(int, 0, high=MAX_EPOCH)
 
 # The daemons' --log-level: names as in journalctl -p, mapped to the logging module's levels.
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -122,6 +125,10 @@ def _id_list(config: ClusterConfig, text: str) -> list[str]:
     ids = [part.strip() for part in text.split(",") if part.strip()]
     if not ids:
         raise UsageError(f"an empty replica list ({text!r})", "give e.g. S1,S2")
+    twice = sorted({rid for rid in ids if ids.count(rid) > 1})
+    if twice:
+        raise UsageError(f"{', '.join(twice)} named twice in {text!r}",
+                         "name each replica of the ready set once")
     return _replica_ids(config, ids)
 
 
@@ -414,7 +421,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     config = _config(args)
     # Every replica named must be in the cluster file, checked before anything is sent.
     if args.ctl in ("reset-budget", "force-primary", "hold", "release") or (
-            args.ctl == "promote" and args.replica):
+            args.ctl == "promote" and args.replica is not None):
         _replica_ids(config, [args.replica])
     if args.ctl == "promote":
         _replica_ids(config, args.exclude)
@@ -903,8 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "members":
             q.add_argument("members", help="comma-separated ready set, e.g. S1,S2,S4")
         if name == "view":
-            q.add_argument("--epoch", type=COUNT, required=True, help="the view's epoch (>= 1)")
-            q.add_argument("--version", type=NON_NEGATIVE_INT, default=0,
+            q.add_argument("--epoch", type=EPOCH, required=True, help="the view's epoch (>= 1)")
+            q.add_argument("--version", type=VERSION, default=0,
                            help="the view's version within the epoch (default 0)")
             q.add_argument("--primary", required=True, metavar="REPLICA",
                            help="the primary (sequencer)")

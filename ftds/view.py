@@ -17,6 +17,10 @@ from typing import Any
 
 from .errors import WireError
 
+# The largest epoch or version a view may carry: the RM counts epochs on from the highest it
+# has seen, and the codec carries integers up to 2**64 - 1.
+MAX_EPOCH = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class View:
@@ -58,10 +62,12 @@ class View:
         primary, members = data.get("primary"), data.get("members")
         lease = data.get("lease", 0.0)
         ok = (
-            isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1
-            and isinstance(version, int) and not isinstance(version, bool) and version >= 0
+            isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= MAX_EPOCH
+            and isinstance(version, int) and not isinstance(version, bool)
+            and 0 <= version <= MAX_EPOCH
             and isinstance(primary, str) and isinstance(members, list)
             and all(isinstance(m, str) for m in members) and primary in members
+            and len(set(members)) == len(members)
             and isinstance(lease, int | float) and not isinstance(lease, bool) and lease >= 0
         )
         incs = data.get("incs") or {}

@@ -340,6 +340,10 @@ def test_an_unknown_replica_id_is_refused_before_anything_is_contacted(tmp_path,
     (["client", "-c", "CFG", "--id", "C1\nEXEC S1 seq=1 e=1 <C2, 1>", "get", "x"], 2),
     (["ctl", "-c", "CFG", "view", "--epoch", "0", "--primary", "S1", "--members", "S1"], 2),
     (["ctl", "-c", "CFG", "members", ","], 2),
+    (["ctl", "-c", "CFG", "members", "S1,S1"], 2),  # was sent: a view "ready S1, S1"
+    (["ctl", "-c", "CFG", "view", "--epoch", "99999999999999999999999", "--primary", "S1",
+      "--members", "S1"], 2),  # was a traceback from the codec
+    (["ctl", "-c", "CFG", "promote", ""], 2),
     (["ctl", "-c", "CFG"], 2),
     (["local", "up", "--replicas", "0"], 2),
     (["local", "up", "--base-port", "99999"], 2),
