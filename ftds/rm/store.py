@@ -73,6 +73,11 @@ class RmStore:
                 held=_held(data.get("held", {})))
             if record.view is not None and not isinstance(record.view, dict):
                 raise ValueError("view is not an object")
+            members = (record.view or {}).get("members")
+            if isinstance(members, list):
+                # Recorded before views were checked ('ftds ctl members S1,S1' was taken): the
+                # same ready set, each member once.
+                record.view["members"] = list(dict.fromkeys(members))
             if record.confirmed is not None and not (
                     isinstance(record.confirmed, list)
                     and all(isinstance(m, str) for m in record.confirmed)):

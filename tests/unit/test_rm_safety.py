@@ -224,11 +224,23 @@ def test_state_file_is_durable(make_rm, monkeypatch, tmp_path):
     assert RmStore(tmp_path).load().epoch == 9
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"epoch": -3}', b'{"epoch": "7"}'])
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"epoch": -3}', b'{"epoch": "7"}',
+                                     b'{"epoch": 2, "view": {"epoch": 2}}'])  # was a WireError
 def test_corrupt_state_file_stops_the_rm_with_its_path(make_rm, tmp_path, content):
     (tmp_path / FILE_NAME).write_bytes(content)
     with pytest.raises(ConfigError, match=FILE_NAME):
         make_rm()
+
+
+def test_a_view_recorded_with_a_member_named_twice_is_read_as_the_same_ready_set(make_rm,
+                                                                                 tmp_path):
+    """Before views were checked, 'ftds ctl members S1,S1,S2' was taken and recorded; such a
+    record must not stop the RM once they are."""
+    view = {"epoch": 2, "version": 3, "primary": "S1", "members": ["S1", "S1", "S2", "S1"],
+            "lease": 0.0, "incs": {}}
+    (tmp_path / FILE_NAME).write_text(json.dumps({"epoch": 2, "view": view}))
+    rm = make_rm()
+    assert rm.view is not None and rm.view.members == ("S1", "S2")
 
 
 def test_corrupt_legacy_epoch_file_is_an_error_not_epoch_zero(tmp_path):
