@@ -283,10 +283,14 @@ class Replica:
         self._wake.set()
 
     def applier_stalled(self) -> bool:
-        """Work has waited longer than a heartbeat interval without the applier taking it:
-        the LFD counts such a heartbeat as missed (a stalled primary is a hung one)."""
+        """Work has waited a whole detection window (heartbeat interval x misses) without the
+        applier taking any: the LFD counts such a heartbeat as missed (a stalled primary is a
+        hung one). A busy loop is not a stalled applier: with 30,000 requests arriving at once,
+        reading them between two steps took over one interval on this 2-core machine, and a
+        member was taken for hung while its applier was working them off."""
+        t = self.tunables
         return bool(self._inbox) and \
-            time.monotonic() - self._applied_at > self.tunables.heartbeat_interval
+            time.monotonic() - self._applied_at > t.heartbeat_interval * t.heartbeat_misses
 
     async def _applier(self) -> None:
         while True:
