@@ -36,6 +36,21 @@ async def call(config, key, op, name="T1", timeout=10.0, session=None):
         await client.close()
 
 
+async def incr_burst(config, key, name: str, counter: str, sessions: int,
+                     timeout: float) -> list[dict]:
+    """One client, ``sessions`` sessions ``name.i``, one ``incr`` of ``counter`` each, all sent
+    in one turn of the client's loop; every reply."""
+    client = Client(config, key, name, trace=False)
+    await client.start()
+    try:
+        await client.wait_connected(10)
+        calls = [client.session(f"{name}.{i}").call({"op": "incr", "key": counter})
+                 for i in range(sessions)]
+        return await asyncio.wait_for(asyncio.gather(*calls), timeout)
+    finally:
+        await client.close()
+
+
 def raw_request(cluster, rid, body: bytes, client="RAW1") -> list[dict]:
     """One hand-made request frame (any JSON text the codec could not produce) to ``rid``."""
     spec = cluster.config.replica(rid)
@@ -188,18 +203,7 @@ def test_a_client_with_thousands_of_requests_in_one_turn_sends_frames_the_replic
     cfg, key = cluster.config, cluster.key
     sessions = 3 * MAX_REQUESTS_PER_FRAME
 
-    async def burst() -> list[dict]:
-        client = Client(cfg, key, "BURST", trace=False)
-        await client.start()
-        try:
-            await client.wait_connected(10)
-            calls = [client.session(f"BURST.{i}").call({"op": "incr", "key": "b"})
-                     for i in range(sessions)]
-            return await asyncio.wait_for(asyncio.gather(*calls), 60)
-        finally:
-            await client.close()
-
-    replies = run(burst())
+    replies = run(incr_burst(cfg, key, "BURST", "b", sessions, timeout=60))
     assert all(r["res"]["ok"] for r in replies)
     assert sorted(r["res"]["value"] for r in replies) == list(range(1, sessions + 1))
     status = cluster.wait_healthy(10)
@@ -221,18 +225,7 @@ def test_a_client_with_thirty_thousand_requests_out_is_served_without_a_failover
     cfg, key = cluster.config, cluster.key
     sessions = 30_000
 
-    async def burst() -> list[dict]:
-        client = Client(cfg, key, "HERD", trace=False)
-        await client.start()
-        try:
-            await client.wait_connected(10)
-            calls = [client.session(f"HERD.{i}").call({"op": "incr", "key": "h"})
-                     for i in range(sessions)]
-            return await asyncio.wait_for(asyncio.gather(*calls), 120)
-        finally:
-            await client.close()
-
-    replies = run(burst())
+    replies = run(incr_burst(cfg, key, "HERD", "h", sessions, timeout=120))
     assert sorted(r["res"]["value"] for r in replies) == list(range(1, sessions + 1))
     status = cluster.wait_healthy(10)
     assert (status["primary"], status["epoch"]) == (start["primary"], start["epoch"])
