@@ -254,24 +254,40 @@ class StateMachine:
     def digest(self) -> str:
         return self._sums.refresh(self.kv, self.clients)
 
-    def snapshot(self, epoch: int) -> dict[str, Any]:
-        """A checkpoint of everything a newcomer needs (the course's my_state and more)."""
+    def hash_ahead(self, budget: int, keep: int) -> int:
+        """Part of the next digest's work done now (see ``Sums.hash_ahead``)."""
+        return self._sums.hash_ahead(self.kv, self.clients, budget, keep)
+
+    def snapshot(self, epoch: int, state: bool = True, copy: bool = False) -> dict[str, Any]:
+        """A checkpoint of everything a newcomer needs (the course's my_state and more).
+        ``state=False``: its seq and digest only, without the store and the reply cache (a
+        checkpoint sent as its digest need not pay for the client records' portable form).
+        ``copy=True``: for a transfer over many turns of the loop, the store and the records
+        as shallow copies the applier does not change (it replaces a record, never edits one);
+        each record is made portable as its part is encoded (``portable_record``)."""
         self.checkpoint_count += 1
-        return {
+        cp: dict[str, Any] = {
             "checkpoint_count": self.checkpoint_count,
             "seq": self.seq,
             "epoch": epoch,
             "last_epoch": self.last_epoch,
-            "my_state": self.kv,
-            "clients": {c: _portable(rec) for c, rec in self.clients.items()},
-            "digest": self.digest(),
         }
+        if state and copy:
+            cp["my_state"], cp["clients"] = dict(self.kv), dict(self.clients)
+        elif state:
+            cp["my_state"] = self.kv
+            cp["clients"] = {c: portable_record(rec) for c, rec in self.clients.items()}
+        cp["digest"] = self.digest()
+        return cp
 
     def install(self, checkpoint: dict[str, Any], sums: Sums | None = None) -> None:
         """Replace the state by a checkpoint (already verified against its digest; ``sums``
         are the hashes that verification computed, so the next digest need not redo them)."""
-        self.kv = dict(checkpoint["my_state"])
-        self.clients = {c: list(rec) for c, rec in checkpoint["clients"].items()}
+        if sums is not None and sums.from_parts:
+            self.kv, self.clients = checkpoint["my_state"], checkpoint["clients"]
+        else:
+            self.kv = dict(checkpoint["my_state"])
+            self.clients = {c: list(rec) for c, rec in checkpoint["clients"].items()}
         self._sums = sums if sums is not None else Sums.of(self.kv, self.clients, lazy=True)
         self.seq = checkpoint["seq"]
         self.last_epoch = checkpoint["last_epoch"]
@@ -284,7 +300,7 @@ class StateMachine:
         return orjson.dumps({key: self.kv.get(key)}).decode()
 
 
-def _portable(record: list[Any]) -> list[Any]:
+def portable_record(record: list[Any]) -> list[Any]:
     """A client record as a checkpoint carries it: the operation as its fingerprint."""
     if len(record) > 3 and isinstance(record[3], dict):
         return [*record[:3], fingerprint(record[3]), *record[4:]]
@@ -312,6 +328,10 @@ class Sums:
         self.clients_sum = 0
         self.dirty_keys: set[str] = set()
         self.dirty_clients: set[str] = set()
+        # Taken by a PartsCollector as a checkpoint's parts arrived: each client record's
+        # shape was checked then, and the joined store and records belong to the receiver
+        # alone, so neither is checked nor copied again (0.2 s at 100,000 records).
+        self.from_parts = False
 
     @classmethod
     def of(cls, kv: dict[str, Any], clients: dict[str, list[Any]], lazy: bool = False) -> Sums:
@@ -336,18 +356,38 @@ class Sums:
                 client, rec[:2] if isinstance(rec, list) else rec)
             self.clients_sum += h
 
+    def _rehash_key(self, kv: dict[str, Any], key: str) -> None:
+        self.kv_sum -= self.key_hash.pop(key, 0)
+        if key in kv:
+            self.key_hash[key] = h = _item_hash(key, kv[key])
+            self.kv_sum += h
+
+    def _rehash_client(self, clients: dict[str, list[Any]], client: str) -> None:
+        self.clients_sum -= self.client_hash.pop(client, 0)
+        rec = clients.get(client)
+        if rec is not None:
+            self.client_hash[client] = h = _item_hash(client, rec[:2])
+            self.clients_sum += h
+
+    def hash_ahead(self, kv: dict[str, Any], clients: dict[str, list[Any]], budget: int,
+                   keep: int) -> int:
+        """Hash at most ``budget`` changed items while more than ``keep`` of a kind wait, so
+        that the next digest has little left to do. An item changed again after this is
+        marked again and rehashed then. Returns how many were hashed."""
+        done = 0
+        while len(self.dirty_keys) > keep and done < budget:
+            self._rehash_key(kv, self.dirty_keys.pop())
+            done += 1
+        while len(self.dirty_clients) > keep and done < budget:
+            self._rehash_client(clients, self.dirty_clients.pop())
+            done += 1
+        return done
+
     def refresh(self, kv: dict[str, Any], clients: dict[str, list[Any]]) -> str:
         for key in self.dirty_keys:
-            self.kv_sum -= self.key_hash.pop(key, 0)
-            if key in kv:
-                self.key_hash[key] = h = _item_hash(key, kv[key])
-                self.kv_sum += h
+            self._rehash_key(kv, key)
         for client in self.dirty_clients:
-            self.clients_sum -= self.client_hash.pop(client, 0)
-            rec = clients.get(client)
-            if rec is not None:
-                self.client_hash[client] = h = _item_hash(client, rec[:2])
-                self.clients_sum += h
+            self._rehash_client(clients, client)
         self.dirty_keys.clear()
         self.dirty_clients.clear()
         self.kv_sum %= _MOD
@@ -369,8 +409,9 @@ def validate_checkpoint(cp: Any) -> str | None:
 def verify_checkpoint(cp: Any, sums: Sums | None = None) -> tuple[str | None, Sums | None]:
     """(None, the hashes it computed) if a received checkpoint has the right shape and digest,
     else (what is wrong, None). The hashes make the installed state's next digest cheap.
-    ``sums``: its items' hashes, already taken as its parts arrived."""
-    problem = _checkpoint_shape(cp)
+    ``sums``: its items' hashes, already taken as its parts arrived (and its client records
+    checked then, see ``Sums.from_parts``)."""
+    problem = _checkpoint_shape(cp, checked_records=sums is not None and sums.from_parts)
     if problem:
         return problem, None
     if sums is None:
@@ -380,7 +421,7 @@ def verify_checkpoint(cp: Any, sums: Sums | None = None) -> tuple[str | None, Su
     return None, sums
 
 
-def _checkpoint_shape(cp: Any) -> str | None:
+def _checkpoint_shape(cp: Any, checked_records: bool = False) -> str | None:
     if not isinstance(cp, dict):
         return "checkpoint must be an object"
     for name, kind in (("checkpoint_count", int), ("seq", int), ("epoch", int),
@@ -388,9 +429,17 @@ def _checkpoint_shape(cp: Any) -> str | None:
                        ("digest", str)):
         if not isinstance(cp.get(name), kind):
             return f"checkpoint field {name!r} missing or wrong type"
-    for client, rec in cp["clients"].items():
-        if not (isinstance(rec, list) and 3 <= len(rec) <= 5 and isinstance(rec[0], int)
-                and isinstance(rec[2], int)
-                and all(isinstance(x, int) and not isinstance(x, bool) for x in rec[3:])):
-            return f"checkpoint client record of {client!r} is malformed"
+    if not checked_records:
+        for client, rec in cp["clients"].items():
+            if (problem := client_record_problem(client, rec)) is not None:
+                return problem
+    return None
+
+
+def client_record_problem(client: str, rec: Any) -> str | None:
+    """None if a client record received in a checkpoint has the shape of one."""
+    if not (isinstance(rec, list) and 3 <= len(rec) <= 5 and isinstance(rec[0], int)
+            and isinstance(rec[2], int)
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in rec[3:])):
+        return f"checkpoint client record of {client!r} is malformed"
     return None

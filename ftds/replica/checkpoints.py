@@ -2,10 +2,12 @@
 
 - **The log behind them.** The log keeps every entry since the checkpoint *before* the last
   one, so a member that missed the last checkpoint still catches up from the log.
-- **Sending.** A state that fits one frame goes to the members whole. A state of many frames
-  goes as its digest only: the members applied the same stream, so they compare digests at
-  that seq, and only a member that differs takes the whole state again (it subscribes anew).
-  The state's size in frames is measured again once its key count halved.
+- **Sending.** A small state (one part of at most ``WHOLE_CHECKPOINT_BYTES``) goes to the
+  members whole: the course's checkpoint of ``my_state``. A larger one goes as its digest only:
+  the members applied the same stream, so they compare digests at that seq, and only a member
+  that differs takes the whole state again (it subscribes anew). Encoding, decoding and
+  rehashing a whole state every checkpoint would cost each loop in proportion to the state,
+  not to what changed. The state's size is measured again once its item count halved.
 - **Receiving.** A whole checkpoint is verified (digest over the whole state) before it
   replaces anything; a digest-only one is compared with this replica's own state.
 """
@@ -25,6 +27,9 @@ from .transfer import STATE_FIELDS, CheckpointParts
 log = logging.getLogger("ftds.replica")
 exec_log = logging.getLogger("ftds.exec")
 
+# The largest state a periodic checkpoint carries whole (30,000 client records are 2 MB).
+WHOLE_CHECKPOINT_BYTES = 256 * 1024
+
 
 class Checkpoints:
     """The checkpoints of one replica's state machine ``sm`` and log ``log``."""
@@ -37,8 +42,8 @@ class Checkpoints:
         self._tracing = tracing  # EXEC/RESET lines (asked each time: a reload may change it)
         self.seq = 0  # the last checkpoint's
         self.prev_seq = 0  # the one before: the log keeps everything after it
-        self.state_parts = 0  # frames the state took when last measured
-        self.state_keys = 0  # its keys then
+        self.state_parts = 0  # parts of WHOLE_CHECKPOINT_BYTES the state took when measured
+        self.state_items = 0  # its keys and client records then
         self.sent = 0
         self.received = 0
         self.divergences = 0
@@ -48,21 +53,34 @@ class Checkpoints:
         """Entries were applied since the last checkpoint."""
         return self.sm.seq > self.seq
 
-    def measured(self, parts: int) -> None:
-        """The state was just encoded in ``parts`` frames."""
-        self.state_parts, self.state_keys = parts, len(self.sm.kv)
+    def _items(self) -> int:
+        return len(self.sm.kv) + len(self.sm.clients)
+
+    def measured_large(self) -> None:
+        """The state was just sent in many frames: a periodic checkpoint goes as its digest."""
+        self.state_parts, self.state_items = max(self.state_parts, 2), self._items()
+
+    def may_go_whole(self) -> bool:
+        """Whether a periodic checkpoint may go whole: the state was small when last measured,
+        or it has lost half its items since (measured again then). More items than could
+        fit, at 16 bytes each at least, never go whole: no need to make the parts to know."""
+        items = self._items()
+        if items > WHOLE_CHECKPOINT_BYTES // 16:
+            return False
+        return self.state_parts <= 1 or items < self.state_items // 2
 
     def periodic(self, cp: dict[str, Any], sender: str, epoch: int, limit: int,
                  body: Callable[[str, dict[str, Any]], bytes]) -> tuple[list[bytes], str]:
         """The bodies of a periodic checkpoint ``cp`` and why it goes that way: whole when the
-        state fits a frame, else its digest only."""
+        state is small, else its digest only (``cp`` may then come without its state)."""
         bodies: list[bytes] = []
-        if self.state_parts <= 1 or len(self.sm.kv) < self.state_keys // 2:
-            # Made only if the state fits one part: a larger one costs one part to find out.
-            parts = CheckpointParts(cp, "checkpoint", {}, sender, epoch, limit)
+        if "my_state" in cp and self.may_go_whole():
+            # Made only if the state is small: a larger one costs one part to find out.
+            parts = CheckpointParts(cp, "checkpoint", {}, sender, epoch,
+                                    min(limit, WHOLE_CHECKPOINT_BYTES))
             bodies = parts.all_if_small() or []
             self.state_parts = parts.parts if bodies else max(parts.parts, 2)
-            self.state_keys = len(self.sm.kv)
+            self.state_items = self._items()
         if self.state_parts <= 1:
             return bodies, "periodic"
         meta = {k: v for k, v in cp.items() if k not in STATE_FIELDS}
@@ -72,7 +90,7 @@ class Checkpoints:
     def announce(self, cp: dict[str, Any], receivers: list[str], why: str) -> None:
         log.info("[CHECKPOINT %d] %s -> %s (%s: seq %d, %d keys, digest %s)",
                  cp["checkpoint_count"], self.owner, ", ".join(receivers), why, cp["seq"],
-                 len(cp["my_state"]), cp["digest"][:12], extra={"kind": "checkpoint"})
+                 len(self.sm.kv), cp["digest"][:12], extra={"kind": "checkpoint"})
 
     def taken(self, seq: int) -> None:
         """A checkpoint at ``seq`` stands: the log lets go of what precedes the one before."""

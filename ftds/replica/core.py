@@ -118,6 +118,11 @@ APPLIER_STEP_REQUESTS = MAX_REQUESTS_PER_FRAME
 # back under one step's worth: the backlog, its memory and its wait stay bounded, and TCP slows
 # the clients down.
 INBOX_HIGH = 16 * APPLIER_STEP_REQUESTS
+# The state's digest is refreshed for what changed since the last one. Past HASH_AHEAD_KEEP
+# changed items (of a kind), each tick hashes up to HASH_AHEAD_STEP of them (about 5 ms), so
+# a checkpoint after 100,000 sessions each changed their record is not 0.24 s of one turn.
+HASH_AHEAD_STEP = 2048
+HASH_AHEAD_KEEP = 4096
 
 # Planted bugs (tests of the tests only; see ftds/faults.py).
 REORDER = faults.on("reorder")
@@ -193,7 +198,7 @@ class Replica:
         self.watchers: set[Conn] = set()
         self._inbox: collections.deque[tuple[Callable[[Conn, Message], None], Conn, Message]] \
             = collections.deque()
-        self._queued = 0  # client requests in the inbox
+        self._queued = 0  # client requests waiting for the applier: in the inbox, or held
         self._clients_paused = False  # reading from clients stopped: the inbox is full
         self._applied_at = time.monotonic()  # when the applier last took its inbox
         self._stall_planted = False
@@ -301,8 +306,7 @@ class Replica:
                 self._now_s = self._entry_time(self._applied_at)
                 self._take(APPLIER_STEP_REQUESTS)
                 self._ship()
-                if self._clients_paused and self._queued <= APPLIER_STEP_REQUESTS:
-                    self._pace_clients(False)
+                self._resume_if_drained()
                 if STALL_APPLIER and self._stall_planted:
                     log.critical("%s: PLANTED BUG: the applier stops taking work", self.id)
                     await asyncio.Event().wait()
@@ -322,7 +326,17 @@ class Replica:
             if conn.is_closing() and handler is not self._on_view:
                 continue
             try:
+                began = time.perf_counter()
                 handler(conn, msg)
+                took = time.perf_counter() - began
+                if took > self.tunables.heartbeat_interval:
+                    # Heartbeats waited that long: say what held the loop, should the LFD
+                    # have taken this replica for hung meanwhile.
+                    what = handler.__name__.lstrip("_")
+                    if isinstance(msg.get("t"), str):
+                        what += f" {msg['t']}"
+                    log.warning("%s: one step (%s) held the loop for %.0f ms", self.id, what,
+                                took * 1000)
             except WireError as exc:
                 self.stats.rejected_frames += 1
                 conn.reject(exc.code, exc.detail)
@@ -365,6 +379,7 @@ class Replica:
                 self._prune_recorded_batches()
             if self.log.unreleased:
                 self.log.release()  # truncated entries, a slice per tick: no pause
+            self.sm.hash_ahead(HASH_AHEAD_STEP, HASH_AHEAD_KEEP)
             if now - self._last_report >= max(self.tunables.heartbeat_interval, 0.05):
                 self.report()
             if self.serving:  # a lease-bound commit when alone; laggards otherwise
@@ -415,6 +430,10 @@ class Replica:
         if self._queued > INBOX_HIGH and not self._clients_paused:
             self._pace_clients(True)
 
+    def _resume_if_drained(self) -> None:
+        if self._clients_paused and self._queued <= APPLIER_STEP_REQUESTS:
+            self._pace_clients(False)
+
     def _pace_clients(self, pause: bool) -> None:
         """Stop (or resume) reading from every client while the inbox is over INBOX_HIGH."""
         self._clients_paused = pause
@@ -461,9 +480,17 @@ class Replica:
             elif self.is_orderer:
                 # The view change is collecting the epoch's history: hold the request (a
                 # retry of an applied one included) and order or answer it once it is done.
-                self._held.append((conn, client, request_num, op))
+                self._hold(conn, client, request_num, op)
             else:
                 self._record(conn, client, request_num, op, attempt, received)
+
+    def _hold(self, conn: Conn, client: str, request_num: int, op: Any) -> None:
+        """Keep a request until the view change is done. It still waits for the applier, so
+        it counts towards a full inbox."""
+        self._held.append((conn, client, request_num, op))
+        self._queued += 1
+        if self._queued > INBOX_HIGH and not self._clients_paused:
+            self._pace_clients(True)
 
     def _record(self, conn: Conn, client: str, request_num: int, op: Any, attempt: int,
                 received: int = 0) -> None:
@@ -587,11 +614,16 @@ class Replica:
         return encode_body(envelope(kind, self.id, self.epoch, fields))
 
     def _entries_bodies(self, entries: list[dict[str, Any]]) -> list[bytes]:
-        """``entries`` messages for a run of the log, in slices that fit a frame."""
+        """``entries`` messages for a run of the log, in slices that fit a frame, of one
+        applier step at most: a member applies a message in one step (a catch-up's tail of
+        10,000 entries in one message held a member's loop for 160 ms)."""
         commit = self.commit
-        return pack(entries, lambda part: self._body("entries", {"entries": part,
-                                                                 "commit": commit}),
-                    self._limit)
+
+        def encode(part: list[dict[str, Any]]) -> bytes:
+            return self._body("entries", {"entries": part, "commit": commit})
+
+        return [body for i in range(0, len(entries), APPLIER_STEP_REQUESTS)
+                for body in pack(entries[i:i + APPLIER_STEP_REQUESTS], encode, self._limit)]
 
     @property
     def _limit(self) -> int:
@@ -665,12 +697,11 @@ class Replica:
             entries = self.log.entries_after(sub.seq)  # None: truncated meanwhile
         held = sub.seq
         if entries is None:
-            cp = self._snapshot()
-            held = 0  # what it had is not known to be ours: only its ack counts
-            self.checkpoints.announce(cp, [sub.id], "catch-up")
             # A state of many parts is encoded as the link drains, so it is sent from a copy
             # the applier does not change meanwhile; one that fits a part goes at once.
-            cp["my_state"] = dict(cp["my_state"])
+            cp = self.sm.snapshot(self.epoch, copy=True)
+            held = 0  # what it had is not known to be ours: only its ack counts
+            self.checkpoints.announce(cp, [sub.id], "catch-up")
             parts = CheckpointParts(cp, "catchup", {**payload, "entries": []}, self.id,
                                     self.epoch, self._limit)
             small = parts.all_if_small()
@@ -679,7 +710,6 @@ class Replica:
                       f"transfer-{sub.id}")
                 return
             bodies = small
-            self.checkpoints.measured(parts.parts)
         else:
             whole = self._body("catchup", {**payload, "entries": entries})
             if len(whole) <= self._limit:
@@ -714,7 +744,7 @@ class Replica:
         if not await send_paced(sub.conn, counted()):
             return
         if parts is not None:
-            self.checkpoints.measured(parts.parts)
+            self.checkpoints.measured_large()
         if not self.subs.current(sub) or not self.is_orderer:
             return
         rest = self.log.entries_after(upto)
@@ -760,17 +790,39 @@ class Replica:
         label = "sequencer" if self.active else "primary"
         log.info("%s: I am the %s of epoch %d (seq %d, ready: %s)", self.id, label, self.epoch,
                  self.sm.seq, ", ".join(self.view.members), extra={"kind": "membership"})
-        # Requests recorded while another replica ordered: order them now, answer directly.
+        # Requests recorded while another replica ordered, then those held meanwhile: one
+        # step of them now, the rest ahead of the inbox, a step per turn of the applier (a
+        # herd of sessions held the loop for seconds, and the LFD took that for a hang).
         self._expand_recorded_batches()
-        for client, rec in sorted(self.recorded.items()):
-            self._order(rec.conn, client, rec.request_num, rec.op)
+        backlog = [(rec.conn, client, rec.request_num, rec.op)
+                   for client, rec in sorted(self.recorded.items())]
         self.recorded.clear()
-        held, self._held = self._held, []
-        for conn, client, request_num, op in held:
-            if not conn.is_closing():
-                self._order(conn, client, request_num, op)
+        backlog += self._held
+        self._queued -= len(self._held)
+        self._held = []
+        self._order_backlog(_NO_CONN, {"reqs": backlog[:APPLIER_STEP_REQUESTS]})
+        rest = [backlog[i:i + APPLIER_STEP_REQUESTS]
+                for i in range(APPLIER_STEP_REQUESTS, len(backlog), APPLIER_STEP_REQUESTS)]
+        for step in reversed(rest):
+            self._inbox.appendleft((self._order_backlog, _NO_CONN, {"reqs": step}))
+            self._queued += len(step)
+        if rest:
+            self._wake.set()
+        self._resume_if_drained()
         self.push_view_to_clients()
         self.report(force=True)
+
+    def _order_backlog(self, _conn: Conn, msg: Message) -> None:
+        """Requests a view change kept, each with its own connection: ordered if this replica
+        still serves, held again if another view change began meanwhile."""
+        for conn, client, request_num, op in msg["reqs"]:
+            if conn.is_closing():
+                continue
+            if self.serving:
+                self._order(conn, client, request_num, op)
+            elif self.is_orderer:
+                self._hold(conn, client, request_num, op)
+            # else deposed: its client resends to the primary the new view names
 
     def on_fetched(self, conn: Conn, msg: Message) -> None:
         self.submit(self._handle_fetched, conn, msg)
@@ -790,14 +842,11 @@ class Replica:
         self._fetch_from = None
         self._continue_recovery()
 
-    def _snapshot(self) -> dict[str, Any]:
-        return self.sm.snapshot(self.epoch)
-
     def _send_checkpoint(self, _conn: Conn, _msg: Message) -> None:
         if not self.serving:
             return
         self._ship()  # entries before the checkpoint, in stream order
-        cp = self._snapshot()
+        cp = self.sm.snapshot(self.epoch, state=self.checkpoints.may_go_whole())
         bodies, why = self.checkpoints.periodic(cp, self.id, self.epoch, self._limit, self._body)
         receivers = self.subs.broadcast(bodies)
         if receivers:
@@ -868,8 +917,7 @@ class Replica:
             since = require(msg, "from", int)
             entries = self.log.entries_after(since)
             if entries is None:
-                cp = self.sm.snapshot(self.epoch)
-                cp["my_state"] = dict(cp["my_state"])  # sent over many turns: a copy
+                cp = self.sm.snapshot(self.epoch, copy=True)  # sent over many turns
                 parts = CheckpointParts(cp, "fetched", {"entries": []}, self.id, self.epoch,
                                         self._limit)
                 small = parts.all_if_small()
@@ -1021,7 +1069,9 @@ class Replica:
         self.waiting.clear()
         self.member_waiting.clear()
         self._entries_out.clear()
+        self._queued -= len(self._held)
         self._held.clear()
+        self._resume_if_drained()
         self._fetch_from = None
         self.recovering = False
         self._lease_sent.clear()

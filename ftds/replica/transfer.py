@@ -22,12 +22,16 @@ from typing import Any
 
 import orjson
 
-from ..statemachine import Sums
+from ..statemachine import Sums, client_record_problem, portable_record
 from ..wire import Conn, Message, WireError, encode_body, envelope
 
 PACE_BUFFER = 4 * 1024 * 1024  # bytes a paced transfer lets wait in the link before pausing
 
 STATE_FIELDS = ("my_state", "clients")
+# A transferred state's parts stay under this, whatever the frame: the sender encodes, and the
+# receiver decodes and hashes, one part per turn of its loop (8 MiB of client records took
+# 0.25 s of the receiver's loop, longer than failure detection tolerates).
+PART_BYTES = 1024 * 1024
 
 
 def limit_for(max_frame: int) -> int:
@@ -73,7 +77,7 @@ class CheckpointParts:
     def __init__(self, cp: dict[str, Any], final_kind: str, final_fields: Message, sender: str,
                  epoch: int, limit: int) -> None:
         self.cp, self.final_kind, self.final_fields = cp, final_kind, final_fields
-        self.sender, self.epoch, self.limit = sender, epoch, limit
+        self.sender, self.epoch, self.limit = sender, epoch, min(limit, PART_BYTES)
         self.parts = 0
         self.scanned = False
         self._started: Iterator[bytes] | None = None
@@ -101,7 +105,8 @@ class CheckpointParts:
 
     def _bodies(self) -> Iterator[bytes]:
         pieces = itertools.chain((("k", k, v) for k, v in self.cp["my_state"].items()),
-                                 (("c", c, rec) for c, rec in self.cp["clients"].items()))
+                                 (("c", c, portable_record(rec))
+                                  for c, rec in self.cp["clients"].items()))
         # Cut by an estimate of each item's encoded size, then encode each part once (halved
         # by ``pack`` should the estimate fall short).
         aim = self.limit * 3 // 4
@@ -161,6 +166,10 @@ class PartsCollector:
         kv, clients = msg.get("kv"), msg.get("clients")
         if not isinstance(kv, dict) or not isinstance(clients, dict):
             raise WireError("malformed", "cp_part: kv and clients must be objects")
+        for client, rec in clients.items():  # checked here, a part per turn, not at the end
+            if (problem := client_record_problem(client, rec)) is not None:
+                self.reset()
+                raise WireError("malformed", problem)
         self.kv.update(kv)
         self.clients.update(clients)
         self.sums.absorb(kv, clients)
@@ -178,6 +187,7 @@ class PartsCollector:
             raise WireError("malformed", f"checkpoint announces {parts!r} parts, got {count}")
         whole = {k: v for k, v in cp.items() if k != "parts"}
         whole["my_state"], whole["clients"] = self.kv, self.clients
+        self.sums.from_parts = True
         self.last_sums = self.sums
         self.reset()
         return whole

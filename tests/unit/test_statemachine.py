@@ -307,3 +307,29 @@ def test_the_state_keeps_the_latest_orderer_time_through_a_checkpoint():
     other = StateMachine()
     other.install(sm.snapshot(1))
     assert other.clock == 1005
+
+
+def test_changed_items_hashed_ahead_leave_a_digest_that_costs_only_the_rest(monkeypatch):
+    """100,000 sessions each changing their record between two checkpoints made the digest
+    rehash 100,000 records in one turn of the loop (0.24 s). Hashing ahead, a slice at a time,
+    leaves the digest at most ``keep`` items to hash, and the digest is the same."""
+    from ftds import statemachine
+
+    sm = StateMachine()
+    for n in range(1, 3001):
+        sm.apply({"s": n, "e": 1, "c": f"C{n}", "r": 1,
+                  "op": {"op": "put", "key": f"k{n % 700}", "value": n}})
+    assert sm.hash_ahead(budget=1000, keep=500) == 1000  # a slice, within its budget
+    while sm.hash_ahead(budget=1000, keep=500):
+        pass
+    for n in range(3001, 3101):  # changed again after they were hashed ahead
+        sm.apply({"s": n, "e": 1, "c": f"C{n - 3000}", "r": 2,
+                  "op": {"op": "incr", "key": "counter"}})
+    hashed = []
+    real = statemachine._item_hash
+    monkeypatch.setattr(statemachine, "_item_hash",
+                        lambda name, value: hashed.append(name) or real(name, value))
+    digest = sm.digest()
+    assert len(hashed) <= 2 * 500 + 101
+    assert digest == statemachine.state_digest(sm.kv, sm.clients)
+    assert sm.hash_ahead(budget=1000, keep=0) == 0  # nothing left to hash after a digest
