@@ -108,7 +108,8 @@ class ReplicationManager:
                          f"({failover.reason})")
         if self.core.unavailable:
             parts.append(f"unavailable: {self.core.unavailable.split(';')[0]}")
-        exhausted = sorted(rid for rid, s in self.relauncher.states.items() if s.exhausted)
+        exhausted = sorted(rid for rid in list(self.relauncher.states)
+                           if self.relauncher.exhausted(rid))
         if exhausted:
             parts.append(f"restart budget exhausted: {', '.join(exhausted)}")
         if self.core.record.held:
@@ -421,7 +422,7 @@ class ReplicationManager:
                 "lfd_pid": lfd.get("lfd_pid"),
                 "restarts": state.total if state else 0,
                 "budget_left": self.relauncher.budget_left(rid),
-                "budget_exhausted": bool(state and state.exhausted),
+                "budget_exhausted": self.relauncher.exhausted(rid),
                 "relaunch": state.last_result if state else "",
                 "decision": c.decisions.get(rid, ""),
                 "held": (c.record.held.get(rid) or {}).get("reason"),

@@ -49,13 +49,27 @@ class Relauncher:
 
     def budget_left(self, replica: str) -> int:
         state = self.states[replica]
-        self._forget_old(state)
+        self._forget_old(replica, state)
         return max(0, self.config.tunables.restart_budget - len(state.attempts))
 
-    def _forget_old(self, state: RelaunchState) -> None:
+    def exhausted(self, replica: str) -> bool:
+        """Whether the RM stopped relaunching ``replica``: until an operator resets the budget
+        or the window has passed (then it says so, and relaunches again when needed)."""
+        state = self.states.get(replica)
+        if state is None or not state.exhausted:
+            return False
+        self._forget_old(replica, state)
+        return state.exhausted
+
+    def _forget_old(self, replica: str, state: RelaunchState) -> None:
         horizon = time.monotonic() - self.config.tunables.restart_window
         while state.attempts and state.attempts[0] < horizon:
             state.attempts.popleft()
+        tun = self.config.tunables
+        if state.exhausted and len(state.attempts) < tun.restart_budget:
+            state.exhausted = False
+            state.last_result = f"restart budget restored ({tun.restart_window:g}s passed)"
+            log.info("RM: %s: %s", replica, state.last_result, extra={"kind": "decision"})
 
     def reset(self, replica: str) -> None:
         self.states[replica] = RelaunchState()
@@ -92,7 +106,7 @@ class Relauncher:
                 state.next_at = now + state.backoff * random.uniform(0.8, 1.2)
             if now < state.next_at:
                 continue
-            self._forget_old(state)
+            self._forget_old(replica, state)
             if len(state.attempts) >= tun.restart_budget:
                 if not state.exhausted:
                     state.exhausted = True

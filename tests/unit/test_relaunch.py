@@ -71,3 +71,18 @@ def test_presence_resets_backoff_and_reset_restores_the_budget(tmp_path):
     assert used >= 1
     r.reset("S1")
     assert r.budget_left("S1") == 5
+
+
+def test_an_exhausted_budget_is_restored_once_its_window_has_passed(tmp_path):
+    """The budget is restored when the window has passed, as documented; the flag that makes
+    `ftds status` DEGRADED stayed set while the replica was back and well, until an operator
+    reset it (a burst of load that made the LFDs lose replicas left the cluster DEGRADED)."""
+    r, launcher = relauncher(tmp_path, ["ok"] * 3, restart_budget=2, restart_window=1)
+    asyncio.run(drive(r, ["S2"], 0.5))
+    assert len(launcher.calls) == 2 and r.exhausted("S2")
+    r.present("S2")  # back (a slow replica the LFD took for hung, say)
+    assert r.exhausted("S2")  # within the window: still exhausted
+    r.states["S2"].attempts = type(r.states["S2"].attempts)(
+        at - 1.0 for at in r.states["S2"].attempts)  # the window has passed
+    assert not r.exhausted("S2") and r.budget_left("S2") == 2
+    assert "restored" in r.states["S2"].last_result
