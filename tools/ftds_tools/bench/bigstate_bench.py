@@ -42,7 +42,7 @@ def in_process(mib: int, repeats: int, max_frame: int) -> dict[str, float]:
                   "op": {"op": "put", "key": f"key{n:08d}", "value": value}})
     timings: dict[str, list[float]] = {k: [] for k in (
         "snapshot_ms", "encode_ms", "decode_join_ms", "verify_ms", "install_ms",
-        "full_digest_ms", "periodic_digest_ms", "longest_part_ms")}
+        "full_digest_ms", "periodic_digest_ms", "longest_part_ms", "longest_receive_ms")}
     frames = 0
     seq = keys
     for _ in range(repeats):
@@ -59,9 +59,8 @@ def in_process(mib: int, repeats: int, max_frame: int) -> dict[str, float]:
         sm.digest()
         timings["periodic_digest_ms"].append((time.perf_counter() - t) * 1000)
         t0 = time.perf_counter()
-        cp = sm.snapshot(1)
+        cp = sm.snapshot(1, copy=True)  # what a catch-up sends: shallow copies
         t1 = time.perf_counter()
-        cp["my_state"] = dict(cp["my_state"])  # what a catch-up sends: a copy
         bodies, step = [], time.perf_counter()
         for body in CheckpointParts(cp, "catchup", {"commit": sm.seq}, "S1", 1, max_frame // 2):
             bodies.append(body)  # the loop runs between two bodies: the longest is its stall
@@ -70,8 +69,10 @@ def in_process(mib: int, repeats: int, max_frame: int) -> dict[str, float]:
             step = now
         t2 = time.perf_counter()
         collector = PartsCollector()
-        for body in bodies[:-1]:
+        for body in bodies[:-1]:  # one part per turn of the receiver's loop
+            step = time.perf_counter()
             collector.add(decode_body(body))
+            timings["longest_receive_ms"].append((time.perf_counter() - step) * 1000)
         whole = collector.complete(decode_body(bodies[-1])["checkpoint"])
         t3 = time.perf_counter()
         problem, sums = verify_checkpoint(whole, collector.last_sums)  # hashed as parts came
@@ -85,6 +86,7 @@ def in_process(mib: int, repeats: int, max_frame: int) -> dict[str, float]:
             timings[name].append((b - a) * 1000)
     out = {name: statistics.median(v) for name, v in timings.items()}
     out["longest_part_ms"] = max(timings["longest_part_ms"])
+    out["longest_receive_ms"] = max(timings["longest_receive_ms"])
     out.update(keys=keys, frames=frames, mib=mib)
     return out
 
@@ -144,7 +146,8 @@ def on_cluster(mib: int, misses: int) -> dict[str, Any]:
                     "failovers": end["epoch"] - status["epoch"],
                     "relaunch_to_ready_ms": mine[-1]["relaunch_to_ready_ms"] if mine else None,
                     "heartbeat_misses": misses,
-                    "hang_reports": logs.count("no reply to"),
+                    "hang_reports": logs.count("no heartbeat reply"),
+                    "long_steps": logs.count("held the loop"),
                     "catchup_frames": logs.count("catch-up:")}
         finally:
             local.stop_cluster(run_dir)
@@ -180,15 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"in_process": [], "cluster": None}
     print(f"{'MiB':>5s} {'keys':>7s} {'frames':>6s} {'snapshot':>9s} {'encode':>8s} "
           f"{'decode':>8s} {'verify':>8s} {'install':>8s} {'digest':>8s} {'periodic':>8s} "
-          f"{'1 part':>7s}"
-          f"   (ms, median of {args.repeats})")
+          f"{'1 part':>7s} {'1 recv':>7s}"
+          f"   (ms, median of {args.repeats}; 1 part/recv: the longest)")
     for mib in (int(s) for s in args.sizes.split(",") if s.strip()):
         row = in_process(mib, args.repeats, 16 * 1024 * 1024)
         report["in_process"].append(row)
         print(f"{mib:5d} {row['keys']:7d} {row['frames']:6d} {row['snapshot_ms']:9.0f} "
               f"{row['encode_ms']:8.0f} {row['decode_join_ms']:8.0f} {row['verify_ms']:8.0f} "
               f"{row['install_ms']:8.0f} {row['full_digest_ms']:8.0f} "
-              f"{row['periodic_digest_ms']:8.1f} {row['longest_part_ms']:7.1f}")
+              f"{row['periodic_digest_ms']:8.1f} {row['longest_part_ms']:7.1f} "
+              f"{row['longest_receive_ms']:7.1f}")
     if args.mib:
         report["cluster"] = cluster = on_cluster(args.mib, args.misses)
         print(f"cluster, {args.mib} MiB: filled in {cluster['fill_s']} s; kill -9 of a backup: "
