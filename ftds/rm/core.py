@@ -627,6 +627,9 @@ class RmCore:
                 self._log(logging.INFO, "RM: %s is back before being replaced (same process); "
                           "no failover", view.primary, kind="decision")
                 self.failover = None
+                # Its row in `ftds status` no longer says "lost" of the ready primary.
+                self._decide_note(view.primary,
+                                  "back before being replaced (same process); no failover")
             gone = [m for m in view.members if m != view.primary and m not in present]
             if gone:
                 self._remove_members(gone, "lost per the GFD")

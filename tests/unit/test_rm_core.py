@@ -213,6 +213,38 @@ def test_a_hung_primary_is_replaced_only_after_the_longest_lease_granted():
     assert new.epoch == 2 and new.primary in ("S2", "S3")
 
 
+def test_a_primary_back_before_being_replaced_is_not_shown_as_lost():
+    """A primary the LFD took for hung came back (same process) before the lease ran out: no
+    failover, but `ftds status` went on showing it as "primary lost; waiting out its lease",
+    or "no ready backup holds the data", while it was the ready primary."""
+    rm = new_core(lease=2.0)
+    view = serving(rm)
+    rm.step(report("S1", "i-S1", view=view), T0 + 1)
+    rm.step(membership("S2", "S3", changes=(
+        lost("S1", confirmed_dead=False, reason="heartbeats missed"),)), T0 + 1.5)
+    assert "waiting out its lease" in rm.decisions["S1"]
+    rm.step(membership(*IDS), T0 + 1.7)
+    effects = rm.step(report("S1", "i-S1", view=view), T0 + 1.8)  # heard from again
+    assert rm.failover is None and not views_sent(effects)
+    assert rm.decisions["S1"] == "back before being replaced (same process); no failover"
+    assert of(effects, core.StatusChanged)
+
+
+def test_a_primary_back_while_no_holder_could_replace_it_ends_the_unavailability():
+    rm = new_core(lease=2.0)
+    view = serving(rm)
+    rm.step(report("S1", "i-S1", view=view), T0 + 1)
+    rm.step(membership(changes=(lost("S1", confirmed_dead=False, reason="hung"),
+                                lost("S2", confirmed_dead=False, reason="hung"),
+                                lost("S3", confirmed_dead=False, reason="hung"))), T0 + 1.5)
+    rm.step(Tick(), T0 + 5)  # past its lease, and no holder to promote
+    assert rm.unavailable.startswith("no ready backup holds the data")
+    rm.step(membership("S1"), T0 + 5.1)  # the primary back first, its backups still away
+    rm.step(report("S1", "i-S1", view=view), T0 + 5.2)
+    assert rm.failover is None and rm.unavailable == ""
+    assert rm.decisions["S1"] == "back before being replaced (same process); no failover"
+
+
 def test_a_restarted_rm_waits_out_the_longest_lease_ever_granted():
     rm = new_core(RmRecord(epoch=3, lease_max=7.0), lease=0.5)
     assert rm.lease_expiry == T0 + 7.0
