@@ -426,7 +426,11 @@ class Replica:
             self.recorded_batches.append((time.monotonic(), conn, parsed))
             return
         self.submit(self._handle_requests, conn, {"reqs": parsed, "at": time.monotonic_ns()})
-        self._queued += len(parsed)
+        self._queue(len(parsed))
+
+    def _queue(self, requests: int) -> None:
+        """``requests`` more wait for the applier: past INBOX_HIGH, stop reading clients."""
+        self._queued += requests
         if self._queued > INBOX_HIGH and not self._clients_paused:
             self._pace_clients(True)
 
@@ -488,9 +492,7 @@ class Replica:
         """Keep a request until the view change is done. It still waits for the applier, so
         it counts towards a full inbox."""
         self._held.append((conn, client, request_num, op))
-        self._queued += 1
-        if self._queued > INBOX_HIGH and not self._clients_paused:
-            self._pace_clients(True)
+        self._queue(1)
 
     def _record(self, conn: Conn, client: str, request_num: int, op: Any, attempt: int,
                 received: int = 0) -> None:
