@@ -65,6 +65,8 @@ SNAPSHOT_TIMEOUT = 2.0  # a snapshot that takes longer is reported as an unrespo
 MAX_HEAD = 8192  # bytes of a request's line and headers
 KEEPALIVE_IDLE = 60.0  # a served connection may wait this long for its next request
 SEND_TIMEOUT = 10.0  # a scraper that does not read its page within this is cut off
+LINGER_TIMEOUT = 2.0  # after refusing a head, how long what the peer still sends is read away
+LINGER_BYTES = 4 << 20  # and how much of it, before the close may reset
 MAX_PENDING_AUTH = 8  # password checks queued for the bcrypt thread; more get 429
 AUTH_CACHE = 64  # successful (user, password) checks remembered, as exporter-toolkit does
 # Compared against when the user is unknown, so that costs the same as a wrong password.
@@ -580,6 +582,7 @@ class Exporter:
         except asyncio.LimitOverrunError:
             gate.stranger_closed(host, addr, f"request head over {MAX_HEAD} bytes")
             await self._send(writer, 431, b"request head too large\n", web, keep=False)
+            await self._linger(reader, writer)
             return
         while True:
             if not await self._answer(reader, writer, head, web, host):
@@ -635,6 +638,18 @@ class Exporter:
         else:
             await self._send(writer, 404, b"not found: try /metrics\n", web, keep=keep)
         return keep
+
+    @staticmethod
+    async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read away the rest of a refused request, so the close is not a reset that
+        discards the answer before the peer reads it (a lingering close)."""
+        if writer.can_write_eof():
+            writer.write_eof()  # TLS cannot half-close; its peer reads to Content-Length
+        left = LINGER_BYTES
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER_TIMEOUT):
+                while left > 0 and (data := await reader.read(min(left, 1 << 16))):
+                    left -= len(data)
 
     async def _send(self, writer: asyncio.StreamWriter, status: int, body: bytes,
                     web: WebConfig, *, keep: bool, head: bool = False,

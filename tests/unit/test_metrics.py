@@ -404,3 +404,15 @@ def make_pki(directory: Path) -> Path:
         key = ec.generate_private_key(ec.SECP256R1())
         write(name, key, cert(name, key, ca_name, ca_key, False, san))
     return directory
+
+
+@pytest.mark.parametrize("pad", [9_000, 200_000, 2_000_000])
+def test_an_oversized_request_head_is_answered_431_however_much_was_sent(pad):
+    # A head the server stops reading must not make the close a reset that loses the answer.
+    async def main() -> int:
+        async with exporter_on() as exporter:
+            status, _, body = await get(exporter.port, extra="X-Pad: " + "x" * pad + "\r\n")
+            assert body == b"request head too large\n"
+            return status
+
+    assert asyncio.run(main()) == 431
