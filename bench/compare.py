@@ -34,6 +34,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from ftds.cli import COUNT, NON_NEGATIVE, SECONDS
+
 from . import failover
 from .stats import median, ratio, rotation, us_per_op
 from .systems import (
@@ -297,10 +299,10 @@ def environment() -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=8.0,
+    parser.add_argument("--rounds", type=COUNT, default=3)
+    parser.add_argument("--duration", type=SECONDS, default=8.0,
                         help="seconds of each load window (default 8: the 3-node run fits 15 min)")
-    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--warmup", type=NON_NEGATIVE, default=1.0)
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)),
                         help="comma-separated concurrency levels")
     parser.add_argument("--replicas", type=int, default=3, metavar="N",
@@ -311,9 +313,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated, of: " + ", ".join(systems_for(3)).replace(
                             redis_name(3), "Redis WAIT <N-1> (or 'Redis WAIT' at any N)")
                         + " (default: all)")
-    parser.add_argument("--repeats", type=int, default=3, help="failover trials per fault")
+    parser.add_argument("--repeats", type=COUNT, default=3, help="failover trials per fault")
     parser.add_argument("--failover-systems", default=",".join(FAILOVER_SYSTEMS))
-    parser.add_argument("--failover-warm", type=float, default=1.0,
+    parser.add_argument("--failover-warm", type=NON_NEGATIVE, default=1.0,
                         help="seconds of probe writes before each fault")
     parser.add_argument("--no-failover", action="store_true")
     parser.add_argument("--no-throughput", action="store_true")
@@ -330,7 +332,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.duration, args.warmup, args.repeats = 1, 2.0, 0.5, 1
         args.failover_warm = 0.5
-    args.clients = [int(c) for c in args.clients.split(",") if c]
+    try:
+        args.clients = [int(c) for c in args.clients.split(",") if c]
+    except ValueError:
+        parser.error(f"argument --clients: must be counts, comma-separated (got {args.clients!r})")
+    if not args.clients or min(args.clients) < 1:
+        parser.error(f"argument --clients: must be counts >= 1 (got {args.clients})")
     args.systems = [redis_name(n) if s.strip() == REDIS else s.strip()
                     for s in args.systems.split(",") if s.strip()]
     args.failover_systems = [s.strip() for s in args.failover_systems.split(",") if s.strip()]

@@ -83,6 +83,7 @@ def _number(convert: Callable[[str], Any], low: float, *, above: bool = False,
 
 
 SECONDS = _number(float, 0, above=True)
+RATE = _number(float, 0, above=True)  # per second
 NON_NEGATIVE = _number(float, 0)
 COUNT = _number(int, 1)
 NON_NEGATIVE_INT = _number(int, 0)

@@ -167,14 +167,31 @@ def wait_status(config: Any, key: bytes, done: Any, timeout: float) -> dict[str,
         time.sleep(0.2)
 
 
+def mib_sizes(text: str) -> list[int]:
+    """``--sizes``: comma-separated store sizes in MiB, each >= 1."""
+    import argparse
+
+    try:
+        sizes = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be sizes in MiB, comma-separated (got {text!r})"
+                                         ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"must be sizes of at least 1 MiB (got {text!r})")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from ftds.cli import COUNT
+
     parser = argparse.ArgumentParser(prog="ftds bench bigstate", description=__doc__)
-    parser.add_argument("--sizes", default="50,100,200", help="store sizes in MiB, in process")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats per size (median)")
-    parser.add_argument("--mib", type=int, default=200, help="store size on the cluster")
-    parser.add_argument("--misses", type=int, default=3,
+    parser.add_argument("--sizes", type=mib_sizes, default="50,100,200",
+                        help="store sizes in MiB, in process")
+    parser.add_argument("--repeats", type=COUNT, default=3, help="repeats per size (median)")
+    parser.add_argument("--mib", type=COUNT, default=200, help="store size on the cluster")
+    parser.add_argument("--misses", type=COUNT, default=3,
                         help="heartbeat_misses on the cluster (detection = 100 ms x this)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
@@ -185,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'decode':>8s} {'verify':>8s} {'install':>8s} {'digest':>8s} {'periodic':>8s} "
           f"{'1 part':>7s} {'1 recv':>7s}"
           f"   (ms, median of {args.repeats}; 1 part/recv: the longest)")
-    for mib in (int(s) for s in args.sizes.split(",") if s.strip()):
+    for mib in args.sizes:
         row = in_process(mib, args.repeats, 16 * 1024 * 1024)
         report["in_process"].append(row)
         print(f"{mib:5d} {row['keys']:7d} {row['frames']:6d} {row['snapshot_ms']:9.0f} "

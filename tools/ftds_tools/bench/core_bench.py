@@ -238,10 +238,12 @@ def report(medians: dict[str, dict[str, float]], repeats: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from ftds.cli import COUNT, RATE, SECONDS
+
     parser = argparse.ArgumentParser(prog="ftds bench core", description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=4.0)
-    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--repeats", type=COUNT, default=3)
+    parser.add_argument("--duration", type=SECONDS, default=4.0)
+    parser.add_argument("--rate", type=RATE, default=1000.0)
     parser.add_argument("--json", help="also write the medians here")
     parser.add_argument("--tls", action="store_true",
                         help="also ftds passive with mutual TLS on every link, and the p50 of "

@@ -235,13 +235,15 @@ def report(result: dict[str, Any], repeats: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from ftds.cli import COUNT, NON_NEGATIVE_INT, RATE, SECONDS
+
     parser = argparse.ArgumentParser(prog="ftds bench flood", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=6.0)
-    parser.add_argument("--rate", type=float, default=1000.0)
-    parser.add_argument("--idle", type=int, default=500)
-    parser.add_argument("--half", type=int, default=100)
+    parser.add_argument("--repeats", type=COUNT, default=3)
+    parser.add_argument("--duration", type=SECONDS, default=6.0)
+    parser.add_argument("--rate", type=RATE, default=1000.0)
+    parser.add_argument("--idle", type=NON_NEGATIVE_INT, default=500)
+    parser.add_argument("--half", type=NON_NEGATIVE_INT, default=100)
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--tls", action="store_true",
                         help="the cluster runs mutual TLS; half strangers send most of a TLS "

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--playbook", action="store_true",
                         help="also time a fresh lab's first deploy and an idempotent re-run "
                              "(recreates the lab)")
-    parser.add_argument("--reruns", type=int, default=3,
+    parser.add_argument("--reruns", type=COUNT, default=3,
                         help="with --playbook: repeats of each timed re-run (default 3)")
     parser.add_argument("--load", type=client_counts, metavar="C1,C2,...",
                         help="closed-loop load at these client counts (e.g. 1,16,128), after "

@@ -268,8 +268,10 @@ def render(report: dict[str, Any], trials: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from ftds.cli import COUNT
+
     parser = argparse.ArgumentParser(prog="ftds bench recovery", description=__doc__)
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trials", type=COUNT, default=10)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     report = measure(args.trials)
