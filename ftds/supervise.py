@@ -37,6 +37,11 @@ def _check(task: asyncio.Task[Any]) -> None:
     name = task.get_name()
     log.critical("task %s died: %s: %s; exiting so the fault detectors see it", name,
                  exc.__class__.__name__, exc, exc_info=exc)
+    fatal(name, exc)
+
+
+def fatal(name: str, exc: BaseException) -> None:
+    """Stop the daemon: ``name`` (a task, or a step it cannot go on without) failed."""
     died.append((name, exc))
     if on_fatal is not None:
         on_fatal(name, exc)

@@ -23,7 +23,7 @@ from ..config import ClusterConfig, ConfigError, ReplicaSpec, describe_changes, 
 from ..gate import Gate
 from ..log import members_line
 from ..sdnotify import nobody_listens
-from ..supervise import spawn
+from ..supervise import fatal, spawn
 from ..view import View
 from ..wire import Conn, Message, WireError, connect, listen, require, stay_connected
 from . import core
@@ -78,6 +78,7 @@ class ReplicationManager:
         self._server: asyncio.base_events.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._gfd_waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self.halted = False  # the record could not be made durable: the RM is stopping
         # The epoch on messages to replicas: the view in force when the effect was decided.
         self._epoch_stamp: int | None = None
         rm = self.config.rm
@@ -185,8 +186,12 @@ class ReplicationManager:
     def _step(self, event: core.Event, conn: Conn | None = None) -> None:
         """Feed ``event`` to the core and carry out its effects in order; ``conn`` is where
         the event came from (answers go there)."""
+        if self.halted:
+            return
         for effect in self.core.step(event, time.monotonic()):
             self._carry_out(effect, conn)
+            if self.halted:
+                return
 
     def _carry_out(self, effect: core.Effect, conn: Conn | None) -> None:
         match effect:
@@ -194,7 +199,10 @@ class ReplicationManager:
                 log.log(effect.level, effect.msg, *effect.args,
                         extra={"kind": effect.kind} if effect.kind else None)
             case core.Persist():
-                self.store.save(effect.record)
+                try:
+                    self.store.save(effect.record)
+                except OSError as exc:
+                    self._halt(exc)
             case core.SendView():
                 self._send_view(effect.view, effect.primary_first)
             case core.Reply():
@@ -223,6 +231,14 @@ class ReplicationManager:
                 self.relauncher.reset(effect.replica)
             case core.StatusChanged():
                 self.metrics.changed()
+
+    def _halt(self, exc: OSError) -> None:
+        """The record could not be made durable: act on nothing more. A restarted RM reads the
+        last record it did make durable, so a view sent now could be issued again, different."""
+        self.halted = True
+        log.critical("RM: cannot record its state in %s (%s); stopping before acting on it",
+                     self.store.path, exc, extra={"kind": "decision"})
+        fatal("persist", exc)
 
     def _send_view(self, view: View, primary_first: bool) -> None:
         order = sorted(self.links.values(),

@@ -10,13 +10,14 @@ is not durable or reads as zero when corrupt.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import time
 
 import pytest
 
-from ftds import local
+from ftds import local, supervise
 from ftds.config import ConfigError
 from ftds.rm import core
 from ftds.rm.manager import ReplicationManager
@@ -412,3 +413,28 @@ def test_unavailable_reason_stays_while_a_view_shrinks(make_rm):
     assert rm.unavailable
     decided(rm, rm.core._remove_members, ["S2"], "restarted without its state")
     assert rm.unavailable, "the reason it waits must stay in ftds status"
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EIO])
+def test_an_rm_that_cannot_record_its_state_stops_before_acting_on_it(make_rm, monkeypatch, err):
+    """Fail-stop: a view the RM could not make durable never leaves it (a restarted RM would
+    not know its epoch and could issue it again), and the RM stops deciding and exits."""
+    rm = make_rm()
+    sent: list[View] = []
+    rm._send_view = lambda view, primary_first: sent.append(view)
+
+    def full(record: RmRecord) -> None:
+        raise OSError(err, os.strerror(err))
+
+    rm.store.save = full
+    died: list[tuple[str, BaseException]] = []
+    monkeypatch.setattr(supervise, "on_fatal", lambda name, exc: died.append((name, exc)))
+    stable(rm, IDS)
+    for rid in IDS:
+        report(rm, rid, inc=f"i-{rid}")  # enough to bootstrap epoch 1
+    assert [name for name, _ in died] == ["persist"]
+    assert isinstance(died[0][1], OSError) and died[0][1].errno == err
+    assert sent == [], "a view went out that the RM's record does not hold"
+    rm.decide()
+    report(rm, "S1", inc="i-S1")
+    assert sent == [] and len(died) == 1
