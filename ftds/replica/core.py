@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import faults
-from ..config import ClusterConfig
+from ..config import ClusterConfig, ConfigError
 from ..log import msg_id
 from ..sdnotify import nobody_listens
 from ..statemachine import (
@@ -1124,9 +1124,24 @@ class Replica:
         if not (self.trusted and self.caught_up):
             self.caught_up = False  # an untrusted subscriber always starts from a checkpoint
         self._parts.reset()
-        target = self.config.replica(self.view.primary)
+        try:
+            target = self.config.replica(self.view.primary)
+        except ConfigError:
+            # The RM's file names it and mine does not: follow it once mine does (a reload).
+            self.upstream = None
+            log.error("%s: the view's %s %s is not in my cluster file (%s); I follow it once "
+                      "the file names it and is reloaded", self.id,
+                      "sequencer" if self.config.mode == "active" else "primary",
+                      self.view.primary, self.config.path)
+            return
         self.upstream = Upstream(self, target)
         self.upstream.start()
+
+    def reconfigured(self, config: ClusterConfig) -> None:
+        """A reloaded cluster file: a member that could not follow its primary tries again."""
+        self.config = config
+        if self.view is not None and self.view.primary != self.id and self.upstream is None:
+            self._subscribe()
 
     def subscription_fields(self) -> dict[str, Any]:
         last = self.log.entry(self.sm.seq)

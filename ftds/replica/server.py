@@ -123,7 +123,7 @@ class ReplicaDaemon:
             return
         if new.replica(self.name).metrics_port != old.replica(self.name).metrics_port:
             log.warning("%s: the metrics port changed: that takes a restart", self.name)
-        self.replica.config = new
+        self.replica.reconfigured(new)
         log.info("%s: configuration reloaded: %s", self.name,
                  "; ".join(changes) if changes else "no change")
 

@@ -121,6 +121,9 @@ class ReplicaState:
     present: bool = False  # in the GFD's membership
     loss: GfdChange | None = None  # the GFD's last delete for it, until it is back
     incarnation: str | None = None  # of the process that reported last
+    # False once the operator removed it from the cluster file: it is kept only while a view
+    # names it, as gone (never present, relaunched or elected), so that view can be replaced.
+    configured: bool = True
 
 
 @dataclass
@@ -349,6 +352,7 @@ class RmCore:
             # reports an older one (it was cut off meanwhile) must never bring it back.
             self.view = View.from_wire(record.view)
             self.adopted = True
+            self._keep_departed(self.view)
         self.failover: Failover | None = None
         self.decisions: dict[str, str] = {}
         self.last_decision = "starting"
@@ -399,7 +403,7 @@ class RmCore:
         self._out.append(Reply(kind, fields, self.view.epoch if self.view else 0))
 
     def _known(self, rid: str, message: str) -> bool:
-        if rid in self.replicas:
+        if rid in self.replicas and self.replicas[rid].configured:
             return True
         self._reply("error", {"code": "unknown_replica", "message": message.format(rid)})
         return False
@@ -424,10 +428,24 @@ class RmCore:
     def _reconfigure(self, settings: Settings) -> None:
         self.settings = settings
         for rid in settings.replica_ids:
-            self.replicas.setdefault(rid, ReplicaState())
+            self.replicas.setdefault(rid, ReplicaState()).configured = True
         for rid in [r for r in self.replicas if r not in settings.replica_ids]:
-            del self.replicas[rid]
+            self.replicas[rid].configured = False
+            self.replicas[rid].present = False
+        self._forget_departed()
         self._decide()
+
+    def _keep_departed(self, view: View) -> None:
+        """Members of ``view`` missing from the cluster file are known, as removed from it."""
+        for rid in (view.primary, *view.members):
+            if rid not in self.replicas:
+                self.replicas[rid] = ReplicaState(configured=False)
+
+    def _forget_departed(self) -> None:
+        named = set() if self.view is None else {self.view.primary, *self.view.members}
+        for rid in [r for r, info in self.replicas.items()
+                    if not info.configured and r not in named]:
+            del self.replicas[rid]
 
     # ====================================================================== replicas ====
     def _from_current_primary(self, rid: str, epoch: Any) -> bool:
@@ -495,6 +513,8 @@ class RmCore:
     def _adopt(self, view: View, why: str) -> None:
         """A view newer than ours exists (we restarted): take it as the current one."""
         self.view = view
+        self._keep_departed(view)
+        self._forget_departed()
         self.epoch_floor = max(self.epoch_floor, view.epoch)
         # Members of a view we did not make are confirmed if its primary had vouched for them
         # (our record says so), as long as the process reporting now is the one the view
@@ -576,11 +596,11 @@ class RmCore:
     # =========================================================================== GFD ====
     def _on_membership(self, event: Membership) -> None:
         self.gfd_stable = event.stable
-        members = [m for m in event.members if m in self.replicas]
+        members = [m for m in event.members if m in self.replicas and self.replicas[m].configured]
         for change in event.changes:
             rid = change.replica
             info = self.replicas.get(rid)
-            if info is None:
+            if info is None or not info.configured:
                 continue
             if change.kind == "delete":
                 info.loss = change
@@ -609,8 +629,8 @@ class RmCore:
             return  # the GFD is (re)building its membership: no conclusions yet
         present = {rid for rid, info in self.replicas.items() if info.present}
         # A replica an operator holds for maintenance stays down: it is never relaunched.
-        absent = [rid for rid in self.replicas
-                  if rid not in present and rid not in self.record.held]
+        absent = [rid for rid, info in self.replicas.items()
+                  if rid not in present and rid not in self.record.held and info.configured]
         if self.view is None:
             self._bootstrap(present)
             if self.view is None and absent and self.now - self.started >= BOOTSTRAP_WAIT:
@@ -631,8 +651,11 @@ class RmCore:
                 self._decide_note(view.primary,
                                   "back before being replaced (same process); no failover")
             gone = [m for m in view.members if m != view.primary and m not in present]
-            if gone:
-                self._remove_members(gone, "lost per the GFD")
+            departed = [m for m in gone if not self.replicas[m].configured]
+            if departed:
+                self._remove_members(departed, "removed from the cluster file")
+            if lost := [m for m in gone if m not in departed]:
+                self._remove_members(lost, "lost per the GFD")
             self._admit(present)
         if absent:
             self._out.append(Relaunch(tuple(absent)))
@@ -704,7 +727,9 @@ class RmCore:
             # A new process on its ports means the old one is gone: no lease left to wait out.
             confirmed = bool(loss and loss.confirmed_dead) or restarted
             wait_until = now if confirmed else self.lease_expiry + LEASE_MARGIN
-            if restarted and loss is None:
+            if not self.replicas[old].configured:
+                reason = "removed from the cluster file"
+            elif restarted and loss is None:
                 reason = "restarted without its state"
             else:
                 reason = "absent" if loss is None or loss.reason is None else loss.reason
@@ -799,6 +824,7 @@ class RmCore:
     def _issue(self, view: View, why: str, primary_first: bool = False) -> None:
         self._persist(view)  # on disk before anyone hears of it
         self.view = view
+        self._forget_departed()
         self.adopted = False
         if self.failover is None:  # still waiting for a holder: the reason stands
             self.unavailable = ""

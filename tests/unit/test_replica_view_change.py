@@ -229,3 +229,31 @@ def test_an_orderer_whose_clock_runs_ahead_does_not_age_the_reply_cache(tmp_path
     assert replica._entry_time(mono + 45) == t0 + 40  # a right clock is taken as it is
     monkeypatch.setattr(core.time, "time", lambda: t0 - 100)
     assert replica._entry_time(mono + 50) == t0  # never behind the last entry
+
+
+def test_a_view_whose_primary_is_not_in_the_cluster_file_is_followed_once_it_is(tmp_path,
+                                                                                caplog):
+    """A backup whose file was reloaded without the primary (the RM's still names it) took
+    the RM's view halfway and raised ConfigError out of the message handler: no ack, no
+    report, and no subscription even after the file was fixed."""
+    import yaml
+
+    async def scenario():
+        path = local.write_cluster(tmp_path, 3, base=44100)
+        config = load_config(path)
+        replica = Replica(config, "S2", config.read_key())
+        data = yaml.safe_load(path.read_text())
+        data["replicas"] = [r for r in data["replicas"] if r["id"] != "S1"]
+        without = tmp_path / "without-S1.yml"
+        without.write_text(yaml.safe_dump(data))
+        replica.config = load_config(without)
+        rm = FakeConn("rm", "RM")
+        replica._on_view(rm, {"view": View(2, 0, "S1", ("S1", "S2"))})
+        assert replica.view.primary == "S1" and replica.upstream is None
+        assert [kind for kind, _ in rm.sent] == ["view_ack"]
+        assert "primary S1 is not in my cluster file" in caplog.text
+        replica.reconfigured(config)  # fixed and reloaded: it follows the primary now
+        assert replica.upstream is not None and replica.upstream.target == "S1"
+        await replica.stop()
+
+    asyncio.run(scenario())

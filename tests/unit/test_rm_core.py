@@ -418,3 +418,49 @@ def test_a_report_reads_a_field_of_the_wrong_type_as_not_given():
     assert parsed.i_am_ready == 1 and parsed.view_fields == {}
     assert not ReplicaReport.from_wire({"seq": 3}).vouches
     assert ReplicaReport.from_wire({"vouched": [4, 2]}).vouched == (4, 2)
+
+
+# ============================================================ replicas removed from the file ====
+def test_the_primary_removed_from_the_cluster_file_is_replaced_after_its_lease():
+    """An operator removes the primary's entry and reloads the RM: it is treated as gone (its
+    process may still run until its lease ends), never as a crash of the RM's decisions."""
+    rm = new_core(lease=0.5)
+    view = serving(rm)
+    for rid in IDS:
+        rm.step(report(rid, f"i-{rid}", seq=10, view=view), T0 + 2)
+    rm.step(LeaseRequest("S1", 1, view.epoch), T0 + 2)
+    effects = rm.step(Reconfigured(Settings(("S2", "S3"), "passive", 0.5)), T0 + 2.1)
+    assert not views_sent(effects), "replaced before its lease ran out"
+    assert "removed from the cluster file" in rm.decisions["S1"]
+    assert core.Relaunch(("S1",)) not in of(effects, core.Relaunch)
+    rm.step(membership(*IDS), T0 + 2.2)  # its LFD still runs: present to the GFD
+    effects = rm.step(Tick(), T0 + 2.6 + LEASE_MARGIN)
+    [new] = views_sent(effects)
+    assert (new.epoch, new.primary, new.members) == (view.epoch + 1, "S2", ("S2", "S3"))
+    assert "S1" not in rm.replicas  # no view names it any more
+    effects = rm.step(Tick(), T0 + 5)
+    assert not views_sent(effects) and not of(effects, core.Relaunch)
+
+
+def test_an_rm_started_on_a_file_without_its_records_primary_replaces_it():
+    old = View(4, 2, "S1", IDS, incs=tuple((r, f"i-{r}") for r in IDS))
+    rm = RmCore(Settings(("S2", "S3"), "passive", 0.5),
+                RmRecord(epoch=4, view=old.to_wire(), committed_seq=10, confirmed=list(IDS)), T0)
+    rm.step(membership("S2", "S3"), T0)
+    for rid in ("S2", "S3"):
+        rm.step(report(rid, f"i-{rid}", seq=10, view=old), T0 + 0.1)
+    effects = rm.step(Tick(), T0 + 0.6 + LEASE_MARGIN)
+    [new] = views_sent(effects)
+    assert (new.epoch, new.primary, new.members) == (5, "S2", ("S2", "S3"))
+
+
+def test_a_backup_removed_from_the_cluster_file_leaves_the_ready_set():
+    rm = new_core()
+    view = serving(rm)
+    for rid in IDS:
+        rm.step(report(rid, f"i-{rid}", seq=10, view=view), T0 + 2)
+    effects = rm.step(Reconfigured(Settings(("S1", "S2"), "passive", 2.0)), T0 + 3)
+    [new] = views_sent(effects)
+    assert (new.epoch, new.primary, new.members) == (view.epoch, "S1", ("S1", "S2"))
+    assert not of(effects, core.Relaunch)
+    assert "S3" not in rm.replicas

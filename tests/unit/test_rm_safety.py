@@ -14,8 +14,10 @@ import errno
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from ftds import local, supervise
 from ftds.config import ConfigError
@@ -438,3 +440,24 @@ def test_an_rm_that_cannot_record_its_state_stops_before_acting_on_it(make_rm, m
     rm.decide()
     report(rm, "S1", inc="i-S1")
     assert sent == [] and len(died) == 1
+
+
+def test_a_reload_that_removes_the_primary_replaces_it(make_rm):
+    """The reload carried out half of itself and then raised KeyError in the decision: the
+    link was gone, the decisions raised on every later report and tick, and no view came."""
+    rm = make_rm()
+    view = serving(rm)
+    for rid in IDS:
+        report(rm, rid, inc=f"a-{rid}", seq=10, view=view)
+    data = yaml.safe_load(Path(rm.config_path).read_text())
+    data["replicas"] = [r for r in data["replicas"] if r["id"] != "S1"]
+    Path(rm.config_path).write_text(yaml.safe_dump(data))
+    rm.reload()
+    assert "S1" not in rm.links
+    assert rm.core.failover is not None and rm.core.failover.reason == \
+        "removed from the cluster file"
+    assert "S1" not in rm.status(rm.gfd)["replicas"]
+    rm.core.failover.not_before = 0.0  # its lease is not under test here
+    rm.decide()
+    assert (rm.view.epoch, rm.view.primary, rm.view.members) == (3, "S2", ("S2", "S3"))
+    assert RmStore(rm.state_dir).load().view["primary"] == "S2"
