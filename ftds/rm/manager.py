@@ -157,6 +157,12 @@ class ReplicationManager:
             log.error("RM: reload refused, keeping the running configuration: %s", exc)
             return
         changes = describe_changes(self.config, new)
+        # As the replicas refuse it: they run the mode they started with.
+        fixed = [c for c in changes if c.split(":")[0] in ("mode", "replication")]
+        if fixed:
+            log.error("RM: reload refused: %s need a restart of every replica; keeping the "
+                      "running configuration", ", ".join(fixed))
+            return
         if (new.rm_metrics_port, new.rm_metrics_address) != \
                 (self.config.rm_metrics_port, self.config.rm_metrics_address):
             log.warning("RM: the metrics port or address changed: that takes a restart")

@@ -461,3 +461,15 @@ def test_a_reload_that_removes_the_primary_replaces_it(make_rm):
     rm.decide()
     assert (rm.view.epoch, rm.view.primary, rm.view.members) == (3, "S2", ("S2", "S3"))
     assert RmStore(rm.state_dir).load().view["primary"] == "S2"
+
+
+def test_a_reload_that_changes_the_mode_is_refused_as_the_replicas_refuse_it(make_rm, caplog):
+    rm = make_rm()
+    data = yaml.safe_load(Path(rm.config_path).read_text())
+    data["mode"] = "active"
+    data.setdefault("tunables", {})["lease"] = 0.25
+    Path(rm.config_path).write_text(yaml.safe_dump(data))
+    rm.reload()
+    assert rm.config.mode == "passive" and rm.core.settings.mode == "passive"
+    assert rm.core.settings.lease != 0.25, "part of a refused file was taken"
+    assert "reload refused: mode" in caplog.text
