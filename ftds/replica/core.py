@@ -765,6 +765,7 @@ class Replica:
         sub = self.subs.get(member)
         if sub is None or sub.conn is not conn or not admits("ack", msg.get("e", 0), self.epoch):
             return
+        sub.acked = max(sub.acked, seq)
         self._step(Acked(member, seq))
 
     def _continue_recovery(self) -> None:
@@ -1107,7 +1108,9 @@ class Replica:
             sub = self.subs.get(member)
             if member not in before and sub is not None:
                 sub.trusted = True
-                holds[member] = sub.seq  # its acks count from what it held when subscribing
+                # What it held when subscribing, or acknowledged since on this stream: a view
+                # that removed it meanwhile (the orderer then forgot its acks) changes neither.
+                holds[member] = max(sub.seq, sub.acked)
         for member in before - set(self.view.members if self.view else ()):
             sub = self.subs.get(member)
             if sub is not None:

@@ -25,6 +25,7 @@ class Subscriber:
     seq: int  # what it had when it subscribed
     trusted: bool  # in the ready set: its log is a prefix of ours
     synced: bool = False  # caught-up payload sent
+    acked: int = 0  # the highest seq it acknowledged on this stream (ours, whatever the view)
 
 
 class Fanout:

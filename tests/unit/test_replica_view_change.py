@@ -144,6 +144,34 @@ def test_primary_vouches_for_an_added_member_once_it_holds_what_was_committed(tm
     assert replica.vouched() == [1, 1]
 
 
+def test_a_member_removed_and_added_again_on_one_stream_is_vouched_for_without_new_writes(
+        tmp_path):
+    """Simulator seed 37896: a view removing S2 reached the primary late, after S2 had
+    acknowledged everything on its stream; the next view added S2 back. Its acknowledgements
+    were forgotten with the removal, and with no new write it never acknowledged again: the
+    primary never vouched for the view, and the RM admitted nobody after it (not converged)."""
+    config = load_config(local.write_cluster(tmp_path, 3, base=44100))
+    replica = Replica(config, "S1", config.read_key())
+    rm = FakeConn("rm", "RM")
+    replica._on_view(rm, {"view": View(1, 0, "S1", ("S1",), lease=5.0)})
+    for n in range(1, 4):
+        replica._apply({"s": n, "e": 1, "c": "C1", "r": n, "op": op(n)}, announce=False)
+    replica._advance_commit()
+    member = FakeConn("member", "S2")
+    replica.subs.admit(Subscriber("S2", member, seq=0, trusted=False))
+    replica._on_view(rm, {"view": View(1, 1, "S1", ("S1", "S2"))})
+    replica.on_member_ack(member, {"t": "ack", "e": 1, "seq": 3})
+    assert replica.vouched() == [1, 1]
+    replica._on_view(rm, {"view": View(1, 2, "S1", ("S1",))})
+    replica._on_view(rm, {"view": View(1, 3, "S1", ("S1", "S2"))})
+    assert replica.vouched() == [1, 3], "what S2 acknowledged on this stream was forgotten"
+    # A new stream (another process, or a resubscription) starts from what it says it holds.
+    replica._on_view(rm, {"view": View(1, 4, "S1", ("S1",))})
+    replica.subs.admit(Subscriber("S2", FakeConn("member", "S2"), seq=0, trusted=False))
+    replica._on_view(rm, {"view": View(1, 5, "S1", ("S1", "S2"))})
+    assert replica.vouched() == [1, 4], "vouched for a stream that acknowledged nothing"
+
+
 def test_active_member_answers_an_entry_only_on_the_connection_that_sent_that_operation(tmp_path):
     """Two connections use client id C1 with request 12: the client's get and a hostile put. The
     sequencer orders the get; a member must never send the get's reply to the put's connection,
