@@ -30,6 +30,7 @@ class RelaunchState:
     next_at: float = 0.0  # monotonic time of the next attempt allowed
     waiting_until: float = 0.0  # an attempt was made: the replica should appear by then
     in_flight: bool = False
+    back_meanwhile: bool = False  # it was present again while the attempt ran
     failures: int = 0
     # An attempt that ran but did not bring the replica back: a process may be there, hung.
     ran_without_effect: bool = False
@@ -78,6 +79,8 @@ class Relauncher:
     def present(self, replica: str) -> None:
         """The replica is back: the attempt (if any) worked."""
         state = self.states[replica]
+        if state.in_flight:
+            state.back_meanwhile = True  # its attempt need not be waited for
         if state.waiting_until or state.failures:
             state.backoff = 0.0
             state.failures = 0
@@ -124,6 +127,7 @@ class Relauncher:
             state.attempts.append(now)
             state.total += 1
             state.in_flight = True
+            state.back_meanwhile = False
             self.on_issued(replica, time.time())
             task = asyncio.get_running_loop().create_task(self._attempt(replica, restart))
             self._tasks.add(task)
@@ -155,7 +159,8 @@ class Relauncher:
         else:
             log.info("RM: %s: %s", replica, result, extra={"kind": "decision"})
             state.last_result = result
-            state.waiting_until = time.monotonic() + tun.relaunch_timeout
+            if not state.back_meanwhile:
+                state.waiting_until = time.monotonic() + tun.relaunch_timeout
         finally:
             state.in_flight = False
 

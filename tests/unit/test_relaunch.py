@@ -86,3 +86,28 @@ def test_an_exhausted_budget_is_restored_once_its_window_has_passed(tmp_path):
         at - 1.0 for at in r.states["S2"].attempts)  # the window has passed
     assert not r.exhausted("S2") and r.budget_left("S2") == 2
     assert "restored" in r.states["S2"].last_result
+
+
+def test_a_replica_back_while_its_start_ran_is_relaunched_at_once_when_lost_again(tmp_path):
+    """Simulator seed 37896: S2 came back (a pause) while its start ran ("already running"); the
+    RM then waited the whole relaunch_timeout for it to appear, so when S2 died 0.6 s later it
+    stayed down for 4.4 s more. A replica present before its attempt ended needs no wait."""
+    async def scenario() -> list[str]:
+        r, launcher = relauncher(tmp_path, ["ok", "ok"], relaunch_timeout=30)
+        gate = asyncio.Event()
+        plain = launcher.launch
+
+        async def slow(spec, restart):
+            await gate.wait()
+            return await plain(spec, restart)
+
+        launcher.launch = slow
+        r.tick(["S2"])  # lost: start issued
+        await asyncio.sleep(0)
+        r.present("S2")  # back (it was paused) while the start runs
+        gate.set()
+        await asyncio.sleep(0.01)  # the start ends: "already running"
+        await drive(r, ["S2"], 0.2)  # lost again: killed
+        return launcher.calls
+
+    assert asyncio.run(scenario()) == ["start", "start"]
