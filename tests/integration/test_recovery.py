@@ -314,6 +314,33 @@ def test_replica_set_grows_and_shrinks_at_run_time(make_managed, tmp_path):
     cluster.wait(lambda: local.read_pid(cluster.dir, "S4") is None, 10, "S4's process to stop")
 
 
+def test_the_primary_leaves_the_replica_set_at_run_time(make_managed, tmp_path):
+    """The primary's entry removed from the file, then a reload: the RM replaces it once its
+    lease has run out, and nothing acknowledged is lost. (The RM's reload raised KeyError
+    halfway, and every later decision raised again: no view ever came.)"""
+    cluster = make_managed()
+    start = cluster.up()
+    old = start["primary"]
+    rest = [r for r in IDS if r != old]
+    histories, procs = with_load(cluster, tmp_path, duration=6)
+    data = yaml.safe_load(cluster.path.read_text())
+    data["replicas"] = [r for r in data["replicas"] if r["id"] != old]
+    cluster.path.write_text(yaml.safe_dump(data))
+    cluster.config = load_config(cluster.path)
+    subprocess.run([sys.executable, "-m", "ftds", "local", "reload", "--dir", str(cluster.dir)],
+                   check=True, capture_output=True)
+    status = cluster.wait(lambda: (s := cluster.healthy()) and s["primary"] in rest and s, 30,
+                          f"a primary other than {old}")
+    assert status["epoch"] == start["epoch"] + 1 and set(status["members"]) == set(rest)
+    assert old not in status["replicas"]
+    for proc in procs:
+        finish(proc)
+    cluster.wait_healthy()
+    check_counters(cluster, histories, ids=rest)
+    log = (cluster.dir / "logs" / "RM.log").read_text()
+    assert f"{old}: primary lost (removed from the cluster file)" in log
+
+
 def test_a_held_replica_stays_down_until_it_is_released(make_managed, tmp_path):
     """`ftds ctl hold S3 --reason ...`: the RM leaves S3 down after it stops, status says HELD
     and DEGRADED (exit 1); `ftds ctl release S3` and the RM brings it back."""
