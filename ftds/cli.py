@@ -435,6 +435,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     key = config.read_key()
 
     async def main() -> int:
+        if args.ctl in ("bootstrap", "promote", "members", "view"):
+            await ctl.refuse_past_a_running_rm(config, key)
         if args.ctl == "status":
             status = await ctl.statuses(config, key)
             if args.json:
@@ -1126,7 +1128,7 @@ def _explain(exc: Exception) -> tuple[int, str, str] | None:
         return (EXIT_USAGE, str(exc),
                 "fix it, or name the cluster file with --config FILE or $FTDS_CONFIG")
     if isinstance(exc, CtlError):
-        return EXIT_FAILED, str(exc), "see ftds ctl status"
+        return EXIT_FAILED, str(exc), exc.todo
     if isinstance(exc, RMRefused):
         todo = ("this RM does not know the command: upgrade ftds on the manager"
                 if exc.code == "unknown_type" else "see ftds status")

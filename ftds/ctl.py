@@ -17,7 +17,32 @@ from .wire import Conn, connect
 
 
 class CtlError(RuntimeError):
-    """An operator command that cannot be carried out; the message says why."""
+    """An operator command that cannot be carried out; the message says why, ``todo`` what
+    to do instead."""
+
+    def __init__(self, message: str, todo: str = "see ftds ctl status") -> None:
+        super().__init__(message)
+        self.todo = todo
+
+
+async def refuse_past_a_running_rm(config: ClusterConfig, key: bytes) -> None:
+    """Views by hand are for a cluster without a running RM. Past one, a view escapes its
+    record (it could issue that epoch again, different) and its rules (who may lead)."""
+    from .rmclient import RMRefused, RMUnreachable, rm_request
+
+    try:
+        status = await rm_request(config, key, "status_req", timeout=1.0)
+    except RMUnreachable:
+        return
+    except RMRefused:
+        status = {}
+    role = "sequencer" if config.mode == "active" else "primary"
+    raise CtlError(
+        f"the RM manages this cluster's views (epoch {status.get('epoch', '?')}, {role} "
+        f"{status.get('primary') or '-'}): a view sent past it could reuse an epoch the RM "
+        "issues, or make a replica that lacks the data lead",
+        "let the RM choose; 'ftds ctl force-primary ID --accept-data-loss' overrides it "
+        "loudly; to send views by hand, stop the RM first (systemctl stop ftds-rm)")
 
 
 async def admin_conn(config: ClusterConfig, key: bytes, spec: ReplicaSpec,

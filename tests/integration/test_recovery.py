@@ -341,6 +341,26 @@ def test_the_primary_leaves_the_replica_set_at_run_time(make_managed, tmp_path):
     assert f"{old}: primary lost (removed from the cluster file)" in log
 
 
+@pytest.mark.parametrize("argv", [
+    ["promote", "S2"], ["promote"], ["members", "S1,S2"], ["bootstrap"],
+    ["view", "--epoch", "9", "--primary", "S3", "--members", "S3"],
+])
+def test_views_by_hand_are_refused_while_the_rm_manages_them(make_managed, argv):
+    """`ftds ctl promote|members|view|bootstrap` send views straight to the replicas. Past a
+    running RM such a view escapes its record (it may issue that epoch again, otherwise) and
+    its rules (`view --primary S3` made an empty replica primary without --accept-data-loss)."""
+    cluster = make_managed()
+    start = cluster.up()
+    done = subprocess.run([sys.executable, "-m", "ftds", "ctl", *argv, "-c", str(cluster.path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done
+    assert "the RM manages this cluster's views" in done.stderr
+    assert "force-primary" in done.stderr and "Traceback" not in done.stderr
+    views = {rid: (s or {}).get("view") for rid, s in cluster.statuses().items()}
+    assert all(v and v["epoch"] == start["epoch"] for v in views.values()), views
+    assert cluster.rm_status()["epoch"] == start["epoch"]
+
+
 def test_a_held_replica_stays_down_until_it_is_released(make_managed, tmp_path):
     """`ftds ctl hold S3 --reason ...`: the RM leaves S3 down after it stops, status says HELD
     and DEGRADED (exit 1); `ftds ctl release S3` and the RM brings it back."""
