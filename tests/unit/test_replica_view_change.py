@@ -124,10 +124,8 @@ def test_member_that_differs_from_a_digest_only_checkpoint_takes_the_state_again
     asyncio.run(scenario())
 
 
-def test_primary_vouches_for_an_added_member_once_it_holds_what_was_committed(tmp_path):
-    """A member added in the same epoch counts for new commits at once, but it may still miss
-    entries committed before the view: the primary vouches for the view (the RM then makes the
-    member electable) only when the member acknowledged them."""
+def primary_alone_with_three_committed(tmp_path) -> tuple[Replica, FakeConn]:
+    """S1 primary of epoch 1 alone under a lease, seq 1..3 applied and acknowledged."""
     config = load_config(local.write_cluster(tmp_path, 3, base=44100))
     replica = Replica(config, "S1", config.read_key())
     rm = FakeConn("rm", "RM")
@@ -135,6 +133,14 @@ def test_primary_vouches_for_an_added_member_once_it_holds_what_was_committed(tm
     for n in range(1, 4):
         replica._apply({"s": n, "e": 1, "c": "C1", "r": n, "op": op(n)}, announce=False)
     replica._advance_commit()  # acknowledged alone, under its lease
+    return replica, rm
+
+
+def test_primary_vouches_for_an_added_member_once_it_holds_what_was_committed(tmp_path):
+    """A member added in the same epoch counts for new commits at once, but it may still miss
+    entries committed before the view: the primary vouches for the view (the RM then makes the
+    member electable) only when the member acknowledged them."""
+    replica, rm = primary_alone_with_three_committed(tmp_path)
     assert replica.commit == 3
     assert replica.vouched() == [1, 0]
     replica.subs.admit(Subscriber("S2", FakeConn("member", "S2"), seq=1, trusted=False))
@@ -150,13 +156,7 @@ def test_a_member_removed_and_added_again_on_one_stream_is_vouched_for_without_n
     acknowledged everything on its stream; the next view added S2 back. Its acknowledgements
     were forgotten with the removal, and with no new write it never acknowledged again: the
     primary never vouched for the view, and the RM admitted nobody after it (not converged)."""
-    config = load_config(local.write_cluster(tmp_path, 3, base=44100))
-    replica = Replica(config, "S1", config.read_key())
-    rm = FakeConn("rm", "RM")
-    replica._on_view(rm, {"view": View(1, 0, "S1", ("S1",), lease=5.0)})
-    for n in range(1, 4):
-        replica._apply({"s": n, "e": 1, "c": "C1", "r": n, "op": op(n)}, announce=False)
-    replica._advance_commit()
+    replica, rm = primary_alone_with_three_committed(tmp_path)
     member = FakeConn("member", "S2")
     replica.subs.admit(Subscriber("S2", member, seq=0, trusted=False))
     replica._on_view(rm, {"view": View(1, 1, "S1", ("S1", "S2"))})
