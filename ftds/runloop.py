@@ -18,7 +18,7 @@ import logging
 import resource
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import supervise
 from .sdnotify import Notifier, nobody_listens, watchdog_interval
@@ -54,6 +54,16 @@ async def _status_refresh(changed: Callable[[], None]) -> None:
 EXIT_TASK_DIED = 70  # EX_SOFTWARE
 
 
+def _a_defect(message: str, exc: BaseException | None) -> bool:
+    """Whether an error the loop reports stops the daemon: an exception out of a callback (a
+    timer, a protocol's callback) or out of a task nobody awaited is a defect, and the daemon's
+    state after it unknown. A transport's OSError (a peer's reset, accept() out of file
+    descriptors under a flood) is the network's doing, and the transport handles it."""
+    if exc is None or isinstance(exc, asyncio.CancelledError):
+        return False
+    return message.startswith("Exception in callback") or not isinstance(exc, OSError)
+
+
 async def serve(daemon: Daemon) -> int:
     loop = asyncio.get_running_loop()
     notifier = Notifier()
@@ -65,6 +75,15 @@ async def serve(daemon: Daemon) -> int:
         stop.set()
 
     supervise.on_fatal = on_fatal
+
+    def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        loop.default_exception_handler(context)  # logged with its traceback, as ever
+        exc = context.get("exception")
+        if _a_defect(context.get("message", ""), exc):
+            assert exc is not None
+            on_fatal("loop callback", exc)
+
+    loop.set_exception_handler(on_loop_error)
 
     def on_reload() -> None:
         notifier.reloading()

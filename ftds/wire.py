@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import authz
+from . import authz, supervise
 from .errors import WireError
 from .gate import LISTEN_BACKLOG
 from .tls import Identity, LinkTls, identity_of
@@ -412,6 +412,9 @@ class Conn(asyncio.Protocol):
                     except WireError as exc:
                         self.reject(exc.code, exc.detail)
                         return
+                    except Exception as exc:
+                        self._handler_failed(msg, exc)
+                        return
                 else:
                     assert self._queue is not None
                     self._queue.put_nowait(msg)
@@ -420,6 +423,15 @@ class Conn(asyncio.Protocol):
             if self.role is not None:  # its hello was accepted: no longer a stranger
                 self._authenticated()
             data = b""  # frames after the hello wait in the decoder
+
+    def _handler_failed(self, msg: Message, exc: Exception) -> None:
+        """A defect, not a refusal: what the daemon did halfway is unknown (a decision made,
+        its record not written), so it stops (fail-stop) rather than go on without this
+        connection as if nothing happened."""
+        log.critical("%s: handling %r failed: %s: %s; exiting so the fault detectors see it",
+                     self.label, msg.get("t"), exc.__class__.__name__, exc, exc_info=exc)
+        self.abort()
+        supervise.fatal(f"message handler ({self.label})", exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._closed_down:  # a failed handshake reports it, and TLS may report it again
