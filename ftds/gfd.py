@@ -116,9 +116,11 @@ class GlobalFaultDetector:
             members.discard(replica)
         self.membership = sorted(members, key=lambda r: int(r[1:]))
         self.view += 1
+        at = detail.get("at")  # when the LFD saw it; relayed only if it is a time
         change = {"replica": replica, "kind": "add" if present else "delete", "view": self.view,
-                  "at": detail.get("at") or time.time(), "gfd_at": time.time(),
-                  "reason": detail.get("reason", ""),
+                  "at": at if isinstance(at, int | float) and not isinstance(at, bool) and at
+                  else time.time(), "gfd_at": time.time(),
+                  "reason": str(detail.get("reason") or ""),
                   "confirmed_dead": bool(detail.get("confirmed_dead"))}
         self.changes = [*self.changes[-99:], change]
         log.info(members_line("GFD", self.membership), extra={"kind": "membership"})
@@ -185,7 +187,7 @@ class GlobalFaultDetector:
             link.state = msg
             if bool(msg.get("present")) != link.present:  # a report that crossed a heartbeat
                 link.present = bool(msg.get("present"))
-                self._set_member(replica, link.present, msg.get("last_change") or {})
+                self._set_member(replica, link.present, _last_change(msg))
         elif kind in ("add", "delete"):
             link.present = kind == "add"
             link.state = {**link.state, "present": link.present, "last_change": msg}
@@ -211,7 +213,7 @@ class GlobalFaultDetector:
         log.info("GFD: %s registered (%s %s)", lfd, replica,
                  "present" if link.present else "absent", extra={"kind": "membership"})
         conn.send("welcome", {"view": self.view})
-        self._set_member(replica, link.present, msg.get("last_change") or {})
+        self._set_member(replica, link.present, _last_change(msg))
         self._check_stable()
 
     def _on_close(self, conn: Conn) -> None:
@@ -283,3 +285,10 @@ class GlobalFaultDetector:
             return
         else:
             raise WireError("unknown_type", f"{kind!r} from the RM")
+
+
+def _last_change(msg: Message) -> dict[str, Any]:
+    """An LFD's report of its last add or delete: an object, or nothing."""
+    if msg.get("last_change") is None:
+        return {}
+    return require(msg, "last_change", dict)  # type: ignore[no-any-return]

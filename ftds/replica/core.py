@@ -874,7 +874,7 @@ class Replica:
             return
         kind = msg["t"]
         if kind == "view":
-            self._on_view(conn, {"view": msg["view"]})
+            self._on_view(conn, {"view": require(msg, "view", dict)})
             return
         if not admits(kind, msg.get("e", 0), self.epoch):
             return
@@ -882,13 +882,14 @@ class Replica:
             self._parts.add(msg)
             return
         if kind == "catchup":
+            commit = require(msg, "commit", int)
             sums = None
             if msg.get("checkpoint") is not None:
                 msg = {**msg, "checkpoint": self._parts.complete(msg["checkpoint"])}
                 sums = self._parts.last_sums
             self._install_payload(msg, sums)
             self.caught_up = True
-            self.member_commit = max(self.member_commit, require(msg, "commit", int))
+            self.member_commit = max(self.member_commit, commit)
             log.info("%s: caught up with %s at seq %d (i_am_ready = %d)", self.id,
                      self.view.primary if self.view else "?", self.sm.seq, int(self.ready),
                      extra={"kind": "state"})
@@ -951,11 +952,7 @@ class Replica:
             self.caught_up = False
             conn.close()
             return
-        if validate_op(entry.get("op"), values=False) is not None \
-                or not isinstance(entry.get("c"), str) \
-                or not isinstance(entry.get("r"), int) or not isinstance(entry.get("e"), int) \
-                or not isinstance(entry.get("t", 0), int):
-            raise WireError("malformed", f"entries: entry {seq} is malformed")
+        check_entry("entries", entry)
         replies = self.active and self.ready
         # Answer only the connection that sent this very operation: another connection using
         # the same client id and request_num (a reused id) must not take this reply for its own.
@@ -974,11 +971,16 @@ class Replica:
     def _install_payload(self, msg: Message, sums: Sums | None = None) -> None:
         """Install a catch-up/fetch payload: optional checkpoint, then entries beyond it
         (``sums``: the checkpoint's hashes, taken as its parts arrived)."""
+        entries = msg.get("entries") or []
+        if not isinstance(entries, list):
+            raise WireError("malformed", f"{msg['t']}: field 'entries' is not a list")
+        for entry in entries:  # all checked before anything is installed
+            if isinstance(entry, dict) and isinstance(entry.get("s"), int):
+                check_entry(msg["t"], entry)
         cp = msg.get("checkpoint")
         if cp is not None:
             self.checkpoints.install(cp, sums)
             self.member_waiting.clear()
-        entries = msg.get("entries") or []
         replayed = 0
         for entry in entries:
             if isinstance(entry, dict) and isinstance(entry.get("s"), int) \
@@ -1264,3 +1266,13 @@ class _NoConn:
 
 
 _NO_CONN: Any = _NoConn()
+
+
+def check_entry(kind: str, entry: dict[str, Any]) -> None:
+    """An entry of an orderer's stream (``entries``, ``catchup``, ``fetched``) that can be
+    applied and logged, or a WireError: a member never applies half an entry."""
+    if validate_op(entry.get("op"), values=False) is not None \
+            or not isinstance(entry.get("c"), str) \
+            or not isinstance(entry.get("r"), int) or not isinstance(entry.get("e"), int) \
+            or not isinstance(entry.get("t", 0), int):
+        raise WireError("malformed", f"{kind}: entry {entry.get('s')} is malformed")

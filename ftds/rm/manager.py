@@ -338,10 +338,11 @@ class ReplicationManager:
             if kind == "membership":
                 self._on_membership(msg)
             elif kind == "gfd_status":
+                snapshot = gfd_snapshot(msg)
                 waiters, self._gfd_waiters = self._gfd_waiters, []
                 for fut in waiters:
                     if not fut.done():
-                        fut.set_result(msg)
+                        fut.set_result(snapshot)
             else:
                 raise WireError("unknown_type", f"{kind!r} from the GFD")
             return
@@ -354,13 +355,11 @@ class ReplicationManager:
             self._step(core.GfdLost())
 
     def _on_membership(self, msg: Message) -> None:
-        members = [m for m in msg.get("members", []) if m in self.links]
-        self.gfd = {"view": msg.get("view", 0), "members": members,
-                    "stable": bool(msg.get("stable")), "lfds": msg.get("lfds", {}),
-                    "gfd_heartbeat_interval": msg.get("gfd_heartbeat_interval")}
-        changes = tuple(gfd_change(c) for c in msg.get("changes", [])
-                        if isinstance(c, dict) and isinstance(c.get("replica"), str))
-        self._step(core.Membership(tuple(members), self.gfd["stable"], changes))
+        snapshot = gfd_snapshot(msg)
+        changes = tuple(gfd_change(c) for c in require(msg, "changes", list))
+        snapshot["members"] = [m for m in snapshot["members"] if m in self.links]
+        self.gfd = snapshot
+        self._step(core.Membership(tuple(snapshot["members"]), snapshot["stable"], changes))
         self.status_changed()
 
     async def gfd_status(self, timeout: float = 0.5) -> dict[str, Any] | None:
@@ -469,10 +468,45 @@ class ReplicationManager:
         }
 
 
-def gfd_change(change: dict[str, Any]) -> core.GfdChange:
-    """One entry of the GFD's ``changes``, typed."""
+def gfd_change(change: Any) -> core.GfdChange:
+    """One entry of the GFD's ``changes``, typed; WireError if it is not one."""
+    if not isinstance(change, dict):
+        raise WireError("malformed", "membership: a change is not an object")
     return core.GfdChange(
-        kind="delete" if change.get("kind") == "delete" else "add",
-        replica=change["replica"], confirmed_dead=bool(change.get("confirmed_dead")),
+        kind="delete" if require(change, "kind", str) == "delete" else "add",
+        replica=require(change, "replica", str),
+        confirmed_dead=bool(change.get("confirmed_dead")),
         reason=None if change.get("reason") is None else str(change["reason"]),
-        at=change.get("at"), gfd_at=change.get("gfd_at"))
+        at=_optional(change, "at", NUMBER), gfd_at=_optional(change, "gfd_at", NUMBER))
+
+
+NUMBER = (int, float)
+# What the RM shows of each LFD (``ftds status``, metrics), as the GFD relays it.
+LFD_FIELDS = {"heartbeat_age": NUMBER, "heartbeat_interval": NUMBER, "heartbeat_misses": int,
+              "lfd_pid": int}
+
+
+def gfd_snapshot(msg: Message) -> dict[str, Any]:
+    """The GFD's membership and LFD states (``membership``, ``gfd_status``), checked: a field of
+    the wrong shape is a WireError (the GFD's connection closes), never a status or a decision
+    that breaks later."""
+    members = require(msg, "members", list)
+    if not all(isinstance(m, str) for m in members):
+        raise WireError("malformed", f"{msg['t']}: field 'members' holds a non-string")
+    # What an LFD said is relayed as it said it: a value of the wrong type is dropped, not
+    # refused, or one bad LFD would cut the GFD from the RM.
+    lfds = {rid: {name: _typed(state.get(name), kind) for name, kind in LFD_FIELDS.items()}
+            if isinstance(state, dict) else {}
+            for rid, state in (_optional(msg, "lfds", dict) or {}).items()}
+    return {"view": require(msg, "view", int), "members": members,
+            "stable": require(msg, "stable", bool), "lfds": lfds,
+            "gfd_heartbeat_interval": _optional(msg, "gfd_heartbeat_interval", NUMBER)}
+
+
+def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def _optional(msg: Message, name: str, kind: type | tuple[type, ...]) -> Any:
+    """A field that may be missing or null, else of ``kind``."""
+    return None if msg.get(name) is None else require(msg, name, kind)

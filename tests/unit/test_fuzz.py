@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftds import local
+from ftds import local, supervise
 from ftds.config import ConfigError, load_config, parse_config
 from ftds.replica.server import ReplicaDaemon
 from ftds.wire import Conn, FrameDecoder, WireError, encode, envelope, frame
@@ -113,7 +113,9 @@ def test_handlers_refuse_cleanly_and_leave_state_alone(cluster_file, sequence, c
         conn = Conn(replica.key, 1 << 20, "S1", lambda: replica.epoch, handler)
         conn.connection_made(FakeTransport())  # type: ignore[arg-type]
         data = b"".join(encode(m, KEY) for m in sequence)
-        conn.data_received(data)  # must not raise
+        supervise.died.clear()
+        conn.data_received(data)  # must not raise, nor stop the daemon (a handler's defect)
+        assert supervise.died == [], f"hostile input stopped the replica: {supervise.died}"
         # Run what the handlers queued for the applier, as its task would.
         for handle, c, msg in replica._inbox:
             with contextlib.suppress(WireError):  # refused: the applier closes that conn
