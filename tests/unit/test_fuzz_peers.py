@@ -28,6 +28,7 @@ from ftds.lfd import LocalFaultDetector
 from ftds.replica.server import ReplicaDaemon
 from ftds.replica.upstream import Upstream
 from ftds.rm.manager import ReplicationManager
+from ftds.view import View
 from ftds.wire import Conn, encode
 
 ids = st.sampled_from(["S1", "S2", "S3", "S9", "LFD1", "GFD", "RM", ""])
@@ -232,5 +233,49 @@ def test_a_backup_survives_whatever_its_primary_streams(cluster_file, sequence):
         replica._inbox.clear()
         for task in replica._tasks:
             task.cancel()
+
+    _fuzz(scenario)
+
+
+class _RmConn:
+    role = "rm"
+    peer_id = "RM"
+
+    def send(self, *args: object) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+from_member = st.fixed_dictionaries(
+    {"v": st.just(1), "s": st.just("S2"),
+     "t": st.sampled_from(["fetched", "cp_part", "ack", "fetched", "x"])},
+    optional={"e": st.integers(2, 3) | json_values, "entries": entries | json_values,
+              "seq": st.integers(0, 4) | json_values, "checkpoint": json_values,
+              "part": json_values, "of": json_values, "data": json_values,
+              "id": json_values, "commit": st.integers(0, 4) | json_values})
+member_hello = st.fixed_dictionaries(
+    {"v": st.just(1), "s": st.just("S2"), "t": st.just("hello"), "role": st.just("member"),
+     "id": st.just("S2"), "seq": st.integers(0, 3), "last_epoch": st.integers(0, 3)},
+    optional={"trusted": st.booleans(), "e": st.integers(0, 3)})
+
+
+@fuzz_settings
+@given(member_hello, st.lists(from_member, min_size=1, max_size=6))
+def test_a_new_primary_survives_whatever_a_member_sends_in_its_view_change(cluster_file, hello,
+                                                                           sequence):
+    async def scenario() -> None:
+        daemon = ReplicaDaemon(str(cluster_file), "S1")
+        replica = daemon.replica
+        replica._on_view(_RmConn(), {"view": View(3, 0, "S1", ("S1", "S2"))})  # collects from S2
+        conn = daemon._control_conn()
+        _feed(conn, [{**hello, "e": 3}, *sequence])
+        for handle, c, msg in replica._inbox:  # as the applier runs them
+            with contextlib.suppress(WireError):  # refused: the applier closes that conn
+                handle(c, msg)
+        replica._inbox.clear()
+        orjson.dumps(replica.status())
+        await replica.stop()
 
     _fuzz(scenario)
