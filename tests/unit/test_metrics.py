@@ -416,3 +416,64 @@ def test_an_oversized_request_head_is_answered_431_however_much_was_sent(pad):
             return status
 
     assert asyncio.run(main()) == 431
+
+
+def _mangled_requests(seed: int, count: int) -> list[bytes]:
+    """Requests a careless or hostile scraper might send: a valid one, cut, doubled, with
+    odd methods, versions, headers, credentials and bytes (seeded: the same every run)."""
+    import random
+
+    rng = random.Random(seed)
+    valid = b"GET /metrics HTTP/1.1\r\nHost: rm\r\n\r\n"
+    parts = [b"GET", b"HEAD", b"POST", b"\x00\xff", b"/metrics", b"/", b"/?x=\xe9", b" ",
+             b"HTTP/1.1", b"HTTP/1.0", b"HTTP/9", b"\r\n", b"\n", b":", b"Content-Length: 5",
+             b"Content-Length: -1", b"Transfer-Encoding: chunked", b"Connection: close",
+             b"Authorization: Basic " + base64.b64encode(b"prometheus:" + b"p" * 100),
+             b"Authorization: Basic !!!", b"Authorization: Basic " + base64.b64encode(b"\xff:"),
+             b"Authorization: Bearer x", b"X-Long: " + b"y" * 5000]
+    out = []
+    for _ in range(count):
+        how = rng.randrange(5)
+        if how == 0:
+            body = b"".join(rng.choice(parts) for _ in range(rng.randrange(1, 12)))
+        elif how == 1:
+            body = valid[:rng.randrange(len(valid))] + bytes(rng.randrange(256) for _ in range(8))
+        elif how == 2:
+            body = valid.replace(b"\r\n\r\n", b"\r\n" + rng.choice(parts) + b"\r\n\r\n")
+        elif how == 3:
+            body = valid * rng.randrange(2, 5)
+        else:
+            body = valid.replace(b"GET", rng.choice([b"POST", b"HEAD", b"DELETE", b"G\x00T"]))
+            body = body.replace(b"/metrics", rng.choice([b"/metrics", b"/", b"/x", b"*"]))
+        out.append(body + b"\r\n\r\n")
+    return out
+
+
+def test_whatever_a_scraper_sends_no_task_of_the_exporter_dies(tmp_path):
+    """Each mangled request is answered or closed; the daemon's loop sees no exception (under
+    ``runloop.serve`` one would stop the RM) and a proper scrape is still answered."""
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    config = web(tmp_path, f"basic_auth_users:\n  prometheus: '{hashed}'\n")
+    errors: list[str] = []
+
+    async def main() -> int:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: errors.append(f"{context.get('message')}: "
+                                                f"{context.get('exception')!r}"))
+        async with exporter_on(config, hello_timeout=0.3) as exporter:
+            for request in _mangled_requests(749, 150):
+                reader, writer = await asyncio.open_connection("127.0.0.1", exporter.port)
+                writer.write(request)
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                    writer.write_eof()
+                    async with asyncio.timeout(5):
+                        while await reader.read(65536):
+                            pass
+                writer.close()
+            status, _, _ = await get(exporter.port, auth=("prometheus", "s3cret"))
+        await asyncio.sleep(0)
+        return status
+
+    assert asyncio.run(main()) == 200
+    assert errors == []
