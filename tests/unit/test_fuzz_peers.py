@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fuzz import KEY, FakeTransport, json_values
+from test_sdnotify import _rm
 
 from ftds import local, supervise
 from ftds.errors import WireError
@@ -237,17 +238,6 @@ def test_a_backup_survives_whatever_its_primary_streams(cluster_file, sequence):
     _fuzz(scenario)
 
 
-class _RmConn:
-    role = "rm"
-    peer_id = "RM"
-
-    def send(self, *args: object) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-
 from_member = st.fixed_dictionaries(
     {"v": st.just(1), "s": st.just("S2"),
      "t": st.sampled_from(["fetched", "cp_part", "ack", "fetched", "x"])},
@@ -268,7 +258,7 @@ def test_a_new_primary_survives_whatever_a_member_sends_in_its_view_change(clust
     async def scenario() -> None:
         daemon = ReplicaDaemon(str(cluster_file), "S1")
         replica = daemon.replica
-        replica._on_view(_RmConn(), {"view": View(3, 0, "S1", ("S1", "S2"))})  # collects from S2
+        replica._on_view(_rm(), {"view": View(3, 0, "S1", ("S1", "S2"))})  # collects from S2
         conn = daemon._control_conn()
         _feed(conn, [{**hello, "e": 3}, *sequence])
         for handle, c, msg in replica._inbox:  # as the applier runs them
