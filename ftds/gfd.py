@@ -24,7 +24,7 @@ from .gate import Gate
 from .log import members_line
 from .sdnotify import nobody_listens
 from .supervise import spawn
-from .wire import Conn, Message, WireError, connect, listen, require, stay_connected
+from .wire import Conn, Message, WireError, connect, listen, optional, require, stay_connected
 
 log = logging.getLogger("ftds.gfd")
 
@@ -187,7 +187,7 @@ class GlobalFaultDetector:
             link.state = msg
             if bool(msg.get("present")) != link.present:  # a report that crossed a heartbeat
                 link.present = bool(msg.get("present"))
-                self._set_member(replica, link.present, _last_change(msg))
+                self._set_member(replica, link.present, optional(msg, "last_change", dict) or {})
         elif kind in ("add", "delete"):
             link.present = kind == "add"
             link.state = {**link.state, "present": link.present, "last_change": msg}
@@ -213,7 +213,7 @@ class GlobalFaultDetector:
         log.info("GFD: %s registered (%s %s)", lfd, replica,
                  "present" if link.present else "absent", extra={"kind": "membership"})
         conn.send("welcome", {"view": self.view})
-        self._set_member(replica, link.present, _last_change(msg))
+        self._set_member(replica, link.present, optional(msg, "last_change", dict) or {})
         self._check_stable()
 
     def _on_close(self, conn: Conn) -> None:
@@ -285,10 +285,3 @@ class GlobalFaultDetector:
             return
         else:
             raise WireError("unknown_type", f"{kind!r} from the RM")
-
-
-def _last_change(msg: Message) -> dict[str, Any]:
-    """An LFD's report of its last add or delete: an object, or nothing."""
-    if msg.get("last_change") is None:
-        return {}
-    return require(msg, "last_change", dict)  # type: ignore[no-any-return]

@@ -734,3 +734,8 @@ def require(msg: Message, name: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise WireError("malformed", f"{msg.get('t')}: field {name!r} missing or wrong type")
     return value
+
+
+def optional(msg: Message, name: str, kind: type | tuple[type, ...]) -> Any:
+    """A field that may be missing or null (None), else of ``kind`` (WireError otherwise)."""
+    return None if msg.get(name) is None else require(msg, name, kind)

@@ -25,7 +25,7 @@ from ..log import members_line
 from ..sdnotify import nobody_listens
 from ..supervise import fatal, spawn
 from ..view import View
-from ..wire import Conn, Message, WireError, connect, listen, require, stay_connected
+from ..wire import Conn, Message, WireError, connect, listen, optional, require, stay_connected
 from . import core
 from .core import Failover, RmCore, Settings
 from .incidents import IncidentLog
@@ -477,7 +477,7 @@ def gfd_change(change: Any) -> core.GfdChange:
         replica=require(change, "replica", str),
         confirmed_dead=bool(change.get("confirmed_dead")),
         reason=None if change.get("reason") is None else str(change["reason"]),
-        at=_optional(change, "at", NUMBER), gfd_at=_optional(change, "gfd_at", NUMBER))
+        at=optional(change, "at", NUMBER), gfd_at=optional(change, "gfd_at", NUMBER))
 
 
 NUMBER = (int, float)
@@ -497,16 +497,11 @@ def gfd_snapshot(msg: Message) -> dict[str, Any]:
     # refused, or one bad LFD would cut the GFD from the RM.
     lfds = {rid: {name: _typed(state.get(name), kind) for name, kind in LFD_FIELDS.items()}
             if isinstance(state, dict) else {}
-            for rid, state in (_optional(msg, "lfds", dict) or {}).items()}
+            for rid, state in (optional(msg, "lfds", dict) or {}).items()}
     return {"view": require(msg, "view", int), "members": members,
             "stable": require(msg, "stable", bool), "lfds": lfds,
-            "gfd_heartbeat_interval": _optional(msg, "gfd_heartbeat_interval", NUMBER)}
+            "gfd_heartbeat_interval": optional(msg, "gfd_heartbeat_interval", NUMBER)}
 
 
 def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
     return value if isinstance(value, kind) and not isinstance(value, bool) else None
-
-
-def _optional(msg: Message, name: str, kind: type | tuple[type, ...]) -> Any:
-    """A field that may be missing or null, else of ``kind``."""
-    return None if msg.get(name) is None else require(msg, name, kind)
