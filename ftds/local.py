@@ -299,7 +299,12 @@ def end_processes(procs: list[subprocess.Popen[bytes]], *, resume: bool = False,
 
 
 def stop_cluster(run_dir: Path, timeout: float = 10.0) -> list[str]:
-    """Stop the supervisor and every process with a pid file in ``run_dir``; returns names."""
+    """Stop the supervisor and every daemon of the cluster in ``run_dir``; returns names.
+
+    Like systemd stopping a unit's whole control group, this does not trust pid files alone: a
+    launcher killed between starting a replica and writing its file, or a second start that
+    overwrote it, leaves a daemon no file names. Every process running an ftds daemon with this
+    cluster's file is stopped too."""
     pids_dir = run_dir / "pids"
     stopped = []
     if not pids_dir.is_dir():
@@ -310,23 +315,66 @@ def stop_cluster(run_dir: Path, timeout: float = 10.0) -> list[str]:
             os.kill(sup, signal.SIGTERM)
         _wait_gone([sup], timeout)
         stopped.append("supervisor")
-    leftovers = {}
+    leftovers = _daemons_of(run_dir / "cluster.yml")
     for pid_file in pids_dir.glob("*.pid"):
         pid = read_pid(run_dir, pid_file.stem)
         if pid is not None:
-            leftovers[pid_file.stem] = pid
-    for pid in leftovers.values():
+            leftovers[pid] = pid_file.stem
+    for pid in leftovers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    _wait_gone(list(leftovers.values()), timeout)
-    for pid in leftovers.values():
+    _wait_gone(list(leftovers), timeout)
+    for pid in leftovers:
         if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    stopped.extend(leftovers)
+    stopped.extend(sorted(set(leftovers.values())))
     for pid_file in pids_dir.glob("*.pid"):
         pid_file.unlink(missing_ok=True)
     return stopped
+
+
+DAEMONS = ("replica", "lfd", "gfd", "rm")
+
+
+def _daemons_of(config: Path) -> dict[int, str]:
+    """pid -> name of every running ``ftds <daemon> --config <config>`` (relative paths are
+    taken from the process's working directory)."""
+    wanted = os.path.realpath(config)
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = [a.decode(errors="replace") for a in fh.read().split(b"\0")]
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        name = _daemon_name(argv)
+        path = _option(argv, "--config")
+        if name and path and os.path.realpath(os.path.join(cwd, path)) == wanted:
+            found[int(entry)] = name
+    return found
+
+
+def _daemon_name(argv: list[str]) -> str | None:
+    """"S2", "LFD2", "GFD" or "RM" for ``python -m ftds <daemon> ...``, else None."""
+    for i in range(len(argv) - 2):
+        if argv[i:i + 2] == ["-m", "ftds"] and argv[i + 2] in DAEMONS:
+            daemon = argv[i + 2]
+            rid = _option(argv, "--id") or "?"
+            return {"replica": rid, "lfd": f"LFD{rid[1:]}"}.get(daemon, daemon.upper())
+    return None
+
+
+def _option(argv: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg[len(flag) + 1:]
+    return None
 
 
 def _wait_gone(pids: list[int], timeout: float) -> None:

@@ -8,6 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from ftds import local
 
 
 def ftds(*args: str, cwd, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -66,4 +69,37 @@ def test_client_timeout_says_the_outcome_is_unknown_and_it_was(tmp_path):
     finally:
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
+        ftds("local", "down", "--dir", "run", cwd=tmp_path)
+
+
+def _replica(config: Path, rid: str) -> subprocess.Popen[bytes]:
+    """A replica started as the RM's local launcher starts one: in a session of its own."""
+    return subprocess.Popen([sys.executable, "-m", "ftds", "replica", "--config", str(config),
+                             "--id", rid], cwd=config.parent, start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def test_local_down_stops_a_daemon_no_pid_file_names_and_no_other_cluster(tmp_path):
+    """A pid file can miss a daemon of the cluster: a launcher killed between starting a
+    replica and writing its file, or a second start that overwrote it. ``local down`` still
+    stops every daemon run with this cluster's file, and leaves another cluster's alone."""
+    up = ftds("local", "up", "--dir", "run", "--quiet", "--no-managers", cwd=tmp_path)
+    orphan = bystander = None
+    try:
+        assert up.returncode == 0, up.stderr
+        # Written once this cluster listens, so that its ports are not picked again.
+        bystander = _replica(local.write_cluster(tmp_path / "other", 3), "S1")
+        run = tmp_path / "run"
+        os.kill(int((run / "pids" / "S2.pid").read_text()), signal.SIGKILL)
+        orphan = _replica(run / "cluster.yml", "S2")  # no pid file names it
+        down = ftds("local", "down", "--dir", "run", cwd=tmp_path)
+        assert down.returncode == 0 and "S2" in down.stdout, down.stdout
+        assert orphan.wait(timeout=20) is not None
+        assert bystander.poll() is None, "a daemon of another cluster was stopped"
+    finally:
+        for proc in (orphan, bystander):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
         ftds("local", "down", "--dir", "run", cwd=tmp_path)
