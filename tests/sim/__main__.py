@@ -31,7 +31,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="one replication mode (default: each seed draws one)")
     p.add_argument("--duration", type=float, default=6.0,
                    help="seconds of simulated load per run (default 6)")
-    p.add_argument("--kinds", help="only these fault kinds, comma-separated (sim.schedule.KINDS)")
+    p.add_argument("--kinds", help="only these fault kinds, comma-separated (sim.schedule.KINDS; "
+                   "'default' is all of them, and 'default,reload' adds the opt-in reloads)")
     p.add_argument("--fault", help="plant this bug (see ftds/faults.py) and hunt for it")
     p.add_argument("--stop-at-first", action="store_true", help="stop at the first failure")
     p.add_argument("--dump", help="with --seed: write every log line and operation here")
@@ -79,13 +80,17 @@ def _chunk(seeds: list[int], mode: str | None, duration: float, kinds: list[str]
 def _kinds(args: argparse.Namespace) -> list[str] | None:
     if not args.kinds:
         return None
-    from .schedule import KINDS
+    from .schedule import KINDS, OPT_IN
 
-    kinds = args.kinds.split(",")
-    unknown = [k for k in kinds if k not in KINDS]
+    kinds: list[str] = []
+    for name in args.kinds.split(","):
+        kinds.extend(KINDS if name == "default" else [name])
+    known = {**KINDS, **OPT_IN}
+    unknown = [k for k in kinds if k not in known]
     if unknown:
-        raise SystemExit(f"scripts/sim: unknown fault kinds {unknown} (known: {sorted(KINDS)})")
-    return kinds
+        raise SystemExit(f"scripts/sim: unknown fault kinds {unknown} (known: default = "
+                         f"{', '.join(KINDS)}; and {', '.join(OPT_IN)})")
+    return list(dict.fromkeys(kinds))
 
 
 def _replay(args: argparse.Namespace, command: str) -> int:

@@ -126,9 +126,15 @@ class SimCluster:
             "tunables": {"restart_budget": 1000, **tunables},
             "trace": {"requests": False, "executions": True, "color": "never"},
         }
+        self.config_data = data
         path = self.workdir / "cluster.yml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return str(path)
+
+    def rewrite_tunables(self, tunables: dict[str, Any]) -> None:
+        """A deploy's new cluster file: daemons started from now on read it too."""
+        self.config_data["tunables"] = {**self.config_data["tunables"], **tunables}
+        Path(self.config_path).write_text(yaml.safe_dump(self.config_data, sort_keys=False))
 
     def note(self, what: str) -> None:
         self.events.append((self.loop.time(), what))
@@ -200,6 +206,14 @@ class SimCluster:
         if node is not None and node.paused:
             self.note(f"SIGCONT {name}")
             self.loop.resume(node)
+
+    def reload(self, name: str) -> None:
+        """SIGHUP: the daemon re-reads the cluster file (later, if its process is stopped)."""
+        node = self.nodes.get(name)
+        if node is None or not node.alive or node.obj is None:
+            return
+        self.note(f"SIGHUP {name}")
+        self.loop.call_soon(node.obj.reload, context=node.ctx)
 
     def unreachable(self, a: str, b: str) -> bool:
         return a in self.down_hosts or b in self.down_hosts or \

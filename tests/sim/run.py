@@ -224,6 +224,16 @@ class World:
             await asyncio.sleep(0.3)
             for b in backups:
                 c.uncut(host, b)
+        elif k == "reload":
+            # A rolling reload, as a deploy's handlers run host by host: for a while some
+            # daemons run the new tunables and others the old ones.
+            c.rewrite_tunables(f.extra["tunables"])
+            order = random.Random(f.extra["order"])
+            names = sorted(c.nodes)
+            order.shuffle(names)
+            for name in names:
+                c.reload(name)
+                await asyncio.sleep(order.uniform(0.0, f.extra["gap"]))
         else:
             raise ValueError(f"unknown fault {k}")
 

@@ -31,6 +31,11 @@ KINDS: dict[str, int] = {
     "primary_crash_backups_out": 1,   # cut the primary from its backups, then kill it
     "kill_at_takeover": 2,            # kill the primary, then its successor as it takes over
 }
+# Drawn only when asked for (``--kinds default,reload``): adding them to KINDS would change
+# every schedule the long runs and CI's digest were measured with.
+OPT_IN: dict[str, int] = {
+    "reload": 2,                      # new tunables in the cluster file, a rolling SIGHUP
+}
 
 
 @dataclass
@@ -74,7 +79,7 @@ def draw(seed: int, *, replicas: int = 3, duration: float = 6.0, mode: str | Non
     rng = random.Random(f"schedule-{seed}")
     chosen_mode = mode or rng.choice(["passive", "active"])
     names = kinds or list(KINDS)
-    weights = [KINDS[k] for k in names]
+    weights = [{**KINDS, **OPT_IN}[k] for k in names]
     link_ms = rng.choice([0.2, 1.0, 3.0, 10.0])
     count = rng.randint(*faults)
     out = [_draw(rng, rng.choices(names, weights)[0], replicas, duration) for _ in range(count)]
@@ -131,6 +136,18 @@ def _draw(rng: random.Random, kind: str, replicas: int, duration: float) -> Faul
             extra["lag_s"] = round(rng.uniform(0.02, 0.4), 3)
             extra["heal_s"] = round(rng.uniform(0.0, 0.3), 3)
         return Fault(at, kind, "primary", extra=extra)
+    if kind == "reload":
+        # What a deploy changes on a running cluster (always a valid file: the deploy checks
+        # it before it lands; a refused reload is tests/unit's).
+        hb = rng.choice([0.05, 0.1, 0.2])
+        tunables = {"heartbeat_interval": hb, "heartbeat_misses": rng.choice([2, 3, 5]),
+                    "gfd_heartbeat_interval": rng.choice([0.05, 0.1, 0.2]),
+                    "lease": round(rng.uniform(hb * 1.5, 1.0), 3),
+                    "checkpoint_interval": rng.choice([0.2, 1.0, 3.0]),
+                    "view_change_timeout": rng.choice([0.5, 1.0, 1.5]),
+                    "request_timeout": rng.choice([0.5, 1.0, 2.0])}
+        return Fault(at, kind, extra={"tunables": tunables, "order": rng.getrandbits(32),
+                                      "gap": round(rng.uniform(0.0, 0.5), 3)})
     if kind == "primary_crash_backups_out":
         return Fault(at, kind, "primary", hold=rng.uniform(0.3, 1.5))
     raise ValueError(f"unknown fault kind {kind!r}")

@@ -6,6 +6,7 @@ that the simulator can be trusted to say what it says.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from .__main__ import _kinds
 from .run import run
-from .schedule import KINDS, draw
+from .schedule import KINDS, OPT_IN, draw
 
 SIM = str(Path(__file__).resolve().parents[2] / "scripts" / "sim")
 
@@ -56,6 +58,30 @@ def test_schedules_draw_every_kind_and_overlap():
         if any(b.at < a.at + max(a.hold, 0.05)
                for a, b in zip(s.faults, s.faults[1:], strict=False)))
     assert overlapping > 50, "faults must overlap, not wait for the cluster to heal"
+
+
+def test_a_rolling_reload_reaches_every_daemon_and_the_run_stays_valid():
+    """The opt-in reload: a new cluster file, then a SIGHUP to each daemon in turn while the
+    load runs. Every daemon takes the new tunables; acknowledged writes survive the change."""
+    kinds = ["reload"]
+    seed = next(s for s in range(1, 100) if len(draw(s, kinds=kinds).faults) == 2)
+    first = draw(seed, kinds=kinds).faults[0].extra["tunables"]
+    result = run(seed, kinds=kinds, keep=True)
+    assert result.ok, result.why
+    change = f"tunables.lease: 0.5 -> {first['lease']}"
+    reloaded = {line.split()[1] for line in result.lines
+                if "configuration reloaded" in line and change in line}
+    assert reloaded == {"S1", "S2", "S3", "LFD1", "LFD2", "LFD3", "GFD", "RM"}
+    assert result.acked > 100
+
+
+def test_opt_in_kinds_are_drawn_only_when_asked_for():
+    """``--kinds default,reload``: every default kind and the reload; the default draw (what
+    the long runs measured) never has one."""
+    assert _kinds(argparse.Namespace(kinds="default,reload")) == [*KINDS, "reload"]
+    assert not {f.kind for seed in range(1, 301) for f in draw(seed).faults} & set(OPT_IN)
+    with pytest.raises(SystemExit, match="unknown fault kinds"):
+        _kinds(argparse.Namespace(kinds="default,reboot"))
 
 
 def test_a_run_under_faults_is_judged_by_every_check():
