@@ -9,6 +9,7 @@ with ``systemctl start``); the cluster plays systemd for the LFDs, the GFD and t
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import random
@@ -25,6 +26,7 @@ from ftds.lfd import LocalFaultDetector
 from ftds.replica.server import ReplicaDaemon
 from ftds.rm.launcher import LaunchError
 from ftds.rm.manager import ReplicationManager
+from ftds.rm.store import RmStore
 
 from .loop import NODE, Node, SimLoop
 from .net import Network
@@ -105,6 +107,7 @@ class SimCluster:
         self.exits: list[tuple[float, str, str]] = []  # fail-stop exits (a task died)
         self.down_hosts: set[str] = set()
         self.cuts: dict[tuple[str, str], int] = {}
+        self.rm_disk_full = 0  # while > 0 the RM's record cannot be written (nested faults)
         self.config_path = self._write_config(mode, tunables or {})
         self.launcher = SimLauncher(self)
 
@@ -150,7 +153,8 @@ class SimCluster:
                 node.obj = daemon
                 await daemon.start()
             except Exception as exc:  # a failed start: the process exits
-                self.exits.append((self.loop.time(), name, f"start failed: {exc!r}"))
+                if not self._disk_full_exit(name, exc):
+                    self.exits.append((self.loop.time(), name, f"start failed: {exc!r}"))
                 self.kill(name, f"start failed: {exc}")
 
         self.loop.create_task(boot(), context=node.ctx)
@@ -223,9 +227,16 @@ class SimCluster:
         """supervise.on_fatal: the daemon whose task died exits (status 70)."""
         node = NODE.get()
         name = node.name if node else "?"
-        self.exits.append((self.loop.time(), name, f"task {task_name} died: {exc!r}"))
+        if not self._disk_full_exit(name, exc):
+            self.exits.append((self.loop.time(), name, f"task {task_name} died: {exc!r}"))
         if node is not None:
             self.kill(node.name, f"exit 70 (task {task_name} died)")
+
+    def _disk_full_exit(self, name: str, exc: BaseException) -> bool:
+        """The RM stopping because its full disk refused its record: what it must do (act on
+        nothing it could not make durable), so not a failed run."""
+        return name == "RM" and self.rm_disk_full > 0 and isinstance(exc, OSError) and \
+            exc.errno == errno.ENOSPC
 
     def systemd_restart(self, name: str) -> None:
         """Restart=always for the LFDs, the GFD and the RM."""
@@ -299,9 +310,18 @@ def install(cluster: SimCluster) -> Callable[[], None]:
         return any(n.pid == pid and n.alive for n in cluster.nodes.values())
 
     lfd_module.pid_alive = pid_alive
+    saved_save = RmStore.save
+
+    def save(store: RmStore, record: Any) -> None:
+        if cluster.rm_disk_full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(store.path))
+        saved_save(store, record)
+
+    RmStore.save = save  # type: ignore[method-assign]
 
     def undo() -> None:
         supervise.on_fatal = saved
         lfd_module.pid_alive = saved_alive
+        RmStore.save = saved_save  # type: ignore[method-assign]
 
     return undo

@@ -224,6 +224,16 @@ class World:
             await asyncio.sleep(0.3)
             for b in backups:
                 c.uncut(host, b)
+        elif k == "rm_disk_full":
+            # The RM must stop rather than act on a decision it could not record; systemd
+            # starts it again once its disk has room (a start meanwhile fails the same way).
+            c.rm_disk_full += 1
+            c.note("the RM's disk is full")
+            await asyncio.sleep(f.hold)
+            c.rm_disk_full -= 1
+            if not c.rm_disk_full:
+                c.note("the RM's disk has room again")
+                c.systemd_restart("RM")
         elif k == "reload":
             # A rolling reload, as a deploy's handlers run host by host: for a while some
             # daemons run the new tunables and others the old ones.

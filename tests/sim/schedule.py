@@ -35,6 +35,7 @@ KINDS: dict[str, int] = {
 # every schedule the long runs and CI's digest were measured with.
 OPT_IN: dict[str, int] = {
     "reload": 2,                      # new tunables in the cluster file, a rolling SIGHUP
+    "rm_disk_full": 1,                # the RM's record cannot be written for a while
 }
 
 
@@ -110,7 +111,7 @@ def _draw(rng: random.Random, kind: str, replicas: int, duration: float) -> Faul
         return Fault(at, kind, replica(), hold=rng.uniform(0.2, 1.5))
     if kind in ("kill_gfd", "kill_rm"):
         return Fault(at, kind, kind[5:].upper(), hold=rng.uniform(0.2, 2.0))
-    if kind == "pause_rm":
+    if kind in ("pause_rm", "rm_disk_full"):
         return Fault(at, kind, "RM", hold=rng.uniform(0.2, 2.0))
     if kind in ("rm_restart_with_replica_crash", "gfd_restart_with_replica_crash"):
         return Fault(at, kind, replica(), hold=rng.uniform(0.2, 2.0))

@@ -75,10 +75,26 @@ def test_a_rolling_reload_reaches_every_daemon_and_the_run_stays_valid():
     assert result.acked > 100
 
 
+def test_an_rm_that_cannot_write_its_record_stops_and_the_run_stays_valid():
+    """Seed 2 of the opt-in disk fault with kills: the RM must fail over while its disk is
+    full; it stops before acting on the view it could not record (nothing is sent, nothing is
+    lost), and once restarted with room again it finishes the failover."""
+    result = run(2, kinds=["rm_disk_full", "kill"], keep=True)
+    assert result.ok, result.why
+    assert result.converged
+    halted = [n for n, line in enumerate(result.lines)
+              if "RM: cannot record its state" in line and "No space left" in line]
+    assert halted, "the disk fault never met a decision"
+    after = result.lines[halted[0] + 1:]
+    assert any(" RM " in line and "-> view" in line for line in after), "no failover after"
+    assert any("exit 70 (task persist died): RM" in e for e in result.events)
+
+
 def test_opt_in_kinds_are_drawn_only_when_asked_for():
     """``--kinds default,reload``: every default kind and the reload; the default draw (what
     the long runs measured) never has one."""
     assert _kinds(argparse.Namespace(kinds="default,reload")) == [*KINDS, "reload"]
+    assert set(OPT_IN) == {"reload", "rm_disk_full"}
     assert not {f.kind for seed in range(1, 301) for f in draw(seed).faults} & set(OPT_IN)
     with pytest.raises(SystemExit, match="unknown fault kinds"):
         _kinds(argparse.Namespace(kinds="default,reboot"))
