@@ -31,6 +31,7 @@ from .wire import Conn, Message, WireError, connect, require, stay_connected
 log = logging.getLogger("ftds.lfd")
 
 DEATH_CONFIRM_WINDOW = 0.05  # how long a closed socket may precede the process's exit
+PID_MAX = 1 << 22  # Linux's limit: a welcome's pid beyond it (or below 1) is no process id
 FENCE_CONFIRM_WINDOW = 1.0  # how long a SIGKILLed process may take to be gone (or a zombie)
 
 
@@ -191,7 +192,11 @@ class LocalFaultDetector:
     def _on_replica_message(self, conn: Conn, msg: Message) -> None:
         kind = msg["t"]
         if kind == "welcome":
-            self.replica_pid = msg.get("pid")
+            # The pid is signalled (a fence is SIGKILL): a process id, nothing else.
+            pid = require(msg, "pid", int)
+            if not 0 < pid <= PID_MAX:
+                raise WireError("malformed", f"welcome: field 'pid' is no process id ({pid})")
+            self.replica_pid = pid
             self.replica_state = msg
             return
         if kind == "hb_ack":

@@ -189,6 +189,20 @@ def test_an_lfd_survives_whatever_its_replica_sends(cluster_file, sequence):
     _fuzz(scenario)
 
 
+@pytest.mark.parametrize("pid", ["1", 0, -1, True, 1.0, 2**22 + 1, 2**70, None])
+def test_an_lfd_takes_from_its_replica_only_a_pid_it_may_signal(cluster_file, pid):
+    """The LFD signals the pid its replica's welcome gives (SIGKILL when it fences a hung
+    primary; ``os.kill(-1, ...)`` would reach every process it may signal). Anything but a
+    process id (1 to 2**22) is refused as malformed: the replica's connection closes."""
+    lfd = LocalFaultDetector(str(cluster_file), "S1")
+    welcome = {"t": "welcome", "role": "primary", "pid": pid}
+    with pytest.raises(WireError, match="pid"):
+        lfd._on_replica_message(None, welcome)  # type: ignore[arg-type]
+    assert lfd.replica_pid is None
+    lfd._on_replica_message(None, {**welcome, "pid": 4321})  # type: ignore[arg-type]
+    assert lfd.replica_pid == 4321
+
+
 @fuzz_settings
 @given(st.lists(messages(["hb", "welcome", "ok", "error", "x"]), min_size=1, max_size=4))
 def test_an_lfd_survives_whatever_the_gfd_sends(cluster_file, sequence):
