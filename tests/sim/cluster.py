@@ -42,9 +42,12 @@ def replica_host(rid: str) -> str:
 class Capture(logging.Handler):
     """Every log line of the world, by the process that wrote it."""
 
-    def __init__(self, loop: SimLoop) -> None:
+    def __init__(self, loop: SimLoop, workdir: str) -> None:
         super().__init__(logging.INFO)
         self.loop = loop
+        # The run's scratch directory has a random name: lines show it as $SIMDIR, so that a
+        # seed's lines (and its fingerprint) are the same in every replay.
+        self.workdir = workdir
         self.lines: list[tuple[float, str, str]] = []  # (time, process, line)
         # Called with (process, line) for every line: faults that fire on an event.
         self.watchers: list[Callable[[str, str], None]] = []
@@ -52,7 +55,7 @@ class Capture(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         node = NODE.get()
         who = node.name if node else "sim"
-        line = f"{record.levelname} {record.getMessage()}"
+        line = f"{record.levelname} {record.getMessage()}".replace(self.workdir, "$SIMDIR")
         self.lines.append((self.loop.time(), who, line))
         for watcher in list(self.watchers):
             watcher(who, line)

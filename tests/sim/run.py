@@ -358,7 +358,7 @@ def run(seed: int, *, mode: str | None = None, duration: float = 6.0, rate: floa
         asyncio.set_event_loop(loop)
         cluster = SimCluster(loop, rng, Path(tmp), mode=schedule.mode, replicas=replicas)
         cluster.net.base_max = schedule.link_ms / 1000
-        capture = Capture(loop)
+        capture = Capture(loop, tmp)
         root.handlers[:] = [capture]
         root.setLevel(logging.INFO)
         undo = install(cluster)

@@ -88,6 +88,8 @@ def test_an_rm_that_cannot_write_its_record_stops_and_the_run_stays_valid():
     after = result.lines[halted[0] + 1:]
     assert any(" RM " in line and "-> view" in line for line in after), "no failover after"
     assert any("exit 70 (task persist died): RM" in e for e in result.events)
+    # Its lines name the record's path: the same in every replay (not the scratch directory's).
+    assert run(2, kinds=["rm_disk_full", "kill"]).fingerprint == result.fingerprint
 
 
 def test_opt_in_kinds_are_drawn_only_when_asked_for():
