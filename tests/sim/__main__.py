@@ -32,7 +32,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=6.0,
                    help="seconds of simulated load per run (default 6)")
     p.add_argument("--kinds", help="only these fault kinds, comma-separated (sim.schedule.KINDS; "
-                   "'default' is all of them, and 'default,reload' adds the opt-in reloads)")
+                   "'default' is all of them; 'default,reload,rm_disk_full' adds the opt-in kinds, "
+                   "sim.schedule.OPT_IN)")
     p.add_argument("--fault", help="plant this bug (see ftds/faults.py) and hunt for it")
     p.add_argument("--stop-at-first", action="store_true", help="stop at the first failure")
     p.add_argument("--dump", help="with --seed: write every log line and operation here")

@@ -133,14 +133,17 @@ class SimCluster:
             "trace": {"requests": False, "executions": True, "color": "never"},
         }
         self.config_data = data
+        return self._save_config()
+
+    def _save_config(self) -> str:
         path = self.workdir / "cluster.yml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        path.write_text(yaml.safe_dump(self.config_data, sort_keys=False))
         return str(path)
 
     def rewrite_tunables(self, tunables: dict[str, Any]) -> None:
         """A deploy's new cluster file: daemons started from now on read it too."""
         self.config_data["tunables"] = {**self.config_data["tunables"], **tunables}
-        Path(self.config_path).write_text(yaml.safe_dump(self.config_data, sort_keys=False))
+        self._save_config()
 
     def note(self, what: str) -> None:
         self.events.append((self.loop.time(), what))
@@ -156,8 +159,7 @@ class SimCluster:
                 node.obj = daemon
                 await daemon.start()
             except Exception as exc:  # a failed start: the process exits
-                if not self._disk_full_exit(name, exc):
-                    self.exits.append((self.loop.time(), name, f"start failed: {exc!r}"))
+                self.exits.append((self.loop.time(), name, f"start failed: {exc!r}"))
                 self.kill(name, f"start failed: {exc}")
 
         self.loop.create_task(boot(), context=node.ctx)

@@ -226,7 +226,8 @@ class World:
                 c.uncut(host, b)
         elif k == "rm_disk_full":
             # The RM must stop rather than act on a decision it could not record; systemd
-            # starts it again once its disk has room (a start meanwhile fails the same way).
+            # starts it again once its disk has room (restarted meanwhile, it stops again at
+            # its first decision).
             c.rm_disk_full += 1
             c.note("the RM's disk is full")
             await asyncio.sleep(f.hold)
